@@ -1,0 +1,9 @@
+//go:build !unix
+
+package relay
+
+import "io/fs"
+
+// checkOwner is a no-op where file ownership is not a uid (Windows ACLs are
+// not inspected); the relay's supported targets are unix.
+func checkOwner(string, fs.FileInfo) error { return nil }
