@@ -1,0 +1,93 @@
+// Package logging is the relay's only log sink: a log/slog JSON handler that
+// writes nothing but a closed allowlist of attribute keys, strips control and
+// bidi characters from every string, caps every string's length, and never
+// dumps a structured value (which could be a payload or a token).
+//
+// The allowlist is enforced twice: at run time by Handler, which drops any
+// other key, and at test time by TestSourceLogKeysAllowlisted, which fails on
+// any slog call in the module whose key is off the list or not a constant.
+package logging
+
+import (
+	"log/slog"
+	"slices"
+)
+
+// Keys the handler itself writes. A caller attribute with one of these keys is
+// dropped: a second "level" or "msg" in a JSON line would let a logged value
+// forge the line's level or message for parsers that keep the last duplicate.
+const (
+	KeyTime  = slog.TimeKey    // record time, RFC 3339
+	KeyLevel = slog.LevelKey   // DEBUG | INFO | WARN | ERROR
+	KeyMsg   = slog.MessageKey // the record message, sanitised and capped like any value
+
+	// KeyDroppedAttrs counts attributes removed from the line (off the
+	// allowlist, grouped, duplicated, or a kind that is never written). The
+	// count says something was removed without printing what.
+	KeyDroppedAttrs = "dropped_attrs"
+)
+
+// Keys callers may attach. Each value is still sanitised and capped; the "why"
+// says what the key is for so that a new key has to argue its case here.
+const (
+	KeyEvent      = "event"       // stable machine-readable event name from a closed set in code
+	KeyListener   = "listener"    // which listener a line is about: public | acme | metrics
+	KeyAddr       = "addr"        // a local bound listener address (operator-chosen), never a peer's
+	KeyMode       = "mode"        // serving mode: insecure | tls | autocert
+	KeyDomain     = "domain"      // operator-configured autocert domain
+	KeyServerID   = "server_id"   // public pairing id (protocol §4), validated to [A-Za-z0-9._~-]{1,128}
+	KeyConnID     = "conn_id"     // relay-minted connection id, to correlate lines
+	KeyRole       = "role"        // binary | phone
+	KeyRemote     = "remote"      // client IP as admission resolved it, for abuse triage
+	KeyDevice     = "device"      // phone's x-pyrycode-device-name, Sanitize'd (protocol §3 allows it)
+	KeyVersion    = "version"     // binary's x-pyrycode-version, Sanitize'd (protocol §3 allows it)
+	KeyUserAgent  = "user_agent"  // client user-agent, Sanitize'd and capped
+	KeyCloseCode  = "close_code"  // WebSocket close code (protocol §6)
+	KeyReason     = "reason"      // close/drop reason from a closed set in code, never error text
+	KeyCount      = "count"       // a number of things (phones evicted, frames dropped)
+	KeyDurationMS = "duration_ms" // elapsed whole milliseconds
+	KeyIncident   = "incident"    // random panic incident id; joins the 500 to the log line
+	KeyPathClass  = "path_class"  // route class from a closed set (healthz, v1_server, ...), never the raw path
+	KeyError      = "error"       // start-up and listener errors only: request-path errors can carry peer input
+)
+
+// callerKeys is the closed set behind IsCallerKey. Unexported so that no
+// package can widen it at run time.
+var callerKeys = map[string]struct{}{
+	KeyEvent: {}, KeyListener: {}, KeyAddr: {}, KeyMode: {}, KeyDomain: {},
+	KeyServerID: {}, KeyConnID: {}, KeyRole: {}, KeyRemote: {}, KeyDevice: {},
+	KeyVersion: {}, KeyUserAgent: {}, KeyCloseCode: {}, KeyReason: {}, KeyCount: {},
+	KeyDurationMS: {}, KeyIncident: {}, KeyPathClass: {}, KeyError: {},
+}
+
+// reservedKeys are written by the handler (or by slog itself) and refused as
+// caller attributes. "source" is listed so that it stays out even if someone
+// later turns on AddSource: file paths say more about the build than needed.
+var reservedKeys = map[string]struct{}{
+	KeyTime: {}, KeyLevel: {}, KeyMsg: {}, KeyDroppedAttrs: {}, slog.SourceKey: {},
+}
+
+// AllowedKeys returns, sorted, every key that can appear in a log line: the
+// handler's own keys (time, level, msg, dropped_attrs) and the caller keys.
+// It returns a fresh slice; the set itself cannot be changed.
+func AllowedKeys() []string {
+	keys := make([]string, 0, len(callerKeys)+4)
+	for k := range callerKeys {
+		keys = append(keys, k)
+	}
+	keys = append(keys, KeyTime, KeyLevel, KeyMsg, KeyDroppedAttrs)
+	slices.Sort(keys)
+	return keys
+}
+
+// IsCallerKey reports whether a caller may attach an attribute with key k.
+// The handler's own keys are not caller keys.
+func IsCallerKey(k string) bool {
+	_, ok := callerKeys[k]
+	return ok
+}
+
+func isReservedKey(k string) bool {
+	_, ok := reservedKeys[k]
+	return ok
+}
