@@ -1,0 +1,88 @@
+// Package metrics holds the relay's Prometheus collectors. Every label value
+// comes from a closed set defined in code (roles, drop reasons, rejection
+// reasons, relay-chosen close codes): never a server-id, address, user agent
+// or any other attacker-chosen value, which would leak metadata and let a
+// client grow the series set without bound.
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics is the set of collectors the relay updates. Use New; the zero
+// value is not usable.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	// Upgrades counts accepted WebSocket upgrades by role ("binary", "phone").
+	Upgrades *prometheus.CounterVec
+	// Closes counts connection ends by role and cause: a relay-chosen close
+	// code as a decimal string, or "peer" when the other side ended it.
+	Closes *prometheus.CounterVec
+	// FramesRouted counts frames forwarded, by direction ("to_binary", "to_phone").
+	FramesRouted *prometheus.CounterVec
+	// FramesDropped counts frames discarded, by relay.DropReason.
+	FramesDropped *prometheus.CounterVec
+	// Rejected counts requests refused before the upgrade, by reason
+	// (bad_headers and the admission package's reasons).
+	Rejected *prometheus.CounterVec
+	// Panics counts recovered handler panics.
+	Panics prometheus.Counter
+	// Binaries, Phones and GraceSlots are the registry's current sizes.
+	Binaries, Phones, GraceSlots prometheus.Gauge
+	// QueuedBytes is the relay-wide total of bytes queued for phones.
+	QueuedBytes prometheus.Gauge
+}
+
+// New registers the relay's collectors (plus Go runtime and process
+// collectors) in a private registry.
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m := &Metrics{
+		reg: reg,
+		Upgrades: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_upgrades_total", Help: "Accepted WebSocket upgrades by role.",
+		}, []string{"role"}),
+		Closes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_connection_closes_total", Help: "Connection ends by role and cause (relay close code or peer).",
+		}, []string{"role", "cause"}),
+		FramesRouted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_frames_routed_total", Help: "Frames forwarded by direction.",
+		}, []string{"direction"}),
+		FramesDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_frames_dropped_total", Help: "Frames discarded by reason.",
+		}, []string{"reason"}),
+		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_requests_rejected_total", Help: "Requests refused before the WebSocket upgrade, by reason.",
+		}, []string{"reason"}),
+		Panics:      prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_panics_total", Help: "Recovered handler panics."}),
+		Binaries:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_binaries", Help: "Live binaries holding a slot."}),
+		Phones:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_phones", Help: "Connected phones."}),
+		GraceSlots:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_grace_slots", Help: "Slots in their grace period."}),
+		QueuedBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_queued_bytes", Help: "Bytes queued for phones, relay-wide."}),
+	}
+	f(m.Upgrades)
+	f(m.Closes)
+	f(m.FramesRouted)
+	f(m.FramesDropped)
+	f(m.Rejected)
+	f(m.Panics)
+	f(m.Binaries)
+	f(m.Phones)
+	f(m.GraceSlots)
+	f(m.QueuedBytes)
+	f(collectors.NewGoCollector())
+	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the registry in the Prometheus text format. Serve it only
+// on the loopback-bound metrics listener.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}

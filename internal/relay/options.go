@@ -1,0 +1,126 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Options configures the routing core. Every field is a flag of `relay serve`;
+// the zero value of a field means "use the protocol default" (see Defaults).
+type Options struct {
+	// PingInterval is how often the relay pings every connection. Shorter
+	// finds dead peers sooner at the cost of a few bytes per connection.
+	PingInterval time.Duration
+	// PongTimeout is how long a ping may stay unanswered before the
+	// connection is closed 1011. A peer stuck mid-frame cannot answer, so
+	// this also bounds a trickled frame header.
+	PongTimeout time.Duration
+	// ReadTimeout bounds one message from its first frame header to its
+	// last byte: a slow sender cannot pin a reader (and its buffer) forever.
+	// Idle connections are not affected; the heartbeat covers them.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds one write; a peer that stops reading is closed
+	// instead of blocking its writer.
+	WriteTimeout time.Duration
+	// CloseTimeout is how long a peer the relay closes gets to answer the
+	// close frame before its socket is dropped. A dead or stalled peer never
+	// answers; without this bound each would hold a goroutine and a
+	// connection slot for the library's 5 s + 5 s close handshake.
+	CloseTimeout time.Duration
+	// GracePeriod keeps a server-id's slot after its binary disconnects so
+	// a reconnecting daemon does not strand its phones.
+	GracePeriod time.Duration
+	// ProbeTimeout is how long a conflicting claim waits for the sitting
+	// binary to answer a ping before taking over its slot.
+	ProbeTimeout time.Duration
+	// MaxMessageBytes caps one message on either leg (close 1009). It also
+	// caps what one read can make the relay allocate.
+	MaxMessageBytes int64
+	// PhoneQueueBytes caps the bytes queued for one phone; a phone that
+	// falls further behind is closed 1011 so it never slows its binary.
+	PhoneQueueBytes int64
+	// MaxQueuedBytes caps the bytes queued for all phones together, so many
+	// slow phones cannot exhaust memory. At the ceiling the phone whose frame
+	// would cross it is closed 1011 exactly as if its own queue were full.
+	// Zero means no relay-wide ceiling beyond the per-phone cap.
+	MaxQueuedBytes int64
+	// MaxPhones caps phones per server-id (close 4429).
+	MaxPhones int
+	// ForwardV1Token adds the phone's x-pyrycode-token to its first envelope
+	// for v1 daemons. Off by default: with it on, whoever holds a server-id
+	// (including a squatter who won the claim race) receives the tokens of
+	// the phones that join it.
+	ForwardV1Token bool
+}
+
+// Protocol defaults (protocol §8).
+const (
+	DefaultPingInterval    = 30 * time.Second
+	DefaultPongTimeout     = 30 * time.Second
+	DefaultReadTimeout     = 30 * time.Second
+	DefaultWriteTimeout    = 10 * time.Second
+	DefaultCloseTimeout    = time.Second
+	DefaultGracePeriod     = 30 * time.Second
+	DefaultProbeTimeout    = 10 * time.Second
+	DefaultMaxMessageBytes = 256 << 10
+	DefaultPhoneQueueBytes = 4 << 20
+	DefaultMaxPhones       = 16
+	// DefaultMaxQueuedBytes lets 64 phones sit at a full backlog at once:
+	// 256 MiB fits a small VPS with room for the Go heap's overhead.
+	DefaultMaxQueuedBytes = 256 << 20
+)
+
+// ErrInvalidOptions reports an option value the relay refuses to start with.
+var ErrInvalidOptions = errors.New("relay: invalid options")
+
+// Defaults returns the protocol's default options.
+func Defaults() Options {
+	return Options{
+		PingInterval:    DefaultPingInterval,
+		PongTimeout:     DefaultPongTimeout,
+		ReadTimeout:     DefaultReadTimeout,
+		WriteTimeout:    DefaultWriteTimeout,
+		CloseTimeout:    DefaultCloseTimeout,
+		GracePeriod:     DefaultGracePeriod,
+		ProbeTimeout:    DefaultProbeTimeout,
+		MaxMessageBytes: DefaultMaxMessageBytes,
+		PhoneQueueBytes: DefaultPhoneQueueBytes,
+		MaxQueuedBytes:  DefaultMaxQueuedBytes,
+		MaxPhones:       DefaultMaxPhones,
+	}
+}
+
+// Validate reports the first unusable value, wrapped in ErrInvalidOptions.
+func (o Options) Validate() error {
+	positive := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"ping-interval", o.PingInterval},
+		{"pong-timeout", o.PongTimeout},
+		{"read-timeout", o.ReadTimeout},
+		{"write-timeout", o.WriteTimeout},
+		{"close-timeout", o.CloseTimeout},
+		{"grace-period", o.GracePeriod},
+		{"probe-timeout", o.ProbeTimeout},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			return fmt.Errorf("%w: --%s must be positive, got %v", ErrInvalidOptions, p.name, p.d)
+		}
+	}
+	switch {
+	case o.MaxMessageBytes < 1024:
+		return fmt.Errorf("%w: --max-message-bytes must be at least 1024, got %d", ErrInvalidOptions, o.MaxMessageBytes)
+	case o.PhoneQueueBytes < o.MaxMessageBytes:
+		return fmt.Errorf("%w: --phone-queue-bytes (%d) must be at least --max-message-bytes (%d)", ErrInvalidOptions, o.PhoneQueueBytes, o.MaxMessageBytes)
+	case o.MaxQueuedBytes != 0 && o.MaxQueuedBytes < o.PhoneQueueBytes:
+		return fmt.Errorf("%w: --max-queued-bytes (%d) must be 0 or at least --phone-queue-bytes (%d)", ErrInvalidOptions, o.MaxQueuedBytes, o.PhoneQueueBytes)
+	case o.MaxQueuedBytes < 0:
+		return fmt.Errorf("%w: --max-queued-bytes must not be negative", ErrInvalidOptions)
+	case o.MaxPhones < 1 || o.MaxPhones > 1024:
+		return fmt.Errorf("%w: --max-phones must be 1..1024, got %d", ErrInvalidOptions, o.MaxPhones)
+	}
+	return nil
+}
