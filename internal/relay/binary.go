@@ -1,0 +1,125 @@
+package relay
+
+import (
+	"context"
+	"sync/atomic"
+
+	"github.com/coder/websocket"
+)
+
+// binaryConn is one daemon's connection.
+type binaryConn struct {
+	*wsEnd
+	rl       *Relay
+	serverID string
+	version  string // sanitised
+	ua       string // sanitised
+	remote   string
+	// holding is true while this connection holds its server-id's slot. The
+	// registry sets it under its lock; phone read loops read it lock-free.
+	holding atomic.Bool
+}
+
+func (b *binaryConn) logAttrs(event string) []any {
+	return []any{"event", event, "role", "binary", "server_id", b.serverID, "version", b.version, "user_agent", b.ua, "remote", b.remote}
+}
+
+// run claims the slot and serves the binary until its connection ends.
+func (b *binaryConn) run() {
+	rl := b.rl
+	if !b.claim() {
+		<-b.gone
+		rl.closed("binary", b.cause)
+		return
+	}
+	rl.m.Upgrades.WithLabelValues("binary").Inc()
+	rl.log.Info("binary claimed server-id", b.logAttrs("binary_claimed")...)
+	go heartbeat(b.ws, rl.opts.PingInterval, rl.opts.PongTimeout, b.ended, func() {
+		b.end(closeCause{code: CodeInternal, reason: reasonHeartbeat})
+	})
+
+	b.readLoop()
+
+	rl.reg.release(b) // grace starts, unless a takeover replaced us already
+	<-b.gone
+	rl.log.Info("binary closed", append(b.logAttrs("binary_closed"), "close_code", int(b.cause.code))...)
+	rl.closed("binary", b.cause)
+}
+
+// claim takes the server-id's slot. A live incumbent (it answers a ping
+// within ProbeTimeout) keeps it and b is closed 4409; a dead one is closed
+// 1011 and replaced. The loop repeats only if the slot changed during a
+// probe, which needs another binary to win a race each time: bounded.
+func (b *binaryConn) claim() bool {
+	rl := b.rl
+	for attempt := 0; attempt < 3; attempt++ {
+		res := rl.reg.claim(b)
+		if res.ok {
+			return true
+		}
+		inc := res.incumbent
+		if inc == nil { // shutting down
+			b.end(closeCause{code: CodeGoingAway, reason: reasonShutdown})
+			return false
+		}
+		if ping(inc.ws, rl.opts.ProbeTimeout, inc.ended) {
+			rl.log.Info("claim refused: server-id held by a live binary", append(b.logAttrs("binary_conflict"), "close_code", int(CodeConflict))...)
+			b.end(closeCause{code: CodeConflict, reason: reasonConflict})
+			return false
+		}
+		if rl.reg.takeover(b, inc) {
+			inc.end(closeCause{code: CodeInternal, reason: reasonReplaced})
+			rl.log.Info("dead binary replaced", b.logAttrs("binary_takeover")...)
+			return true
+		}
+	}
+	b.end(closeCause{code: CodeConflict, reason: reasonConflict})
+	return false
+}
+
+// readLoop routes envelopes until the connection ends. Per-frame errors drop
+// that frame and never close the binary (protocol §5).
+func (b *binaryConn) readLoop() {
+	rl := b.rl
+	for {
+		typ, data, err := readMessage(b.ws, rl.opts.ReadTimeout, func() {
+			b.end(closeCause{code: CodeInternal, reason: reasonReadTimeout})
+		})
+		if err != nil {
+			b.end(peerCause(err))
+			return
+		}
+		if typ != websocket.MessageText {
+			rl.drop(DropMalformedEnvelope)
+			continue
+		}
+		env, err := decodeBinaryEnvelope(data)
+		if err != nil {
+			rl.drop(DropMalformedEnvelope)
+			continue
+		}
+		if env.Kind == kindPushWake {
+			rl.drop(DropPushUnconfigured)
+			continue
+		}
+		p := rl.reg.lookupPhone(b, env.ConnID)
+		if p == nil {
+			rl.drop(DropUnknownConnID)
+			continue
+		}
+		p.deliver(env)
+	}
+}
+
+// send writes one message to the binary. Writes are serialised by the
+// WebSocket library; a binary that does not take a write within
+// WriteTimeout is closed 1011. It reports whether the write succeeded.
+func (b *binaryConn) send(msg []byte) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), b.rl.opts.WriteTimeout)
+	defer cancel()
+	if err := b.ws.Write(ctx, websocket.MessageText, msg); err != nil {
+		b.end(closeCause{code: CodeInternal, reason: reasonWriteFailed})
+		return false
+	}
+	return true
+}

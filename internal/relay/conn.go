@@ -1,0 +1,171 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Close codes the relay sends (protocol §6).
+const (
+	CodeNormal         = websocket.StatusNormalClosure   // 1000
+	CodeGoingAway      = websocket.StatusGoingAway       // 1001: shutdown; default notice code
+	CodeUnsupported    = websocket.StatusUnsupportedData // 1003: binary-opcode phone message
+	CodeInvalidPayload = websocket.StatusInvalidFramePayloadData
+	CodeTooBig         = websocket.StatusMessageTooBig // 1009
+	CodeInternal       = websocket.StatusInternalError // 1011: heartbeat, takeover, backlog, write failure
+	CodeNoBinary       = websocket.StatusCode(4404)    // no binary for that server-id; eviction
+	CodeConflict       = websocket.StatusCode(4409)    // server-id claimed by a live binary
+	CodeTooManyPhones  = websocket.StatusCode(4429)    // phone cap reached
+)
+
+// Close reasons are fixed phrases: never a server-id, header value or error
+// text (protocol §6).
+const (
+	reasonShutdown    = "relay shutting down"
+	reasonHeartbeat   = "heartbeat timeout"
+	reasonReadTimeout = "read timeout"
+	reasonBacklog     = "backlog full"
+	reasonWriteFailed = "write failed"
+	reasonReplaced    = "replaced by a new binary"
+	reasonNoBinary    = "no binary for this server"
+	reasonConflict    = "server already claimed"
+	reasonTooMany     = "too many phones"
+	reasonBadFrame    = "invalid frame"
+	reasonBinaryFrame = "text frames only"
+)
+
+// closeCause records why a connection ended. The first cause wins: a
+// connection is closed once, and its close notice (phones) carries that code.
+type closeCause struct {
+	code   websocket.StatusCode
+	reason string
+	// byPeer: the other side closed or vanished; nothing to send.
+	byPeer bool
+	// sent: the WebSocket library already sent the close frame (1009).
+	sent bool
+	// notify: a phone close that its binary should hear about.
+	notify bool
+}
+
+// wsEnd is the close state shared by both connection kinds.
+type wsEnd struct {
+	ws *websocket.Conn
+	// raw is the hijacked socket under ws. Closing it is the only way to
+	// bound the library's close handshake (up to 5 s + 5 s) for a peer that
+	// will never answer: one that stopped reading or stopped ponging.
+	raw          net.Conn
+	closeTimeout time.Duration
+	once         sync.Once
+	cause closeCause
+	// ended is closed when the first cause is recorded; goroutines tied to
+	// the connection (heartbeat, writer) stop on it.
+	ended chan struct{}
+	// gone is closed once the socket is closed (handshake done or timed out).
+	gone chan struct{}
+}
+
+func newWSEnd(ws *websocket.Conn, raw net.Conn, closeTimeout time.Duration) *wsEnd {
+	return &wsEnd{ws: ws, raw: raw, closeTimeout: closeTimeout, ended: make(chan struct{}), gone: make(chan struct{})}
+}
+
+// end records c if it is the first cause and closes the socket in the
+// background: a relay-made close sends c's code and gives the peer
+// closeTimeout to answer, after which the socket is dropped. Callers may
+// hold locks or sit on a hot path, so nothing here blocks. It reports
+// whether c won.
+func (e *wsEnd) end(c closeCause) bool {
+	won := false
+	e.once.Do(func() {
+		won = true
+		e.cause = c
+		close(e.ended)
+		go func() {
+			defer close(e.gone)
+			drop := time.AfterFunc(e.closeTimeout, e.dropSocket)
+			defer drop.Stop()
+			if c.byPeer || c.sent {
+				_ = e.ws.CloseNow()
+				return
+			}
+			_ = e.ws.Close(c.code, c.reason)
+		}()
+	})
+	return won
+}
+
+// dropSocket closes the TCP connection without a close handshake.
+func (e *wsEnd) dropSocket() {
+	if e.raw != nil {
+		_ = e.raw.Close()
+	}
+}
+
+// peerCause turns a read error into the cause of the connection's end.
+func peerCause(err error) closeCause {
+	if errors.Is(err, websocket.ErrMessageTooBig) {
+		return closeCause{code: CodeTooBig, sent: true, notify: true}
+	}
+	code := websocket.CloseStatus(err)
+	if code == -1 || code == websocket.StatusNoStatusRcvd {
+		code = CodeGoingAway // protocol §5: no status, or no close frame at all
+	}
+	return closeCause{code: code, byPeer: true, notify: true}
+}
+
+// readMessage reads one whole message. The read timeout starts when the
+// message's first frame header arrives, so an idle connection is left to the
+// heartbeat while a slow sender cannot hold a reader and its buffer forever;
+// onTimeout closes the connection, which unblocks the read.
+func readMessage(ws *websocket.Conn, timeout time.Duration, onTimeout func()) (websocket.MessageType, []byte, error) {
+	typ, r, err := ws.Reader(context.Background())
+	if err != nil {
+		return 0, nil, err
+	}
+	t := time.AfterFunc(timeout, onTimeout)
+	defer t.Stop()
+	data, err := io.ReadAll(r)
+	return typ, data, err
+}
+
+// heartbeat pings every interval and calls onDead when a pong does not come
+// within timeout. It returns when ended is closed.
+func heartbeat(ws *websocket.Conn, interval, timeout time.Duration, ended <-chan struct{}, onDead func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ended:
+			return
+		case <-t.C:
+		}
+		if !ping(ws, timeout, ended) {
+			select {
+			case <-ended:
+			default:
+				onDead()
+			}
+			return
+		}
+	}
+}
+
+// ping reports whether the peer answered a ping within timeout. ended
+// aborts the wait early.
+func ping(ws *websocket.Conn, timeout time.Duration, ended <-chan struct{}) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel() // also ends the watcher below
+	go func() {
+		select {
+		case <-ended:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ws.Ping(ctx) == nil
+}

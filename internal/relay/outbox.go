@@ -1,0 +1,159 @@
+package relay
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// byteBudget is the relay-wide ceiling on bytes queued for phones
+// (Options.MaxQueuedBytes). A nil or zero-limit budget admits everything.
+type byteBudget struct {
+	limit int64
+	used  atomic.Int64
+	// onChange reports the new total (metrics gauge); may be nil.
+	onChange func(int64)
+}
+
+func (b *byteBudget) acquire(n int64) bool {
+	if b == nil {
+		return true
+	}
+	used := b.used.Add(n)
+	if b.limit > 0 && used > b.limit {
+		b.used.Add(-n)
+		return false
+	}
+	if b.onChange != nil {
+		b.onChange(used)
+	}
+	return true
+}
+
+func (b *byteBudget) release(n int64) {
+	if b == nil || n == 0 {
+		return
+	}
+	used := b.used.Add(-n)
+	if b.onChange != nil {
+		b.onChange(used)
+	}
+}
+
+// outItem is one queued action for a phone: a frame, a close, or both
+// (frame first). closeCode 0 means no close.
+type outItem struct {
+	frame     []byte
+	closeCode int
+}
+
+// outbox is one phone's bounded FIFO of outbound frames, drained by the
+// phone's own writer goroutine. Pushing never blocks, so a stalled phone can
+// never stall its binary's read loop or the other phones.
+type outbox struct {
+	limit  int64
+	budget *byteBudget
+
+	mu      sync.Mutex
+	items   []outItem
+	bytes   int64
+	sealed  bool // a close is queued or the phone is ending: accept nothing more
+	wake    chan struct{}
+	stopped chan struct{}
+}
+
+func newOutbox(limit int64, budget *byteBudget) *outbox {
+	return &outbox{limit: limit, budget: budget, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
+}
+
+// push queues it. It returns "" on success, or why it refused: the phone's
+// own cap, the relay-wide ceiling, or an outbox already sealed by a close.
+func (o *outbox) push(it outItem) DropReason {
+	n := int64(len(it.frame))
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case o.sealed:
+		return DropPhoneClosing
+	case o.bytes+n > o.limit:
+		return DropPhoneBacklog
+	case !o.budget.acquire(n):
+		return DropRelayBacklog
+	}
+	o.items = append(o.items, it)
+	o.bytes += n
+	if it.closeCode != 0 {
+		o.sealed = true
+	}
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+	return ""
+}
+
+// next blocks until an item is queued or stop is called. The item's bytes
+// stay accounted until done(item) so the caps bound what is in flight too.
+func (o *outbox) next() (outItem, bool) {
+	for {
+		o.mu.Lock()
+		if len(o.items) > 0 {
+			it := o.items[0]
+			o.items[0] = outItem{}
+			o.items = o.items[1:]
+			o.mu.Unlock()
+			return it, true
+		}
+		o.mu.Unlock()
+		select {
+		case <-o.wake:
+		case <-o.stopped:
+			return outItem{}, false
+		}
+	}
+}
+
+// done releases the accounting of an item returned by next.
+func (o *outbox) done(it outItem) {
+	n := int64(len(it.frame))
+	o.mu.Lock()
+	o.bytes -= n
+	o.mu.Unlock()
+	o.budget.release(n)
+}
+
+// stop seals the outbox, discards what is queued and wakes the writer.
+// Safe to call more than once.
+func (o *outbox) stop() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.sealed && o.items == nil && isClosed(o.stopped) {
+		return
+	}
+	o.sealed = true
+	var n int64
+	for _, it := range o.items {
+		n += int64(len(it.frame))
+	}
+	o.items = nil
+	o.bytes -= n
+	o.budget.release(n)
+	if !isClosed(o.stopped) {
+		close(o.stopped)
+	}
+}
+
+// queuedBytes is the phone's current backlog (for tests and stats).
+func (o *outbox) queuedBytes() int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.bytes
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}

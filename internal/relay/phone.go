@@ -1,0 +1,145 @@
+package relay
+
+import (
+	"context"
+
+	"github.com/coder/websocket"
+)
+
+// phoneConn is one phone's connection. Its read loop runs in the HTTP
+// handler's goroutine; its writer drains its outbox in another.
+type phoneConn struct {
+	*wsEnd
+	rl       *Relay
+	serverID string
+	connID   string // set by registry.join
+	device   string // sanitised
+	remote   string
+	// token is kept only when ForwardV1Token is on, and only until the
+	// first envelope carries it.
+	token string
+
+	slot        *slot       // set by registry.join
+	joinedUnder *binaryConn // binary holding the slot at join; nil in grace
+	out         *outbox
+}
+
+func (p *phoneConn) logAttrs(event string) []any {
+	return []any{"event", event, "role", "phone", "server_id", p.serverID, "conn_id", p.connID, "device", p.device, "remote", p.remote}
+}
+
+// run serves an accepted phone until its connection ends.
+func (p *phoneConn) run() {
+	rl := p.rl
+	if err := rl.reg.join(p); err != nil {
+		code, reason := CodeNoBinary, reasonNoBinary
+		if err == ErrTooManyPhones {
+			code, reason = CodeTooManyPhones, reasonTooMany
+		}
+		p.end(closeCause{code: code, reason: reason})
+		rl.log.Info("phone refused", append(p.logAttrs("phone_refused"), "close_code", int(code))...)
+		<-p.gone
+		rl.closed("phone", p.cause)
+		return
+	}
+	rl.m.Upgrades.WithLabelValues("phone").Inc()
+	rl.log.Info("phone joined", p.logAttrs("phone_joined")...)
+
+	writerDone := make(chan struct{})
+	go func() { defer close(writerDone); p.writeLoop() }()
+	go heartbeat(p.ws, rl.opts.PingInterval, rl.opts.PongTimeout, p.ended, func() {
+		p.end(closeCause{code: CodeInternal, reason: reasonHeartbeat, notify: true})
+	})
+
+	p.readLoop()
+
+	p.out.stop()
+	<-writerDone
+	<-p.gone // the socket is closed before the handler (and its admission slot) is released
+	if p.cause.notify {
+		if b := rl.reg.leave(p); b != nil {
+			b.send(appendCloseNotice(nil, p.connID, int(p.cause.code)))
+		}
+	} else {
+		rl.reg.leave(p)
+	}
+	rl.log.Info("phone closed", append(p.logAttrs("phone_closed"), "close_code", int(p.cause.code))...)
+	rl.closed("phone", p.cause)
+}
+
+// readLoop reads phone frames until the connection ends, forwarding each
+// valid one to the binary the phone joined under.
+func (p *phoneConn) readLoop() {
+	rl := p.rl
+	var buf []byte
+	for {
+		typ, data, err := readMessage(p.ws, rl.opts.ReadTimeout, func() {
+			p.end(closeCause{code: CodeInternal, reason: reasonReadTimeout, notify: true})
+		})
+		if err != nil {
+			p.end(peerCause(err))
+			return
+		}
+		if typ != websocket.MessageText {
+			p.end(closeCause{code: CodeUnsupported, reason: reasonBinaryFrame, notify: true})
+			return
+		}
+		if !validPhoneFrame(data) {
+			p.end(closeCause{code: CodeInvalidPayload, reason: reasonBadFrame, notify: true})
+			return
+		}
+		b := p.joinedUnder
+		if b == nil || !b.holding.Load() {
+			rl.drop(DropNoBinary)
+			continue
+		}
+		buf = appendPhoneEnvelope(buf[:0], p.connID, p.token, data)
+		if b.send(buf) {
+			p.token = "" // the legacy token rides on the first envelope only
+			rl.m.FramesRouted.WithLabelValues("to_binary").Inc()
+		}
+	}
+}
+
+// writeLoop drains the outbox: frames in order, then a directive's close.
+func (p *phoneConn) writeLoop() {
+	rl := p.rl
+	for {
+		it, ok := p.out.next()
+		if !ok {
+			return
+		}
+		if it.frame != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), rl.opts.WriteTimeout)
+			err := p.ws.Write(ctx, websocket.MessageText, it.frame)
+			cancel()
+			p.out.done(it)
+			if err != nil {
+				p.end(closeCause{code: CodeInternal, reason: reasonWriteFailed, notify: true})
+				return
+			}
+			rl.m.FramesRouted.WithLabelValues("to_phone").Inc()
+		}
+		if it.closeCode != 0 {
+			// A directive close: the binary asked for it, so no notice.
+			p.end(closeCause{code: websocket.StatusCode(it.closeCode)})
+			return
+		}
+	}
+}
+
+// deliver queues a binary's envelope for this phone. A full backlog closes
+// the phone 1011 (its binary hears about it through a close notice).
+func (p *phoneConn) deliver(env binaryEnvelope) {
+	reason := p.out.push(outItem{frame: env.Frame, closeCode: env.CloseCode})
+	switch reason {
+	case "":
+		return
+	case DropPhoneBacklog, DropRelayBacklog:
+		p.out.stop()
+		if p.end(closeCause{code: CodeInternal, reason: reasonBacklog, notify: true}) {
+			p.rl.log.Warn("phone backlog full", append(p.logAttrs("phone_backlog_full"), "reason", string(reason))...)
+		}
+	}
+	p.rl.drop(reason)
+}

@@ -1,0 +1,273 @@
+package relay
+
+import (
+	"errors"
+	"sync"
+	"time"
+)
+
+// Registry sentinels: a phone that cannot join answers with a close code.
+var (
+	// ErrNoBinary: no binary holds the server-id and none is in grace (4404).
+	ErrNoBinary = errors.New("relay: no binary holds that server-id")
+	// ErrTooManyPhones: the server-id already has MaxPhones phones (4429).
+	ErrTooManyPhones = errors.New("relay: too many phones for that server-id")
+)
+
+// slot is one server-id's routing state. binary is nil during grace.
+type slot struct {
+	id     string
+	binary *binaryConn
+	phones map[string]*phoneConn
+	// graceStop cancels the pending grace expiry; graceSeq identifies it so
+	// a timer that fires after a reclaim (a stale timer) changes nothing.
+	graceStop func() bool
+	graceSeq  uint64
+}
+
+// timerFunc schedules f after d and returns a stop function
+// (time.AfterFunc's contract). Tests substitute a manual clock.
+type timerFunc func(d time.Duration, f func()) (stop func() bool)
+
+func realTimer(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
+
+// registry maps server-ids to slots. One mutex guards all of it: every
+// operation is a few map accesses, and a single lock makes the claim, grace
+// and cleanup races easy to reason about.
+type registry struct {
+	grace     time.Duration
+	maxPhones int
+	after     timerFunc
+	// onEvict closes phones removed by a reclaim, takeover or grace expiry
+	// (4404, no close notice). Called without the lock held.
+	onEvict func([]*phoneConn)
+	// onChange reports new sizes (metrics gauges); may be nil.
+	onChange func(RegistryStats)
+
+	mu     sync.Mutex
+	slots  map[string]*slot
+	stats  RegistryStats
+	closed bool // shutting down: refuse new claims and joins
+}
+
+// RegistryStats are the registry's current sizes, as /healthz reports them.
+type RegistryStats struct {
+	Binaries int `json:"binaries"` // slots held by a live binary
+	Phones   int `json:"phones"`   // phones in any slot
+	Grace    int `json:"grace"`    // slots in their grace period
+}
+
+func newRegistry(grace time.Duration, maxPhones int, after timerFunc, onEvict func([]*phoneConn)) *registry {
+	if after == nil {
+		after = realTimer
+	}
+	return &registry{grace: grace, maxPhones: maxPhones, after: after, onEvict: onEvict, slots: make(map[string]*slot)}
+}
+
+// claimResult is the outcome of one claim attempt.
+type claimResult struct {
+	ok        bool        // b now holds the slot
+	incumbent *binaryConn // when !ok: the live binary to probe
+}
+
+// claim gives b the slot when it is free or in grace. A reclaim during grace
+// evicts the slot's phones: they must handshake with the new binary.
+func (r *registry) claim(b *binaryConn) claimResult {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return claimResult{}
+	}
+	s := r.slots[b.serverID]
+	if s == nil {
+		s = &slot{id: b.serverID, phones: make(map[string]*phoneConn)}
+		r.slots[b.serverID] = s
+		r.install(s, b)
+		r.mu.Unlock()
+		return claimResult{ok: true}
+	}
+	if s.binary != nil {
+		inc := s.binary
+		r.mu.Unlock()
+		return claimResult{incumbent: inc}
+	}
+	// Reclaim during grace.
+	if s.graceStop != nil {
+		s.graceStop()
+		s.graceStop = nil
+	}
+	s.graceSeq++
+	r.stats.Grace--
+	evicted := r.evictPhones(s)
+	r.install(s, b)
+	r.mu.Unlock()
+	r.evicted(evicted)
+	return claimResult{ok: true}
+}
+
+// takeover replaces a dead incumbent with b. It fails (and b must claim
+// again) if the slot changed while the incumbent was being probed.
+func (r *registry) takeover(b, incumbent *binaryConn) bool {
+	r.mu.Lock()
+	s := r.slots[b.serverID]
+	if r.closed || s == nil || s.binary != incumbent {
+		r.mu.Unlock()
+		return false
+	}
+	incumbent.holding.Store(false)
+	r.stats.Binaries--
+	evicted := r.evictPhones(s)
+	r.install(s, b)
+	r.mu.Unlock()
+	r.evicted(evicted)
+	return true
+}
+
+// install makes b the slot's binary. Caller holds r.mu.
+func (r *registry) install(s *slot, b *binaryConn) {
+	s.binary = b
+	b.holding.Store(true)
+	r.stats.Binaries++
+	r.changed()
+}
+
+// evictPhones empties the slot's phone map. Caller holds r.mu.
+func (r *registry) evictPhones(s *slot) []*phoneConn {
+	if len(s.phones) == 0 {
+		return nil
+	}
+	out := make([]*phoneConn, 0, len(s.phones))
+	for _, p := range s.phones {
+		out = append(out, p)
+	}
+	r.stats.Phones -= len(s.phones)
+	s.phones = make(map[string]*phoneConn)
+	return out
+}
+
+func (r *registry) evicted(ps []*phoneConn) {
+	if len(ps) > 0 && r.onEvict != nil {
+		r.onEvict(ps)
+	}
+}
+
+// release is called when b's connection ends. Only the connection that
+// still holds the slot changes anything; the slot then enters grace.
+func (r *registry) release(b *binaryConn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.slots[b.serverID]
+	if s == nil || s.binary != b {
+		return // replaced by a takeover, or never installed
+	}
+	b.holding.Store(false)
+	s.binary = nil
+	r.stats.Binaries--
+	r.stats.Grace++
+	s.graceSeq++
+	seq := s.graceSeq
+	id := s.id
+	if !r.closed { // shutting down: every phone is being closed anyway
+		s.graceStop = r.after(r.grace, func() { r.expire(id, seq) })
+	}
+	r.changed()
+}
+
+// expire ends a grace period: the slot and its phones are removed, unless
+// the slot was reclaimed since (seq no longer matches).
+func (r *registry) expire(id string, seq uint64) {
+	r.mu.Lock()
+	s := r.slots[id]
+	if s == nil || s.binary != nil || s.graceSeq != seq {
+		r.mu.Unlock()
+		return
+	}
+	delete(r.slots, id)
+	r.stats.Grace--
+	evicted := r.evictPhones(s)
+	r.changed()
+	r.mu.Unlock()
+	r.evicted(evicted)
+}
+
+// join adds p to its server-id's slot (held or in grace) and mints its
+// conn_id. p.joinedUnder is the binary holding the slot now (nil in grace).
+func (r *registry) join(p *phoneConn) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.slots[p.serverID]
+	if r.closed || s == nil {
+		return ErrNoBinary
+	}
+	if len(s.phones) >= r.maxPhones {
+		return ErrTooManyPhones
+	}
+	id := newConnID()
+	for s.phones[id] != nil {
+		id = newConnID()
+	}
+	p.connID = id
+	p.slot = s
+	p.joinedUnder = s.binary
+	s.phones[id] = p
+	r.stats.Phones++
+	r.changed()
+	return nil
+}
+
+// leave removes p if it is still in its slot and returns the binary that
+// should get a close notice: the one p joined under, if it still holds the
+// slot.
+func (r *registry) leave(p *phoneConn) (notify *binaryConn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := p.slot
+	if s == nil || s.phones[p.connID] != p {
+		return nil // evicted already, or never joined
+	}
+	delete(s.phones, p.connID)
+	r.stats.Phones--
+	r.changed()
+	if r.slots[s.id] == s && s.binary != nil && s.binary == p.joinedUnder {
+		return s.binary
+	}
+	return nil
+}
+
+// lookupPhone finds connID among the phones of the slot b holds. A binary
+// that no longer holds its slot reaches nobody; a conn_id of another
+// server-id is simply not in b's slot.
+func (r *registry) lookupPhone(b *binaryConn, connID string) *phoneConn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.slots[b.serverID]
+	if s == nil || s.binary != b {
+		return nil
+	}
+	return s.phones[connID]
+}
+
+// close refuses further claims and joins (shutdown) and stops grace timers.
+func (r *registry) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	for _, s := range r.slots {
+		if s.graceStop != nil {
+			s.graceStop()
+		}
+	}
+}
+
+// Stats returns the current sizes.
+func (r *registry) Stats() RegistryStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stats
+}
+
+func (r *registry) changed() {
+	if r.onChange != nil {
+		r.onChange(r.stats)
+	}
+}

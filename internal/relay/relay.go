@@ -1,0 +1,243 @@
+// Package relay is the routing core: it accepts binaries and phones as
+// WebSockets, keeps the in-memory registry of server-ids, and forwards opaque
+// JSON frames between them. It never reads inner frames, never authenticates
+// phones and persists nothing.
+package relay
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/pyrycode/relay/internal/metrics"
+)
+
+// Deps are the relay's collaborators.
+type Deps struct {
+	Log     *slog.Logger     // nil discards
+	Metrics *metrics.Metrics // nil creates a private set
+	// RemoteAddr returns the client address to log for a request (the
+	// admission layer's resolved client IP). Nil uses r.RemoteAddr.
+	RemoteAddr func(*http.Request) string
+	// Timer schedules grace expiries; nil uses time.AfterFunc. Tests inject
+	// a manual clock here.
+	Timer timerFunc
+}
+
+// Relay routes frames between binaries and their phones.
+type Relay struct {
+	opts       Options
+	log        *slog.Logger
+	m          *metrics.Metrics
+	reg        *registry
+	budget     *byteBudget
+	remoteAddr func(*http.Request) string
+
+	mu       sync.Mutex
+	conns    map[*wsEnd]struct{} // every accepted connection, for shutdown
+	draining bool
+	wg       sync.WaitGroup // running handlers
+}
+
+// New returns a relay with validated options.
+func New(opts Options, d Deps) (*Relay, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	rl := &Relay{opts: opts, log: d.Log, m: d.Metrics, remoteAddr: d.RemoteAddr, conns: make(map[*wsEnd]struct{})}
+	if rl.log == nil {
+		rl.log = slog.New(slog.NewJSONHandler(io.Discard, nil))
+	}
+	if rl.m == nil {
+		rl.m = metrics.New()
+	}
+	if rl.remoteAddr == nil {
+		rl.remoteAddr = func(r *http.Request) string { return r.RemoteAddr }
+	}
+	for _, reason := range AllDropReasons {
+		rl.m.FramesDropped.WithLabelValues(string(reason))
+	}
+	rl.budget = &byteBudget{limit: opts.MaxQueuedBytes, onChange: func(n int64) { rl.m.QueuedBytes.Set(float64(n)) }}
+	rl.reg = newRegistry(opts.GracePeriod, opts.MaxPhones, d.Timer, func(ps []*phoneConn) {
+		for _, p := range ps {
+			p.end(closeCause{code: CodeNoBinary, reason: reasonNoBinary})
+		}
+	})
+	rl.reg.onChange = func(s RegistryStats) {
+		rl.m.Binaries.Set(float64(s.Binaries))
+		rl.m.Phones.Set(float64(s.Phones))
+		rl.m.GraceSlots.Set(float64(s.Grace))
+	}
+	return rl, nil
+}
+
+// Stats returns the registry's sizes (for /healthz).
+func (rl *Relay) Stats() RegistryStats { return rl.reg.Stats() }
+
+// QueuedBytes returns the bytes queued for phones relay-wide.
+func (rl *Relay) QueuedBytes() int64 { return rl.budget.used.Load() }
+
+// acceptOptions: no compression (no decompression bombs, no CRIME-style
+// length leaks, constant memory per connection). The Origin check is off
+// because browsers cannot set the x-pyrycode-* headers on a WebSocket, so a
+// cross-site page cannot complete either upgrade anyway.
+var acceptOptions = &websocket.AcceptOptions{
+	InsecureSkipVerify: true,
+	CompressionMode:    websocket.CompressionDisabled,
+}
+
+// accept upgrades the request. The HTTP server's read and write deadlines
+// survive a hijack, so they are cleared first: from here on the relay's own
+// per-message read timeout, write timeout and heartbeat govern the socket.
+func (rl *Relay) accept(w http.ResponseWriter, r *http.Request) *wsEnd {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
+	hc := &hijackCapture{ResponseWriter: w}
+	ws, err := websocket.Accept(hc, r, acceptOptions)
+	if err != nil {
+		rl.m.Rejected.WithLabelValues("bad_upgrade").Inc()
+		return nil // the library answered; the server's body filter keeps it generic
+	}
+	ws.SetReadLimit(rl.opts.MaxMessageBytes)
+	return newWSEnd(ws, hc.conn, rl.opts.CloseTimeout)
+}
+
+// hijackCapture keeps the raw connection the WebSocket library hijacks, so
+// the relay can drop it when a close handshake stalls.
+type hijackCapture struct {
+	http.ResponseWriter
+	conn net.Conn
+}
+
+func (h *hijackCapture) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	h.conn = c
+	return c, brw, err
+}
+
+func (h *hijackCapture) Unwrap() http.ResponseWriter { return h.ResponseWriter }
+
+// badRequest answers 400 with an empty body: no hint of which header failed.
+func (rl *Relay) badRequest(w http.ResponseWriter) {
+	rl.m.Rejected.WithLabelValues("bad_headers").Inc()
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusBadRequest)
+}
+
+// ServeBinary handles GET /v1/server.
+func (rl *Relay) ServeBinary(w http.ResponseWriter, r *http.Request) {
+	h, err := ParseBinaryHeaders(r.Header)
+	if err != nil {
+		rl.badRequest(w)
+		return
+	}
+	remote := rl.remoteAddr(r)
+	e := rl.accept(w, r)
+	if e == nil {
+		return
+	}
+	b := &binaryConn{wsEnd: e, rl: rl, serverID: h.ServerID, version: h.Version, ua: h.UserAgent, remote: remote}
+	if !rl.track(b.wsEnd) {
+		return
+	}
+	defer rl.untrack(b.wsEnd)
+	b.run()
+}
+
+// ServePhone handles GET /v1/client.
+func (rl *Relay) ServePhone(w http.ResponseWriter, r *http.Request) {
+	h, err := ParsePhoneHeaders(r.Header)
+	if err != nil {
+		rl.badRequest(w)
+		return
+	}
+	remote := rl.remoteAddr(r)
+	e := rl.accept(w, r)
+	if e == nil {
+		return
+	}
+	p := &phoneConn{wsEnd: e, rl: rl, serverID: h.ServerID, device: h.DeviceName, remote: remote,
+		out: newOutbox(rl.opts.PhoneQueueBytes, rl.budget)}
+	if rl.opts.ForwardV1Token {
+		p.token = h.Token
+	}
+	if !rl.track(p.wsEnd) {
+		return
+	}
+	defer rl.untrack(p.wsEnd)
+	p.run()
+}
+
+// track registers an accepted connection for shutdown. While draining, the
+// connection is closed 1001 at once.
+func (rl *Relay) track(e *wsEnd) bool {
+	rl.mu.Lock()
+	if rl.draining {
+		rl.mu.Unlock()
+		e.end(closeCause{code: CodeGoingAway, reason: reasonShutdown})
+		<-e.gone
+		return false
+	}
+	rl.conns[e] = struct{}{}
+	rl.wg.Add(1)
+	rl.mu.Unlock()
+	return true
+}
+
+func (rl *Relay) untrack(e *wsEnd) {
+	rl.mu.Lock()
+	delete(rl.conns, e)
+	rl.mu.Unlock()
+	rl.wg.Done()
+}
+
+// Shutdown closes every connection with 1001 and waits for their handlers,
+// or until ctx ends, after which remaining sockets are dropped without a
+// handshake. New upgrades are refused from the first call.
+func (rl *Relay) Shutdown(ctx context.Context) error {
+	rl.mu.Lock()
+	rl.draining = true
+	conns := make([]*wsEnd, 0, len(rl.conns))
+	for e := range rl.conns {
+		conns = append(conns, e)
+	}
+	rl.mu.Unlock()
+	rl.reg.close()
+	for _, e := range conns {
+		e.end(closeCause{code: CodeGoingAway, reason: reasonShutdown})
+	}
+	done := make(chan struct{})
+	go func() { rl.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		for _, e := range conns {
+			e.dropSocket()
+		}
+		return ctx.Err()
+	}
+}
+
+func (rl *Relay) drop(reason DropReason) {
+	rl.m.FramesDropped.WithLabelValues(string(reason)).Inc()
+}
+
+// closed counts a connection's end. The label is the relay's own close code,
+// or "peer": a peer-chosen code is attacker input and stays out of labels.
+func (rl *Relay) closed(role string, c closeCause) {
+	cause := "peer"
+	if !c.byPeer {
+		cause = strconv.Itoa(int(c.code))
+	}
+	rl.m.Closes.WithLabelValues(role, cause).Inc()
+}
