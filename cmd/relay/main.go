@@ -1,0 +1,125 @@
+// Command relay is the pyrycode WebSocket relay.
+//
+//	relay serve [flags]   run the relay (see relay serve -h)
+//	relay attack [flags]  run the remote-safe attack suite against a deployment
+//	relay version         print the version
+//
+// Exit codes: 0 clean shutdown, 1 runtime failure, 2 refused to start.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/pyrycode/relay/attacks"
+	"github.com/pyrycode/relay/internal/config"
+	"github.com/pyrycode/relay/internal/logging"
+	"github.com/pyrycode/relay/internal/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+const (
+	exitOK      = 0
+	exitRuntime = 1
+	exitRefused = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return exitRefused
+	}
+	switch args[0] {
+	case "serve":
+		return serve(args[1:], stderr)
+	case "attack":
+		return attacks.Main(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "relay %s\n", version)
+		return exitOK
+	case "help", "-h", "--help":
+		usage(stdout)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "relay: unknown command %q\n", args[0])
+		usage(stderr)
+		return exitRefused
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  relay serve [flags]    run the relay (relay serve -h lists every flag)
+  relay attack [flags]   run the remote-safe attack suite (relay attack -h)
+  relay version          print the version
+`)
+}
+
+// refuse prints one line and returns the refused-to-start code.
+func refuse(stderr io.Writer, err error) int {
+	fmt.Fprintf(stderr, "relay: refusing to start: %v\n", err)
+	return exitRefused
+}
+
+func serve(args []string, stderr io.Writer) int {
+	cfg, err := config.Parse(args, os.Getenv, stderr)
+	if errors.Is(err, config.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		return refuse(stderr, err)
+	}
+	log := logging.New(stderr, parseLevel(cfg.LogLevel))
+
+	srv, err := server.New(cfg, log)
+	if err != nil {
+		return refuse(stderr, err)
+	}
+	if err := srv.Listen(); err != nil {
+		return refuse(stderr, err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	srv.Serve()
+	log.Info("relay started", "event", "started", "version", version, "mode", string(cfg.Mode))
+
+	code := exitOK
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "event", "shutdown")
+	case err := <-srv.Done():
+		log.Error("listener failed", "event", "listener_failed", "error", err.Error())
+		code = exitRuntime
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown deadline passed; remaining connections dropped", "event", "shutdown_forced")
+	}
+	log.Info("stopped", "event", "stopped")
+	return code
+}
+
+func parseLevel(s string) slog.Level {
+	switch s {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}

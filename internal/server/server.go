@@ -1,0 +1,216 @@
+// Package server assembles the relay process: listeners, the hardened
+// http.Server around the routing core, /healthz, metrics and shutdown.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/pyrycode/relay/internal/config"
+	"github.com/pyrycode/relay/internal/metrics"
+	"github.com/pyrycode/relay/internal/relay"
+)
+
+// ErrListen wraps a listener that could not be bound (exit 2: the relay
+// never started serving).
+var ErrListen = errors.New("relay: cannot listen")
+
+// Server is the assembled relay process.
+type Server struct {
+	cfg     config.Config
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	relay   *relay.Relay
+
+	tlsConfig   *tls.Config  // nil in insecure mode
+	hosts       hostPolicy   // nil: any Host accepted
+	acmeHandler http.Handler // autocert mode: the port-80 handler
+
+	servers []*listenerServer
+	wg      sync.WaitGroup
+	errc    chan error
+}
+
+// listenerServer is one bound listener and the http.Server on it.
+type listenerServer struct {
+	name string // "public", "acme", "metrics": a log value, not input
+	ln   net.Listener
+	srv  *http.Server
+}
+
+// New validates what can be validated before binding any port (TLS
+// material, the certificate cache) and builds the handler chain.
+func New(cfg config.Config, log *slog.Logger) (*Server, error) {
+	s := &Server{cfg: cfg, log: log, metrics: metrics.New(), errc: make(chan error, 4)}
+	if err := s.setupTLS(); err != nil {
+		return nil, err
+	}
+	rl, err := relay.New(cfg.Relay, relay.Deps{Log: log, Metrics: s.metrics, RemoteAddr: clientAddr})
+	if err != nil {
+		return nil, err
+	}
+	s.relay = rl
+	return s, nil
+}
+
+// Relay exposes the routing core (tests, stats).
+func (s *Server) Relay() *relay.Relay { return s.relay }
+
+// Handler is the public listener's handler chain, outermost first:
+// generic bodies, panic recovery, Host check, routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("/v1/server", onlyGET(s.relay.ServeBinary))
+	mux.HandleFunc("/v1/client", onlyGET(s.relay.ServePhone))
+	registerTestHooks(mux)
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { emptyStatus(w, http.StatusNotFound) })
+	var h http.Handler = mux
+	h = s.hosts.wrap(h)
+	h = withRecovery(h, s.log, s.metrics)
+	return withGenericBodies(h)
+}
+
+// onlyGET answers 405 to anything but a GET upgrade.
+func onlyGET(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", http.MethodGet)
+			emptyStatus(w, http.StatusMethodNotAllowed)
+			return
+		}
+		h(w, r)
+	}
+}
+
+// healthz reports counts only: never a server-id, address or token.
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	st := s.relay.Stats()
+	body, _ := json.Marshal(struct {
+		Status string `json:"status"`
+		relay.RegistryStats
+	}{"ok", st})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(append(body, '\n'))
+}
+
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// httpServer returns an http.Server hardened for untrusted clients. Its read
+// and write timeouts bound plain HTTP requests only: the relay clears the
+// deadlines of a connection it upgrades (see relay.accept), and TLS
+// handshakes are bounded by the smallest of them.
+func (s *Server) httpServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		ReadTimeout:       s.cfg.ReadHeaderTimeout + 5*time.Second,
+		WriteTimeout:      s.cfg.Relay.WriteTimeout,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
+		TLSConfig:         s.tlsConfig,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// Listen binds every configured listener. Nothing is served until Serve.
+func (s *Server) Listen() error {
+	type want struct {
+		name, addr string
+		h          http.Handler
+		tls        bool
+	}
+	var wants []want
+	switch s.cfg.Mode {
+	case config.ModeInsecure:
+		wants = append(wants, want{"public", s.cfg.InsecureListen, s.Handler(), false})
+	case config.ModeStatic:
+		wants = append(wants, want{"public", s.cfg.HTTPSListen, s.Handler(), true})
+	case config.ModeAutocert:
+		wants = append(wants, want{"public", s.cfg.HTTPSListen, s.Handler(), true},
+			want{"acme", s.cfg.HTTPListen, withGenericBodies(s.acmeHandler), false})
+	}
+	if s.cfg.MetricsListen != "" {
+		wants = append(wants, want{"metrics", s.cfg.MetricsListen, s.metrics.Handler(), false})
+	}
+	for _, w := range wants {
+		ln, err := net.Listen("tcp", w.addr)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("%w: %s listener on %s: %v", ErrListen, w.name, w.addr, err)
+		}
+		ln = s.wrapListener(w.name, ln)
+		if w.tls {
+			ln = tls.NewListener(ln, s.tlsConfig)
+		}
+		srv := s.httpServer(w.h)
+		s.servers = append(s.servers, &listenerServer{name: w.name, ln: ln, srv: srv})
+	}
+	return nil
+}
+
+// wrapListener is where listener-level admission (PROXY protocol) goes.
+func (s *Server) wrapListener(name string, ln net.Listener) net.Listener { return ln }
+
+func (s *Server) closeListeners() {
+	for _, l := range s.servers {
+		_ = l.ln.Close()
+	}
+}
+
+// Addr returns the bound address of a listener ("public", "acme", "metrics").
+func (s *Server) Addr(name string) net.Addr {
+	for _, l := range s.servers {
+		if l.name == name {
+			return l.ln.Addr()
+		}
+	}
+	return nil
+}
+
+// Serve starts every listener and logs where it listens. Errors arrive on Done.
+func (s *Server) Serve() {
+	for _, l := range s.servers {
+		s.log.Info("listening", "event", "listening", "listener", l.name, "addr", l.ln.Addr().String(), "mode", string(s.cfg.Mode))
+		s.wg.Add(1)
+		go func(l *listenerServer) {
+			defer s.wg.Done()
+			if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.errc <- fmt.Errorf("relay: %s listener: %w", l.name, err)
+			}
+		}(l)
+	}
+}
+
+// Done delivers the first runtime failure of a listener.
+func (s *Server) Done() <-chan error { return s.errc }
+
+// Shutdown stops accepting, closes every WebSocket with 1001 and waits for
+// them until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(s.servers)+1)
+	for i, l := range s.servers {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = l.srv.Shutdown(ctx) }()
+	}
+	errs[len(s.servers)] = s.relay.Shutdown(ctx)
+	wg.Wait()
+	s.wg.Wait()
+	return errors.Join(errs...)
+}
