@@ -1,0 +1,158 @@
+// Package attacks is the relay's executable threat model: a catalog of
+// attack scenarios, each proving one or more defences listed in
+// docs/threat-model.md by attacking a running relay from outside.
+//
+// The package is a black box on purpose. It imports nothing from the
+// relay's internal packages and reaches the relay only over the network
+// (and, for local-only scenarios, through the process it starts), so the
+// same scenarios run in `go test ./attacks` against a freshly built binary
+// and, through `relay attack --target URL`, against a deployed relay.
+//
+// Adding a scenario is one file (scenario_NAME.go holding a func returning
+// a Scenario) plus one line in Catalog.
+package attacks
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// Mode says where a scenario may run.
+type Mode int
+
+const (
+	// RemoteSafe scenarios open a bounded number of connections and bytes
+	// (documented on each scenario as Bounds) and may run against a
+	// deployed relay.
+	RemoteSafe Mode = iota
+	// LocalOnly scenarios need the relay's process: they start their own
+	// relay with chosen flags, read its log, or use a test-only build.
+	LocalOnly
+)
+
+func (m Mode) String() string {
+	switch m {
+	case RemoteSafe:
+		return "remote-safe"
+	case LocalOnly:
+		return "local-only"
+	}
+	return "unknown"
+}
+
+// Verdict is a scenario's outcome.
+type Verdict int
+
+const (
+	// Pass: the attack was made and the defence held.
+	Pass Verdict = iota
+	// Fail: the defence did not hold (or the relay misbehaved).
+	Fail
+	// Skip: the scenario could not run here; Evidence says why.
+	Skip
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Pass:
+		return "PASS"
+	case Fail:
+		return "FAIL"
+	case Skip:
+		return "SKIP"
+	}
+	return "UNKNOWN"
+}
+
+// MarshalText renders the verdict as its name in JSON reports.
+func (v Verdict) MarshalText() ([]byte, error) { return []byte(v.String()), nil }
+
+// MarshalText renders the mode as its name in JSON reports.
+func (m Mode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText parses a verdict name, so JSON reports round-trip.
+func (v *Verdict) UnmarshalText(b []byte) error {
+	for _, c := range []Verdict{Pass, Fail, Skip} {
+		if c.String() == string(b) {
+			*v = c
+			return nil
+		}
+	}
+	return fmt.Errorf("attacks: unknown verdict %q", b)
+}
+
+// UnmarshalText parses a mode name, so JSON reports round-trip.
+func (m *Mode) UnmarshalText(b []byte) error {
+	for _, c := range []Mode{RemoteSafe, LocalOnly} {
+		if c.String() == string(b) {
+			*m = c
+			return nil
+		}
+	}
+	return fmt.Errorf("attacks: unknown mode %q", b)
+}
+
+// Scenario is one attack. Run must return Fail when the defence it names is
+// removed: a scenario that cannot fail proves nothing.
+type Scenario struct {
+	ID      string   // stable, e.g. "ATK-SLOWLORIS"
+	Title   string   // one line
+	Threats []string // threat IDs in docs/threat-model.md, e.g. "TM-DOS-1"
+	Mode    Mode
+	// Bounds states the load the scenario puts on a remote relay (connections
+	// and bytes at most). Required for RemoteSafe scenarios.
+	Bounds string
+	Run    func(ctx context.Context, t *Target) Result
+}
+
+// Target is the relay under attack.
+type Target struct {
+	// Base is http://host:port or https://host:port; ws(s) URLs are derived.
+	Base *url.URL
+	// RootCAs verifies the relay's certificate (nil: system roots).
+	RootCAs *x509.CertPool
+	// ServerName overrides the TLS server name (empty: Base's host).
+	ServerName string
+	// Local is nil against a remote deployment.
+	Local *Local
+
+	client *http.Client // overrides the WebSocket dialer's HTTP client
+}
+
+// Result is what a scenario observed.
+type Result struct {
+	Verdict  Verdict `json:"verdict"`
+	Evidence string  `json:"evidence"` // short and human: what was attacked, what was seen
+}
+
+// Report is one scenario's run.
+type Report struct {
+	Scenario Scenario
+	Result   Result
+	Duration time.Duration
+}
+
+// Passf, Failf and Skipf build results.
+func Passf(format string, a ...any) Result { return Result{Pass, sprintf(format, a...)} }
+func Failf(format string, a ...any) Result { return Result{Fail, sprintf(format, a...)} }
+func Skipf(format string, a ...any) Result { return Result{Skip, sprintf(format, a...)} }
+
+// Catalog lists every scenario in a stable order.
+func Catalog() []Scenario {
+	return []Scenario{
+		slowLoris(),
+		oversizedFrame(),
+		slowConsumer(),
+		crossTenant(),
+		headerAbuse(),
+		bodyLeak(),
+		forcedPanic(),
+		logScrape(),
+		deadPeer(),
+		tokenForward(),
+	}
+}

@@ -1,0 +1,555 @@
+package attacks
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Shared client helpers. Every scenario reaches the relay only through
+// these: real WebSocket clients (github.com/coder/websocket), raw TCP for
+// requests a well-behaved client cannot send, and /healthz.
+//
+// A coder/websocket Read whose context ends closes the connection, so reads
+// run in long-lived goroutines (binReader, phoneReader) and timeouts are
+// selects on their channels.
+
+func sprintf(format string, a ...any) string { return fmt.Sprintf(format, a...) }
+
+// Header names of the protocol (§3).
+const (
+	hdrServerID   = "X-Pyrycode-Server"
+	hdrVersion    = "X-Pyrycode-Version"
+	hdrToken      = "X-Pyrycode-Token"
+	hdrDeviceName = "X-Pyrycode-Device-Name"
+)
+
+// randHex returns n random bytes as hex.
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// newServerID mints a UUIDv4-shaped server-id.
+func newServerID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b)
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// canary returns a unique marker that must never come back from the relay
+// (responses) or appear in its log.
+func canary(label string) string { return "pyrycanary" + label + randHex(8) }
+
+func (t *Target) tlsConfig() *tls.Config {
+	if t.Base.Scheme != "https" {
+		return nil
+	}
+	name := t.ServerName
+	if name == "" {
+		name = t.Base.Hostname()
+	}
+	return &tls.Config{RootCAs: t.RootCAs, ServerName: name, MinVersion: tls.VersionTLS12}
+}
+
+func (t *Target) wsURL(path string) string {
+	u := *t.Base
+	if u.Scheme == "https" {
+		u.Scheme = "wss"
+	} else {
+		u.Scheme = "ws"
+	}
+	u.Path = path
+	return u.String()
+}
+
+func (t *Target) httpURL(path string) string {
+	u := *t.Base
+	u.Path = path
+	return u.String()
+}
+
+// wsHTTPClient carries the TLS settings; coder/websocket wants no Timeout.
+func (t *Target) wsHTTPClient() *http.Client {
+	if t.client != nil {
+		return t.client
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: t.tlsConfig(), Proxy: nil}}
+}
+
+// withClient is a copy of t whose WebSocket dials use hc.
+func (t *Target) withClient(hc *http.Client) *Target {
+	c := *t
+	c.client = hc
+	return &c
+}
+
+func (t *Target) httpClient() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: t.tlsConfig(), Proxy: nil, DisableKeepAlives: true}}
+}
+
+// binaryHeaders are a valid /v1/server header set.
+func binaryHeaders(serverID string) http.Header {
+	h := http.Header{}
+	h.Set(hdrServerID, serverID)
+	h.Set(hdrVersion, "attacks-0")
+	h.Set("User-Agent", "relay-attacks/1")
+	return h
+}
+
+// phoneHeaders are a valid /v1/client header set.
+func phoneHeaders(serverID, token string) http.Header {
+	h := http.Header{}
+	h.Set(hdrServerID, serverID)
+	h.Set(hdrToken, token)
+	h.Set("User-Agent", "relay-attacks/1")
+	return h
+}
+
+// dial opens a WebSocket with exactly the given headers. The read limit is
+// lifted: the attacker, not the client library, decides what is too big.
+func (t *Target) dial(ctx context.Context, path string, h http.Header) (*websocket.Conn, *http.Response, error) {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(dctx, t.wsURL(path), &websocket.DialOptions{HTTPHeader: h, HTTPClient: t.wsHTTPClient()})
+	if err != nil {
+		return nil, resp, err
+	}
+	c.SetReadLimit(-1)
+	return c, resp, nil
+}
+
+// envelope is the binary leg's routing envelope (protocol §5).
+type envelope struct {
+	ConnID    string          `json:"conn_id,omitempty"`
+	Frame     json.RawMessage `json:"frame,omitempty"`
+	CloseCode int             `json:"close_code,omitempty"`
+	Token     *string         `json:"token,omitempty"`
+	Raw       []byte          `json:"-"`
+}
+
+// reader drains one WebSocket in a goroutine (which also answers pings)
+// and hands messages to a channel.
+type reader struct {
+	msgs   chan []byte
+	done   chan struct{}
+	mu     sync.Mutex
+	err    error
+	closed time.Time
+}
+
+func startReader(ctx context.Context, c *websocket.Conn) *reader {
+	r := &reader{msgs: make(chan []byte, 8192), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for {
+			_, data, err := c.Read(ctx)
+			if err != nil {
+				r.mu.Lock()
+				r.err, r.closed = err, time.Now()
+				r.mu.Unlock()
+				return
+			}
+			select {
+			case r.msgs <- data:
+			default: // an attacker's reader never blocks the connection; overflow is dropped
+			}
+		}
+	}()
+	return r
+}
+
+// next returns the next message, or nil when d passes or the connection ends.
+func (r *reader) next(d time.Duration) []byte {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case m := <-r.msgs:
+		return m
+	case <-timer.C:
+		return nil
+	case <-r.done:
+		select {
+		case m := <-r.msgs:
+			return m
+		default:
+			return nil
+		}
+	}
+}
+
+// closeCode waits up to d for the connection to end and returns its close
+// status (-1: ended without a close frame; 0: still open).
+func (r *reader) closeCode(d time.Duration) int {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-r.done:
+	case <-timer.C:
+		return 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return int(websocket.CloseStatus(r.err))
+}
+
+func (r *reader) isDone() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitEnvelope reads binary-leg envelopes until match returns true or d
+// passes; every envelope read is appended to *seen.
+func (r *reader) waitEnvelope(d time.Duration, seen *[]envelope, match func(envelope) bool) (envelope, bool) {
+	deadline := time.Now().Add(d)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return envelope{}, false
+		}
+		m := r.next(left)
+		if m == nil {
+			return envelope{}, false
+		}
+		var e envelope
+		_ = json.Unmarshal(m, &e)
+		e.Raw = m
+		if seen != nil {
+			*seen = append(*seen, e)
+		}
+		if match(e) {
+			return e, true
+		}
+	}
+}
+
+// session is one binary and its phones on one server-id.
+type session struct {
+	t        *Target
+	ctx      context.Context
+	ServerID string
+	Bin      *websocket.Conn
+	BinR     *reader
+	Seen     []envelope // everything the binary received
+	Phones   []*phone
+}
+
+type phone struct {
+	C      *websocket.Conn
+	ConnID string
+	R      *reader // nil until StartReading
+	ctx    context.Context
+}
+
+func (p *phone) StartReading() *reader {
+	if p.R == nil {
+		p.R = startReader(p.ctx, p.C)
+	}
+	return p.R
+}
+
+// newSession claims a fresh server-id. The binary's reader runs at once so
+// it answers the relay's pings.
+func newSession(ctx context.Context, t *Target) (*session, error) {
+	id := newServerID()
+	c, _, err := t.dial(ctx, "/v1/server", binaryHeaders(id))
+	if err != nil {
+		return nil, fmt.Errorf("binary dial: %w", err)
+	}
+	return &session{t: t, ctx: ctx, ServerID: id, Bin: c, BinR: startReader(ctx, c)}, nil
+}
+
+// Close closes every connection of the session.
+func (s *session) Close() {
+	for _, p := range s.Phones {
+		_ = p.C.CloseNow()
+	}
+	_ = s.Bin.CloseNow()
+}
+
+// addPhone joins a phone and learns its conn_id by sending a hello frame
+// through to the binary. A phone that arrives before the claim is
+// registered is refused 4404; it retries a few times.
+func (s *session) addPhone(h http.Header) (*phone, error) {
+	if h == nil {
+		h = phoneHeaders(s.ServerID, "tok-"+randHex(8))
+	}
+	var lastErr error
+	for attempt := 0; attempt < 6; attempt++ {
+		c, _, err := s.t.dial(s.ctx, "/v1/client", h)
+		if err != nil {
+			lastErr = err
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		nonce := randHex(8)
+		if err := writeJSON(s.ctx, c, map[string]string{"hello": nonce}); err != nil {
+			lastErr = err
+			_ = c.CloseNow()
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		e, ok := s.BinR.waitEnvelope(2*time.Second, &s.Seen, func(e envelope) bool { return bytes.Contains(e.Frame, []byte(nonce)) })
+		if ok && e.ConnID != "" {
+			p := &phone{C: c, ConnID: e.ConnID, ctx: s.ctx}
+			s.Phones = append(s.Phones, p)
+			return p, nil
+		}
+		lastErr = errors.New("hello frame not delivered to the binary")
+		_ = c.CloseNow()
+	}
+	return nil, fmt.Errorf("phone join: %w", lastErr)
+}
+
+// drain moves every envelope already received into Seen, without waiting.
+func (s *session) drain() {
+	for {
+		select {
+		case m := <-s.BinR.msgs:
+			var e envelope
+			_ = json.Unmarshal(m, &e)
+			e.Raw = m
+			s.Seen = append(s.Seen, e)
+		default:
+			return
+		}
+	}
+}
+
+// send addresses frame to a phone through the binary.
+func (s *session) send(connID string, frame any) error {
+	f, err := json.Marshal(frame)
+	if err != nil {
+		return err
+	}
+	return writeJSON(s.ctx, s.Bin, envelope{ConnID: connID, Frame: f})
+}
+
+// roundTrip proves the pair relays both ways within d.
+func (s *session) roundTrip(p *phone, d time.Duration) (time.Duration, error) {
+	start := time.Now()
+	n := randHex(8)
+	if err := writeJSON(s.ctx, p.C, map[string]string{"ping": n}); err != nil {
+		return 0, fmt.Errorf("phone write: %w", err)
+	}
+	if _, ok := s.BinR.waitEnvelope(d, &s.Seen, func(e envelope) bool { return bytes.Contains(e.Frame, []byte(n)) }); !ok {
+		return 0, errors.New("phone->binary frame not delivered")
+	}
+	if err := s.send(p.ConnID, map[string]string{"pong": n}); err != nil {
+		return 0, fmt.Errorf("binary write: %w", err)
+	}
+	r := p.StartReading()
+	for left := d - time.Since(start); left > 0; left = d - time.Since(start) {
+		m := r.next(left)
+		if m == nil {
+			break
+		}
+		if bytes.Contains(m, []byte(n)) {
+			return time.Since(start), nil
+		}
+	}
+	return 0, errors.New("binary->phone frame not delivered")
+}
+
+func writeJSON(ctx context.Context, c *websocket.Conn, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return c.Write(wctx, websocket.MessageText, b)
+}
+
+// health is the /healthz body (protocol §2, §7a: counts only).
+type health struct {
+	Status   string `json:"status"`
+	Binaries int    `json:"binaries"`
+	Phones   int    `json:"phones"`
+	Grace    int    `json:"grace"`
+}
+
+func (t *Target) healthz(ctx context.Context) (health, []byte, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.httpURL("/healthz"), nil)
+	resp, err := t.httpClient().Do(req)
+	if err != nil {
+		return health{}, nil, err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64*1024))
+	if resp.StatusCode != http.StatusOK {
+		return health{}, body, fmt.Errorf("healthz status %d", resp.StatusCode)
+	}
+	var h health
+	if err := json.Unmarshal(body, &h); err != nil {
+		return health{}, body, fmt.Errorf("healthz body not JSON: %w", err)
+	}
+	return h, body, nil
+}
+
+// pollUntil calls cond every interval until it is true or d passes.
+func pollUntil(ctx context.Context, d, interval time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(interval)
+	}
+}
+
+// dialRaw opens a TCP (or TLS) connection to the target.
+func (t *Target) dialRaw(ctx context.Context) (net.Conn, error) {
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	host := t.Base.Host
+	if t.Base.Port() == "" {
+		if t.Base.Scheme == "https" {
+			host = net.JoinHostPort(t.Base.Hostname(), "443")
+		} else {
+			host = net.JoinHostPort(t.Base.Hostname(), "80")
+		}
+	}
+	if cfg := t.tlsConfig(); cfg != nil {
+		return (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, "tcp", host)
+	}
+	return d.DialContext(ctx, "tcp", host)
+}
+
+// rawResponse is what came back for a raw request: the parsed response (nil
+// if unparseable), its body, and every byte received (headers included) so
+// a canary check covers the whole answer.
+type rawResponse struct {
+	Resp *http.Response
+	Body []byte
+	All  []byte
+}
+
+// rawRequest writes req verbatim (concurrently with reading, so a server
+// that answers early, as with 431, is still heard) and reads one response.
+func (t *Target) rawRequest(ctx context.Context, req []byte) (rawResponse, error) {
+	c, err := t.dialRaw(ctx)
+	if err != nil {
+		return rawResponse{}, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	go func() { _, _ = c.Write(req) }()
+	var all bytes.Buffer
+	br := bufio.NewReader(io.TeeReader(c, &all))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return rawResponse{All: all.Bytes()}, err
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	return rawResponse{Resp: resp, Body: body, All: all.Bytes()}, nil
+}
+
+// hostHeader is the Host value a raw request should carry.
+func (t *Target) hostHeader() string { return t.Base.Host }
+
+// buildRequest renders an HTTP/1.1 request with Connection: close added
+// unless the headers name a Connection themselves.
+func (t *Target) buildRequest(method, path string, headers [][2]string) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, path, t.hostHeader())
+	hasConn := false
+	for _, h := range headers {
+		if strings.EqualFold(h[0], "Connection") {
+			hasConn = true
+		}
+		fmt.Fprintf(&b, "%s: %s\r\n", h[0], h[1])
+	}
+	if !hasConn {
+		b.WriteString("Connection: close\r\n")
+	}
+	b.WriteString("\r\n")
+	return []byte(b.String())
+}
+
+// wsUpgradeHeaders are the headers of a valid WebSocket upgrade request.
+func wsUpgradeHeaders() [][2]string {
+	return [][2]string{
+		{"Upgrade", "websocket"},
+		{"Connection", "Upgrade"},
+		{"Sec-WebSocket-Version", "13"},
+		{"Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="},
+	}
+}
+
+// genericBody reports whether body is empty or a short fixed phrase (no
+// path, stack or detail). The canary check is separate and stricter.
+func genericBody(body []byte) bool {
+	if len(body) == 0 {
+		return true
+	}
+	if len(body) > 64 {
+		return false
+	}
+	s := string(body)
+	for _, bad := range []string{"/", "goroutine", ".go", "panic", "runtime", "websocket", "error:", "{"} {
+		if strings.Contains(strings.ToLower(s), bad) {
+			return false
+		}
+	}
+	return true
+}
+
+// localOrSkip returns the local handles or a Skip result.
+func localOrSkip(t *Target) (*Local, *Result) {
+	if t.Local == nil {
+		r := Skipf("local-only: needs the relay's process")
+		return nil, &r
+	}
+	return t.Local, nil
+}
+
+// dedicated starts a relay of its own for a scenario that needs tuned
+// flags, or returns the target as is when running remotely. The returned
+// stop func is never nil.
+func dedicated(ctx context.Context, t *Target, flags ...string) (*Target, *Process, func(), error) {
+	if t.Local == nil {
+		return t, nil, func() {}, nil
+	}
+	p, err := t.Local.Start(ctx, flags...)
+	if err != nil {
+		if p != nil {
+			return nil, p, func() {}, fmt.Errorf("start relay %v: %w; log: %s", flags, err, tail(p.LogText(), 400))
+		}
+		return nil, nil, func() {}, fmt.Errorf("start relay %v: %w", flags, err)
+	}
+	nt := &Target{Base: p.URL, Local: t.Local}
+	return nt, p, func() { p.Stop() }, nil
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "…" + s[len(s)-n:]
+}

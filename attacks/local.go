@@ -1,0 +1,219 @@
+package attacks
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Local gives local-only scenarios handles on the relay's process. It is
+// nil when the target is a remote deployment.
+type Local struct {
+	// Binary is the path of the shipped build of cmd/relay.
+	Binary string
+	// TestHooksBinary is a build with -tags relay_testhooks ("" if none).
+	TestHooksBinary string
+	// ExtraFlags are appended to every process Start launches. Later flags
+	// win, so a tester removes a defence for every scenario at once, e.g.
+	// "--read-header-timeout=1h", to watch the scenarios that prove it fail.
+	ExtraFlags []string
+	// Main is the process behind Target.Base, if this package started it.
+	Main *Process
+	// TempDir is scratch space that outlives no test.
+	TempDir string
+
+	mu      sync.Mutex
+	started []*Process
+}
+
+// Started lists every process Start and StartBinary launched, so a failing
+// test can show their logs.
+func (l *Local) Started() []*Process {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]*Process(nil), l.started...)
+}
+
+// Start launches another relay from the shipped binary:
+// `relay serve --insecure-listen 127.0.0.1:0 FLAGS... ExtraFlags...`.
+func (l *Local) Start(ctx context.Context, flags ...string) (*Process, error) {
+	return l.StartBinary(ctx, l.Binary, flags...)
+}
+
+// StartBinary is Start with another build of the relay.
+func (l *Local) StartBinary(ctx context.Context, bin string, flags ...string) (*Process, error) {
+	args := append([]string{"serve", "--insecure-listen", "127.0.0.1:0"}, flags...)
+	args = append(args, l.ExtraFlags...)
+	p, err := StartProcess(ctx, bin, args...)
+	if p != nil {
+		l.mu.Lock()
+		l.started = append(l.started, p)
+		l.mu.Unlock()
+	}
+	return p, err
+}
+
+// Process is a relay process started by this package. Its stderr (the JSON
+// log) is captured line by line.
+type Process struct {
+	// Addr is the public listener's address from the "listening" log line.
+	Addr string
+	// URL is http://Addr.
+	URL *url.URL
+
+	cmd  *exec.Cmd
+	done chan struct{}
+
+	mu       sync.Mutex
+	lines    []string
+	waitErr  error
+	exitCode int
+}
+
+// ErrNoListenLine reports that a started relay exited or timed out before
+// logging its public listener's address.
+var ErrNoListenLine = errors.New("attacks: relay did not log a public listening address")
+
+// StartProcess runs bin with args and waits (up to 15 s or ctx) for its
+// public "listening" log line. It returns the process even when it failed
+// to start listening, so the caller can read its log and exit code; it is
+// then already stopped.
+func StartProcess(ctx context.Context, bin string, args ...string) (*Process, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout = io.Discard
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &Process{cmd: cmd, done: make(chan struct{}), exitCode: -1}
+	addrc := make(chan string, 1)
+	scanDone := make(chan struct{})
+	go func() {
+		defer close(scanDone)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+		for sc.Scan() {
+			line := sc.Text()
+			p.mu.Lock()
+			p.lines = append(p.lines, line)
+			p.mu.Unlock()
+			if a, ok := listeningAddr(line, "public"); ok {
+				select {
+				case addrc <- a:
+				default:
+				}
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+	}()
+	go func() {
+		<-scanDone // Wait must not close the pipe before the log is read
+		err := cmd.Wait()
+		p.mu.Lock()
+		p.waitErr = err
+		p.exitCode = cmd.ProcessState.ExitCode()
+		p.mu.Unlock()
+		close(p.done)
+	}()
+	timer := time.NewTimer(15 * time.Second)
+	defer timer.Stop()
+	select {
+	case a := <-addrc:
+		p.Addr = a
+		p.URL = &url.URL{Scheme: "http", Host: a}
+		return p, nil
+	case <-p.done:
+		return p, fmt.Errorf("%w (exit code %d)", ErrNoListenLine, p.ExitCode())
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	p.Kill()
+	return p, ErrNoListenLine
+}
+
+// listeningAddr parses {"event":"listening","listener":NAME,"addr":A}.
+func listeningAddr(line, listener string) (string, bool) {
+	var m struct {
+		Event    string `json:"event"`
+		Listener string `json:"listener"`
+		Addr     string `json:"addr"`
+	}
+	if json.Unmarshal([]byte(line), &m) != nil || m.Event != "listening" || m.Listener != listener || m.Addr == "" {
+		return "", false
+	}
+	return m.Addr, true
+}
+
+// Log returns a copy of the stderr lines captured so far.
+func (p *Process) Log() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.lines...)
+}
+
+// Signal sends sig to the process.
+func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// Wait waits for the process to exit or ctx to end.
+func (p *Process) Wait(ctx context.Context) error {
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Exited reports whether the process has exited.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// ExitCode is the exit status, or -1 while running or when killed by a signal.
+func (p *Process) ExitCode() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.exitCode
+}
+
+// Stop sends SIGTERM and waits up to 10 s for a clean exit, then kills.
+// It returns the exit code (-1 if it had to be killed).
+func (p *Process) Stop() int {
+	if p.Exited() {
+		return p.ExitCode()
+	}
+	_ = p.Signal(syscall.SIGTERM)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if p.Wait(ctx) != nil {
+		p.Kill()
+	}
+	return p.ExitCode()
+}
+
+// Kill kills the process and waits for it.
+func (p *Process) Kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// LogText is the captured log joined by newlines.
+func (p *Process) LogText() string { return strings.Join(p.Log(), "\n") }

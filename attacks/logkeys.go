@@ -1,0 +1,15 @@
+package attacks
+
+// allowedLogKeys is the relay's log-key allowlist, copied as data because
+// this package is a black box (internal/logging/keys.go is the source;
+// TestLogAllowlistMatchesSource keeps the two equal). Any other key in a
+// log line fails ATK-LOG-SCRAPE.
+var allowedLogKeys = map[string]bool{
+	// written by the handler
+	"time": true, "level": true, "msg": true, "dropped_attrs": true,
+	// caller keys
+	"event": true, "listener": true, "addr": true, "mode": true, "domain": true,
+	"server_id": true, "conn_id": true, "role": true, "remote": true, "device": true,
+	"version": true, "user_agent": true, "close_code": true, "reason": true, "count": true,
+	"duration_ms": true, "incident": true, "path_class": true, "error": true,
+}

@@ -1,0 +1,150 @@
+package attacks
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// Slow-loris: a client that sends request headers one byte at a time holds
+// a connection (and a goroutine) for as long as the server lets it. The
+// defence is http.Server.ReadHeaderTimeout (--read-header-timeout): every
+// trickling connection must be closed by that timeout plus slack, while a
+// legitimate binary<->phone pair keeps relaying.
+const (
+	slowLorisConnsLocal  = 64
+	slowLorisConnsRemote = 20
+	slowLorisLocalRHT    = time.Second
+	slowLorisRemoteRHT   = 5 * time.Second // the deployed default
+	slowLorisSlack       = 3 * time.Second
+	slowLorisTrickle     = 200 * time.Millisecond
+)
+
+func slowLoris() Scenario {
+	return Scenario{
+		ID:      "ATK-SLOWLORIS",
+		Title:   "Trickled request headers are cut off by ReadHeaderTimeout; a live pair keeps relaying",
+		Threats: []string{"TM-DOS-1"},
+		Mode:    RemoteSafe,
+		Bounds:  fmt.Sprintf("%d trickling TCP connections (one byte per %v, for at most %v), one binary and one phone", slowLorisConnsRemote, slowLorisTrickle, slowLorisRemoteRHT+slowLorisSlack),
+		Run:     runSlowLoris,
+	}
+}
+
+func runSlowLoris(ctx context.Context, t *Target) Result {
+	conns, rht := slowLorisConnsRemote, slowLorisRemoteRHT
+	if t.Local != nil {
+		conns, rht = slowLorisConnsLocal, slowLorisLocalRHT
+	}
+	tgt, _, stop, err := dedicated(ctx, t, "--read-header-timeout", rht.String())
+	if err != nil {
+		return Failf("%v", err)
+	}
+	defer stop()
+
+	s, err := newSession(ctx, tgt)
+	if err != nil {
+		return Failf("legitimate pair: %v", err)
+	}
+	defer s.Close()
+	ph, err := s.addPhone(nil)
+	if err != nil {
+		return Failf("legitimate pair: %v", err)
+	}
+
+	budget := rht + slowLorisSlack
+	actx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	closedAt := make([]time.Duration, conns) // 0: still open at the end
+	start := time.Now()
+	dialErrs := 0
+	var mu sync.Mutex
+	for i := 0; i < conns; i++ {
+		c, err := tgt.dialRaw(ctx)
+		if err != nil {
+			dialErrs++
+			continue
+		}
+		wg.Add(2)
+		readDone := make(chan struct{})
+		go func(i int, c net.Conn) { // closed when any read returns an error (EOF, reset)
+			defer wg.Done()
+			defer close(readDone)
+			buf := make([]byte, 512)
+			for {
+				if _, err := c.Read(buf); err != nil {
+					mu.Lock()
+					if actx.Err() == nil {
+						closedAt[i] = time.Since(start)
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		}(i, c)
+		go func(c net.Conn) {
+			defer wg.Done()
+			defer c.Close()
+			req := fmt.Sprintf("GET /healthz HTTP/1.1\r\nHost: %s\r\nUser-Agent: slowloris\r\n", tgt.hostHeader())
+			for j := 0; ; j++ {
+				var b []byte
+				if j < len(req) {
+					b = []byte{req[j]}
+				} else {
+					b = []byte{"X-a: b\r\n"[(j-len(req))%8]}
+				}
+				if _, err := c.Write(b); err != nil {
+					<-readDone
+					return
+				}
+				select {
+				case <-readDone:
+					return
+				case <-actx.Done():
+					return
+				case <-time.After(slowLorisTrickle):
+				}
+			}
+		}(c)
+	}
+	if dialErrs == conns {
+		return Failf("could not open any attack connection")
+	}
+
+	// The legitimate pair relays throughout the attack.
+	var worst time.Duration
+	trips := 0
+	for actx.Err() == nil {
+		rtt, err := s.roundTrip(ph, 2*time.Second)
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return Failf("legitimate pair stopped relaying during the attack after %d round trips: %v", trips, err)
+		}
+		trips++
+		if rtt > worst {
+			worst = rtt
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	wg.Wait()
+
+	open, latest := 0, time.Duration(0)
+	for i := range closedAt {
+		if closedAt[i] == 0 {
+			open++
+		} else if closedAt[i] > latest {
+			latest = closedAt[i]
+		}
+	}
+	open -= dialErrs
+	if open > 0 {
+		return Failf("%d of %d trickling connections still open after %v (read-header-timeout %v + %v slack)", open, conns-dialErrs, budget, rht, slowLorisSlack)
+	}
+	return Passf("%d trickling connections all closed by %v (read-header-timeout %v); pair made %d round trips, worst %v",
+		conns-dialErrs, latest.Round(10*time.Millisecond), rht, trips, worst.Round(time.Millisecond))
+}

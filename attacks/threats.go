@@ -1,0 +1,76 @@
+package attacks
+
+// Status says how a threat in docs/threat-model.md is checked.
+type Status int
+
+const (
+	// Verified: one or more scenarios in Catalog attack the defence.
+	Verified Status = iota
+	// NotExecutable: the threat is operational or cannot be attacked from
+	// outside in bounded time; Note says why.
+	NotExecutable
+	// Pending: the defence is executable but its scenario is not written
+	// yet; Note names the planned scenario. `relay attack --list` and the
+	// coverage test show these so the gap cannot hide.
+	Pending
+)
+
+func (s Status) String() string {
+	switch s {
+	case Verified:
+		return "verified"
+	case NotExecutable:
+		return "not executable"
+	case Pending:
+		return "NOT YET VERIFIED"
+	}
+	return "unknown"
+}
+
+// Threat is one entry of the threat model's index. The list is kept in Go,
+// not read from docs/, because `relay attack --list` runs on an operator's
+// machine without the repository; TestThreatModelCoverage keeps it equal
+// to docs/threat-model.md.
+type Threat struct {
+	ID     string
+	Title  string
+	Status Status
+	Note   string // reason (NotExecutable) or planned scenario (Pending)
+}
+
+// Threats is the threat model's index, in document order.
+func Threats() []Threat {
+	return []Threat{
+		{"TM-DEP-1", "Rooted host sees every byte", NotExecutable, "operational: whoever controls the host controls the process"},
+		{"TM-DEP-2", "Access and SSH keys", NotExecutable, "operational: host access policy, outside the binary"},
+		{"TM-DEP-3", "OS updates and intrusion detection", NotExecutable, "operational: host maintenance, outside the binary"},
+		{"TM-SUP-1", "Malicious dependency release", NotExecutable, "build-time: reviewed per dependency, see the module table"},
+		{"TM-SUP-2", "Unverified or vulnerable modules", NotExecutable, "build-time: go.sum is verified by the go command; govulncheck cannot reach its database from CI here"},
+		{"TM-DOS-1", "Slow-loris request headers", Verified, ""},
+		{"TM-DOS-2", "Slow message body", Pending, "planned ATK-SLOW-MESSAGE (raw frame trickled under --read-timeout)"},
+		{"TM-DOS-3", "Oversized frames", Verified, ""},
+		{"TM-DOS-4", "Slow consumer", Verified, ""},
+		{"TM-DOS-5", "Connection flood (global cap)", Pending, "planned ATK-CONN-FLOOD (admission control, issue 4)"},
+		{"TM-DOS-6", "Per-IP flood and upgrade rate", Pending, "planned ATK-PER-IP-FLOOD (admission control, issue 4)"},
+		{"TM-DOS-7", "Client retry storm", Pending, "planned ATK-RETRY-STORM (admission control, issue 4)"},
+		{"TM-DOS-8", "Relay-wide queued bytes", Pending, "planned ATK-QUEUE-CEILING (admission control, issue 4)"},
+		{"TM-DOS-9", "Bandwidth amplification", Verified, ""},
+		{"TM-DOS-10", "Dead peers hold resources", Verified, ""},
+		{"TM-LOG-1", "Secrets and payloads in logs", Verified, ""},
+		{"TM-LOG-2", "Log injection", Verified, ""},
+		{"TM-LOG-3", "Log rotation and retention", NotExecutable, "operational: journald/logrotate policy on the host"},
+		{"TM-CERT-1", "Insecure certificate cache directory", Pending, "planned ATK-CACHE-DIR (real binary, modes 0750/0755/0777 exit 2, no port bound)"},
+		{"TM-CERT-2", "Certificate and key rotation", NotExecutable, "autocert renews about 30 days before expiry; not compressible into a black-box run"},
+		{"TM-TLS-1", "TLS protocol downgrade", Pending, "planned ATK-TLS-VERSION (TLS 1.0/1.1 handshakes refused)"},
+		{"TM-TLS-2", "Weak cipher suites", Pending, "planned ATK-TLS-SUITES (CBC and non-forward-secret TLS 1.2 suites refused)"},
+		{"TM-LEAK-1", "Internal detail in 500 responses", Verified, ""},
+		{"TM-LEAK-2", "Echoed input in 4xx responses", Verified, ""},
+		{"TM-LEAK-3", "Health and metrics exposure", Verified, ""},
+		{"TM-ROUTE-1", "Cross-tenant routing", Verified, ""},
+		{"TM-ROUTE-2", "Upgrade header and server-id abuse", Verified, ""},
+		{"TM-ROUTE-3", "conn_id guessing", Verified, ""},
+		{"TM-ROUTE-4", "Device tokens forwarded to a squatter", Verified, ""},
+		{"TM-NET-1", "Spoofed client address (PROXY, X-Forwarded-For)", Pending, "planned ATK-SPOOF-IP (admission control, issue 4)"},
+		{"TM-HOST-1", "Host or SNI mismatch", Pending, "planned ATK-HOST-MISMATCH (needs --domain mode with a local ACME server)"},
+	}
+}
