@@ -145,9 +145,9 @@ func CheckCacheDir(dir string) error {
 //     default so the policy is reviewable in one place.
 //   - ALPN is "http/1.1" only: the relay speaks WebSockets over HTTP/1.1;
 //     RFC 8441 WebSockets over h2 is not used, so h2 would only add attack
-//     surface. An http.Server serving this config must also disable its
-//     automatic h2 (set Protocols to HTTP/1 only or TLSNextProto to an
-//     empty map), or net/http appends "h2" itself.
+//     surface. An http.Server serving this config with ServeTLS must set
+//     Protocols to HTTP/1 only (or TLSNextProto to an empty map): otherwise
+//     ServeTLS appends "h2" and an h2-only client negotiates it.
 func ServerTLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,

@@ -450,6 +450,42 @@ func TestServerTLS_ALPN_HTTP11Only(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, srv.serverResult(t))
 	require.Equal(t, "http/1.1", c.ConnectionState().NegotiatedProtocol)
+
+	h2only := clientConfig(t)
+	h2only.NextProtos = []string{"h2"}
+	_, err = srv.dial(t, h2only)
+	require.ErrorContains(t, err, "no application protocol")
+	require.Error(t, srv.serverResult(t))
+}
+
+// TestServerTLS_HTTPServerHTTP1Only_NoH2 pins the http.Server setting the
+// policy relies on: ServeTLS re-adds "h2" unless Protocols excludes it.
+func TestServerTLS_HTTPServerHTTP1Only_NoH2(t *testing.T) {
+	cfg := ServerTLSConfig()
+	cfg.Certificates = []tls.Certificate{certs(t).ecdsa}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	hs := &http.Server{TLSConfig: cfg, Protocols: &protos, Handler: http.NotFoundHandler(), ReadHeaderTimeout: 5 * time.Second}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- hs.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() {
+		_ = hs.Close()
+		require.ErrorIs(t, <-done, http.ErrServerClosed)
+	})
+
+	h2only := clientConfig(t)
+	h2only.NextProtos = []string{"h2"}
+	_, err = tls.Dial("tcp", ln.Addr().String(), h2only)
+	require.ErrorContains(t, err, "no application protocol")
+
+	both := clientConfig(t)
+	both.NextProtos = []string{"h2", "http/1.1"}
+	c, err := tls.Dial("tcp", ln.Addr().String(), both)
+	require.NoError(t, err)
+	defer c.Close()
+	require.Equal(t, "http/1.1", c.ConnectionState().NegotiatedProtocol)
 }
 
 func TestServerTLS_KeyExchange(t *testing.T) {
@@ -519,6 +555,13 @@ func TestStaticTLSConfig_ServesPolicy(t *testing.T) {
 			_, err = srv.dial(t, old)
 			require.Error(t, err)
 			require.ErrorContains(t, srv.serverResult(t), "unsupported versions")
+
+			cbc := clientConfig(t)
+			cbc.MaxVersion = tls.VersionTLS12
+			cbc.CipherSuites = []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA}
+			_, err = srv.dial(t, cbc)
+			require.Error(t, err)
+			require.ErrorContains(t, srv.serverResult(t), "no cipher suite supported")
 		})
 	}
 }
@@ -761,6 +804,13 @@ func TestChallengeHandler_KnownToken_Served(t *testing.T) {
 	resp, body = doChallenge(t, "HEAD", base+"/.well-known/acme-challenge/"+token, testDomain)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Empty(t, body)
+
+	// Only GET and HEAD: the CA never posts to the challenge URL.
+	for _, method := range []string{"POST", "PUT", "DELETE", "OPTIONS"} {
+		resp, body = doChallenge(t, method, base+"/.well-known/acme-challenge/"+token, testDomain)
+		require.Equal(t, http.StatusNotFound, resp.StatusCode, method)
+		require.Empty(t, body, method)
+	}
 
 	// The same token for a host outside the whitelist is not served.
 	resp, body = doChallenge(t, "GET", base+"/.well-known/acme-challenge/"+token, "evil.example.test")
