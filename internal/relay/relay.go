@@ -8,8 +8,8 @@ import (
 	"bufio"
 	"context"
 	"io"
-	"net"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -94,9 +94,11 @@ var acceptOptions = &websocket.AcceptOptions{
 	CompressionMode:    websocket.CompressionDisabled,
 }
 
-// accept upgrades the request. The HTTP server's read and write deadlines
-// survive a hijack, so they are cleared first: from here on the relay's own
-// per-message read timeout, write timeout and heartbeat govern the socket.
+// accept upgrades the request. From here on the relay's own per-message
+// read timeout, write timeout and heartbeat govern the socket, so the HTTP
+// server's read and write deadlines are cleared first. net/http (Go 1.26)
+// also clears them on hijack; doing it here keeps the guarantee if the
+// server in front ever changes (TestUpgradedConnection_OutlivesHTTPServerTimeouts).
 func (rl *Relay) accept(w http.ResponseWriter, r *http.Request) *wsEnd {
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Time{})

@@ -14,6 +14,9 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
+	"github.com/pyrycode/relay/internal/admission"
 	"github.com/pyrycode/relay/internal/config"
 	"github.com/pyrycode/relay/internal/metrics"
 	"github.com/pyrycode/relay/internal/relay"
@@ -29,6 +32,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	relay   *relay.Relay
+	admit   *admission.Controller
 
 	tlsConfig   *tls.Config  // nil in insecure mode
 	hosts       hostPolicy   // nil: any Host accepted
@@ -53,6 +57,19 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	if err := s.setupTLS(); err != nil {
 		return nil, err
 	}
+	ao := admission.DefaultOptions()
+	ao.MaxConns = cfg.MaxConns
+	ao.MaxConnsPerIP = cfg.MaxConnsPerIP
+	ao.UpgradeRate = rate.Limit(cfg.UpgradeRate)
+	ao.UpgradeBurst = cfg.UpgradeBurst
+	ao.MaxTrackedIPs = cfg.MaxTrackedIPs
+	ao.TrustedProxies = cfg.TrustProxy
+	ao.OnReject = func(r admission.Reason) { s.metrics.Rejected.WithLabelValues(string(r)).Inc() }
+	adm, err := admission.New(ao)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", config.ErrInvalidConfig, err)
+	}
+	s.admit = adm
 	rl, err := relay.New(cfg.Relay, relay.Deps{Log: log, Metrics: s.metrics, RemoteAddr: clientAddr})
 	if err != nil {
 		return nil, err
@@ -69,8 +86,10 @@ func (s *Server) Relay() *relay.Relay { return s.relay }
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
-	mux.HandleFunc("/v1/server", onlyGET(s.relay.ServeBinary))
-	mux.HandleFunc("/v1/client", onlyGET(s.relay.ServePhone))
+	// Only the upgrade paths are admission-controlled: /healthz must answer
+	// monitors even while a flood is being refused.
+	mux.Handle("/v1/server", s.admit.Middleware(onlyGET(s.relay.ServeBinary)))
+	mux.Handle("/v1/client", s.admit.Middleware(onlyGET(s.relay.ServePhone)))
 	registerTestHooks(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { emptyStatus(w, http.StatusNotFound) })
 	var h http.Handler = mux
@@ -103,7 +122,12 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write(append(body, '\n'))
 }
 
+// clientAddr is the client address the admission layer resolved (trusted
+// proxies' X-Forwarded-For, PROXY header), else the socket peer.
 func clientAddr(r *http.Request) string {
+	if a, ok := admission.FromContext(r.Context()); ok {
+		return a.String()
+	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr
@@ -119,7 +143,7 @@ func (s *Server) httpServer(h http.Handler) *http.Server {
 	return &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
-		ReadTimeout:       s.cfg.ReadHeaderTimeout + 5*time.Second,
+		ReadTimeout:       2 * s.cfg.ReadHeaderTimeout, // no route reads a body
 		WriteTimeout:      s.cfg.Relay.WriteTimeout,
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
@@ -164,8 +188,14 @@ func (s *Server) Listen() error {
 	return nil
 }
 
-// wrapListener is where listener-level admission (PROXY protocol) goes.
-func (s *Server) wrapListener(name string, ln net.Listener) net.Listener { return ln }
+// wrapListener reads PROXY protocol headers on the public listener when
+// configured: required from --trust-proxy peers, refused from anyone else.
+func (s *Server) wrapListener(name string, ln net.Listener) net.Listener {
+	if name == "public" && s.cfg.ProxyProtocol {
+		return admission.WrapListener(ln, s.cfg.TrustProxy, s.cfg.ProxyHeaderTimeout)
+	}
+	return ln
+}
 
 func (s *Server) closeListeners() {
 	for _, l := range s.servers {

@@ -1,9 +1,16 @@
 package server
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strings"
+
+	"github.com/pyrycode/relay/internal/config"
+	"github.com/pyrycode/relay/internal/relay"
 )
 
 // hostPolicy is the set of Host values the public listener answers in TLS
@@ -28,6 +35,78 @@ func (hp hostPolicy) wrap(h http.Handler) http.Handler {
 	})
 }
 
-// setupTLS prepares the TLS configuration for the chosen mode. Filled in by
-// the TLS modes; insecure mode needs nothing.
-func (s *Server) setupTLS() error { return nil }
+// setupTLS prepares the TLS configuration for the chosen mode before any
+// port is bound, so a bad key, an insecure certificate cache or an invalid
+// domain refuses the start (exit 2).
+func (s *Server) setupTLS() error {
+	switch s.cfg.Mode {
+	case config.ModeStatic:
+		tc, err := relay.StaticTLSConfig(s.cfg.TLSCert, s.cfg.TLSKey)
+		if err != nil {
+			return err
+		}
+		s.tlsConfig = tc
+		s.hosts = hostsOf(tc.Certificates[0])
+	case config.ModeAutocert:
+		opts := relay.AutocertOptions{
+			Domain:       s.cfg.Domain,
+			CacheDir:     s.cfg.CertCache,
+			Email:        s.cfg.ACMEEmail,
+			DirectoryURL: s.cfg.ACMEDirectory,
+		}
+		if s.cfg.ACMECA != "" {
+			client, err := clientTrusting(s.cfg.ACMECA)
+			if err != nil {
+				return err
+			}
+			opts.HTTPClient = client
+		}
+		m, err := relay.NewAutocertManager(opts)
+		if err != nil {
+			return err
+		}
+		s.tlsConfig = relay.AutocertTLSConfig(m)
+		s.hosts = hostPolicy{strings.ToLower(s.cfg.Domain): true}
+		s.acmeHandler = relay.ChallengeHandler(m)
+	}
+	return nil
+}
+
+// hostsOf accepts the certificate's DNS and IP names; a certificate with no
+// names (unusual) leaves the Host unchecked.
+func hostsOf(c tls.Certificate) hostPolicy {
+	leaf := c.Leaf
+	if leaf == nil && len(c.Certificate) > 0 {
+		leaf, _ = x509.ParseCertificate(c.Certificate[0])
+	}
+	if leaf == nil || len(leaf.DNSNames)+len(leaf.IPAddresses) == 0 {
+		return nil
+	}
+	hp := hostPolicy{}
+	for _, n := range leaf.DNSNames {
+		hp[strings.ToLower(n)] = true
+	}
+	for _, ip := range leaf.IPAddresses {
+		hp[ip.String()] = true
+	}
+	return hp
+}
+
+// clientTrusting returns an HTTP client for the ACME server that trusts the
+// system roots plus the CA in file (a test ACME server such as Pebble).
+func clientTrusting(file string) (*http.Client, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --acme-ca: %v", config.ErrInvalidConfig, err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%w: --acme-ca %s holds no PEM certificate", config.ErrInvalidConfig, file)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr}, nil
+}

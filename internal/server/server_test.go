@@ -1,0 +1,183 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pyrycode/relay/internal/config"
+	"github.com/pyrycode/relay/internal/logging"
+)
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type running struct {
+	srv  *Server
+	base string // http://127.0.0.1:port
+	log  *syncBuffer
+}
+
+// start runs the real server assembly in-process on 127.0.0.1:0.
+func start(t *testing.T, args ...string) *running {
+	t.Helper()
+	cfg, err := config.Parse(append([]string{"--insecure-listen", "127.0.0.1:0"}, args...), nil, io.Discard)
+	require.NoError(t, err)
+	logs := &syncBuffer{}
+	srv, err := New(cfg, logging.New(logs, -4))
+	require.NoError(t, err)
+	require.NoError(t, srv.Listen())
+	srv.Serve()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	})
+	return &running{srv: srv, base: "http://" + srv.Addr("public").String(), log: logs}
+}
+
+func (r *running) dial(t *testing.T, path string, hdr http.Header) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(r.base, "http")+path, &websocket.DialOptions{HTTPHeader: hdr})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.CloseNow() })
+	return c
+}
+
+func binHdr(id string) http.Header {
+	return http.Header{"X-Pyrycode-Server": {id}, "X-Pyrycode-Version": {"1"}, "User-Agent": {"t"}}
+}
+
+func phoneHdr(id string) http.Header {
+	return http.Header{"X-Pyrycode-Server": {id}, "X-Pyrycode-Token": {"tok"}, "User-Agent": {"t"}}
+}
+
+func TestUpgradedConnection_OutlivesHTTPServerTimeouts(t *testing.T) {
+	// http.Server read deadline = 2×100ms, write deadline = 300ms: both set
+	// on the socket before the upgrade and kept by a hijack unless cleared.
+	r := start(t, "--read-header-timeout", "100ms", "--write-timeout", "300ms")
+	bin := r.dial(t, "/v1/server", binHdr("srv"))
+	require.Eventually(t, func() bool { return r.srv.Relay().Stats().Binaries == 1 }, 5*time.Second, 5*time.Millisecond)
+	phone := r.dial(t, "/v1/client", phoneHdr("srv"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	time.Sleep(700 * time.Millisecond) // idle past every HTTP server deadline
+	require.NoError(t, phone.Write(ctx, websocket.MessageText, []byte(`{"late":1}`)))
+	_, msg, err := bin.Read(ctx)
+	require.NoError(t, err, "binary leg died: a server deadline survived the hijack")
+	require.Contains(t, string(msg), `"frame":{"late":1}`)
+	var env struct {
+		ConnID string `json:"conn_id"`
+	}
+	require.NoError(t, jsonUnmarshal(msg, &env))
+	require.NoError(t, bin.Write(ctx, websocket.MessageText, []byte(fmt.Sprintf(`{"conn_id":%q,"frame":{"back":1}}`, env.ConnID))))
+	_, msg, err = phone.Read(ctx)
+	require.NoError(t, err, "phone leg died: a server deadline survived the hijack")
+	require.JSONEq(t, `{"back":1}`, string(msg))
+}
+
+func TestErrorBodies_EmptyWhateverTheSource(t *testing.T) {
+	r := start(t)
+	canary := "CANARY-7f3a"
+	cases := []struct {
+		name   string
+		method string
+		path   string
+		hdr    http.Header
+		status int
+	}{
+		{"unknown path", "GET", "/" + canary, nil, 404},
+		{"wrong method", "POST", "/v1/server", nil, 405},
+		{"missing headers", "GET", "/v1/client", nil, 400},
+		{"bad server-id", "GET", "/v1/server", http.Header{"X-Pyrycode-Server": {canary + "/.."}, "X-Pyrycode-Version": {"1"}, "User-Agent": {"t"}}, 400},
+		// Valid relay headers but not a WebSocket handshake: the WebSocket
+		// library's own error quotes the Connection header back.
+		{"library 426", "GET", "/v1/client", http.Header{"X-Pyrycode-Server": {"s"}, "X-Pyrycode-Token": {"t"}, "User-Agent": {"t"}, "Connection": {canary}}, 426},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest(tc.method, r.base+tc.path, nil)
+			require.NoError(t, err)
+			for k, v := range tc.hdr {
+				req.Header[k] = v
+			}
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			require.Equal(t, tc.status, resp.StatusCode)
+			require.Empty(t, body)
+			for k, vs := range resp.Header {
+				require.NotContains(t, k+strings.Join(vs, ","), canary)
+			}
+		})
+	}
+	require.NotContains(t, r.log.String(), canary)
+}
+
+func TestPanic_Generic500WithIncidentID(t *testing.T) {
+	logs := &syncBuffer{}
+	m := newTestMetrics()
+	h := withGenericBodies(withRecovery(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		panic("secret detail " + "CANARY-panic")
+	}), logging.New(logs, 0), m))
+	rec := newRecorder()
+	h.ServeHTTP(rec, mustRequest(t, "GET", "/x"))
+	require.Equal(t, 500, rec.Code)
+	require.Empty(t, rec.Body.String())
+	id := rec.Header().Get("X-Incident-Id")
+	require.Regexp(t, `^[0-9a-f]{16}$`, id)
+	require.Contains(t, logs.String(), `"incident":"`+id+`"`)
+	require.NotContains(t, logs.String(), "CANARY-panic", "a non-runtime panic value may carry input")
+	require.Contains(t, logs.String(), "server_test.go", "the log names where it panicked")
+}
+
+func TestHealthz_NotRateLimited_CountsOnly(t *testing.T) {
+	r := start(t, "--upgrade-rate", "0.001", "--upgrade-burst", "1")
+	got429 := false
+	for range 5 {
+		resp, err := http.Get(r.base + "/v1/server")
+		require.NoError(t, err)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusTooManyRequests {
+			got429 = true
+			require.NotEmpty(t, resp.Header.Get("Retry-After"))
+		}
+	}
+	require.True(t, got429, "the limiter never engaged")
+	for range 20 {
+		resp, err := http.Get(r.base + "/healthz")
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, 200, resp.StatusCode)
+		require.JSONEq(t, `{"status":"ok","binaries":0,"phones":0,"grace":0}`, string(body))
+	}
+}
