@@ -62,7 +62,7 @@ type wsEnd struct {
 	raw          net.Conn
 	closeTimeout time.Duration
 	once         sync.Once
-	cause closeCause
+	cause        closeCause
 	// ended is closed when the first cause is recorded; goroutines tied to
 	// the connection (heartbeat, writer) stop on it.
 	ended chan struct{}
