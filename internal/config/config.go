@@ -4,6 +4,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -101,7 +102,11 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 	}
 	c := Config{Relay: relay.Defaults()}
 	fs := flag.NewFlagSet("relay serve", flag.ContinueOnError)
-	fs.SetOutput(usage)
+	// The flag package prints a parse error followed by the whole usage,
+	// which would bury the one refusal line the caller prints. Buffer it and
+	// show the usage for -h/--help only; the error itself is returned.
+	var flagOut bytes.Buffer
+	fs.SetOutput(&flagOut)
 
 	fs.StringVar(&c.InsecureListen, "insecure-listen", "", "plain-HTTP listen address (local use, or behind a TLS-terminating proxy)")
 	fs.StringVar(&c.HTTPSListen, "https-listen", ":443", "HTTPS listen address (TLS modes)")
@@ -159,6 +164,10 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			if usage == nil {
+				usage = os.Stderr
+			}
+			_, _ = usage.Write(flagOut.Bytes())
 			return Config{}, ErrHelp
 		}
 		return Config{}, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
