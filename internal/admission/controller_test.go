@@ -17,6 +17,7 @@ func TestPerIPCap_OneAddressFull_OtherStillConnects(t *testing.T) {
 	c := newController(t, o)
 	b := newBlocker()
 	s := startServer(t, c.Middleware(b), nil)
+	t.Cleanup(b.Release) // before the server's Close, so a failing test cannot hang
 	a, other := clientFrom("127.0.0.2"), clientFrom("127.0.0.3")
 
 	held := []<-chan result{getAsync(t, a, s.URL), getAsync(t, a, s.URL)}
@@ -30,7 +31,7 @@ func TestPerIPCap_OneAddressFull_OtherStillConnects(t *testing.T) {
 		t.Fatalf("OpenConns = %d, want 3", st.OpenConns)
 	}
 
-	close(b.release)
+	b.Release()
 	for _, ch := range held {
 		if r := <-ch; r.status != http.StatusOK {
 			t.Fatalf("held request finished with %d, want 200", r.status)
@@ -49,6 +50,7 @@ func TestGlobalCap_ManyAddresses_503WithRetryAfter(t *testing.T) {
 	c := newController(t, o)
 	b := newBlocker()
 	s := startServer(t, c.Middleware(b), nil)
+	t.Cleanup(b.Release) // before the server's Close, so a failing test cannot hang
 
 	var held []<-chan result
 	for _, ip := range []string{"127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3", "127.0.0.4"} {
@@ -61,7 +63,7 @@ func TestGlobalCap_ManyAddresses_503WithRetryAfter(t *testing.T) {
 	// An address at its per-IP cap is told it is the problem.
 	wantResult(t, get(t, clientFrom("127.0.0.2"), s.URL), http.StatusTooManyRequests, "3")
 
-	close(b.release)
+	b.Release()
 	for _, ch := range held {
 		<-ch
 	}
@@ -186,6 +188,7 @@ func TestOnReject_ReportsEachReason(t *testing.T) {
 	c := newController(t, o)
 	b := newBlocker()
 	s := startServer(t, c.Middleware(b), nil)
+	t.Cleanup(b.Release) // before the server's Close, so a failing test cannot hang
 
 	h1 := getAsync(t, clientFrom("127.0.0.2"), s.URL)
 	h2 := getAsync(t, clientFrom("127.0.0.3"), s.URL)
@@ -193,7 +196,7 @@ func TestOnReject_ReportsEachReason(t *testing.T) {
 	get(t, clientFrom("127.0.0.2"), s.URL) // per-IP cap, second token
 	get(t, clientFrom("127.0.0.2"), s.URL) // bucket empty
 	get(t, clientFrom("127.0.0.4"), s.URL) // global cap
-	close(b.release)
+	b.Release()
 	<-h1
 	<-h2
 

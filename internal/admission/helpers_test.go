@@ -64,7 +64,11 @@ func newController(t testing.TB, o Options) *Controller {
 type blocker struct {
 	entered chan netip.Addr
 	release chan struct{}
+	once    sync.Once
 }
+
+// Release lets every held and future request finish.
+func (b *blocker) Release() { b.once.Do(func() { close(b.release) }) }
 
 func newBlocker() *blocker {
 	return &blocker{entered: make(chan netip.Addr, 1024), release: make(chan struct{})}
@@ -117,7 +121,7 @@ func startServer(t *testing.T, h http.Handler, wrap func(net.Listener) net.Liste
 func clientFrom(srcIP string) *http.Client {
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(srcIP)}, Timeout: 5 * time.Second}
 	return &http.Client{
-		Timeout: 10 * time.Second,
+		Timeout: 5 * time.Second,
 		Transport: &http.Transport{
 			DialContext:       d.DialContext,
 			DisableKeepAlives: true,
