@@ -65,6 +65,9 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	ao.MaxTrackedIPs = cfg.MaxTrackedIPs
 	ao.TrustedProxies = cfg.TrustProxy
 	ao.OnReject = func(r admission.Reason) { s.metrics.Rejected.WithLabelValues(string(r)).Inc() }
+	for _, r := range admission.AllReasons {
+		s.metrics.Rejected.WithLabelValues(string(r))
+	}
 	adm, err := admission.New(ao)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", config.ErrInvalidConfig, err)
