@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -126,15 +127,50 @@ func phoneHeaders(serverID, token string) http.Header {
 
 // dial opens a WebSocket with exactly the given headers. The read limit is
 // lifted: the attacker, not the client library, decides what is too big.
+//
+// A 429 or 503 from the relay's admission control is honoured: the dial
+// waits Retry-After and tries again (see throttled), so a remote run from
+// one address stays within the deployed rate limits instead of failing.
 func (t *Target) dial(ctx context.Context, path string, h http.Header) (*websocket.Conn, *http.Response, error) {
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	c, resp, err := websocket.Dial(dctx, t.wsURL(path), &websocket.DialOptions{HTTPHeader: h, HTTPClient: t.wsHTTPClient()})
-	if err != nil {
-		return nil, resp, err
+	var waited time.Duration
+	for {
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		c, resp, err := websocket.Dial(dctx, t.wsURL(path), &websocket.DialOptions{HTTPHeader: h, HTTPClient: t.wsHTTPClient()})
+		cancel()
+		if err == nil {
+			c.SetReadLimit(-1)
+			return c, resp, nil
+		}
+		if resp == nil || !throttled(ctx, resp, &waited) {
+			return nil, resp, err
+		}
 	}
-	c.SetReadLimit(-1)
-	return c, resp, nil
+}
+
+// maxThrottleWait bounds how long one request waits on Retry-After in all.
+const maxThrottleWait = 30 * time.Second
+
+// throttled reports whether resp is an admission refusal (429, 503) worth
+// retrying, after sleeping its Retry-After (1 s when absent or odd, at
+// most 10 s). It gives up once *waited would exceed maxThrottleWait.
+func throttled(ctx context.Context, resp *http.Response, waited *time.Duration) bool {
+	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
+		return false
+	}
+	d := time.Second
+	if n, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After"))); err == nil && n > 0 {
+		d = min(time.Duration(n)*time.Second, 10*time.Second)
+	}
+	if *waited+d > maxThrottleWait {
+		return false
+	}
+	*waited += d
+	select {
+	case <-time.After(d):
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // envelope is the binary leg's routing envelope (protocol §5).
@@ -451,7 +487,18 @@ type rawResponse struct {
 
 // rawRequest writes req verbatim (concurrently with reading, so a server
 // that answers early, as with 431, is still heard) and reads one response.
+// Admission refusals (429, 503) are waited out and the request resent.
 func (t *Target) rawRequest(ctx context.Context, req []byte) (rawResponse, error) {
+	var waited time.Duration
+	for {
+		rr, err := t.rawRequestOnce(ctx, req)
+		if err != nil || !throttled(ctx, rr.Resp, &waited) {
+			return rr, err
+		}
+	}
+}
+
+func (t *Target) rawRequestOnce(ctx context.Context, req []byte) (rawResponse, error) {
 	c, err := t.dialRaw(ctx)
 	if err != nil {
 		return rawResponse{}, err

@@ -158,8 +158,24 @@ func TestThreatModel_CitedFilesExist(t *testing.T) {
 	for _, m := range re.FindAllStringSubmatch(text, -1) {
 		cited[m[1]] = true
 	}
-	for _, m := range regexp.MustCompile(`\]\(([a-z_./-]+\.md)(?:#[^)]*)?\)`).FindAllStringSubmatch(text, -1) {
+	for _, m := range regexp.MustCompile(`\]\(([a-z_./-]+\.md)(?:#([^)]*))?\)`).FindAllStringSubmatch(text, -1) {
 		cited["docs/"+m[1]] = true
+		if m[2] == "" {
+			continue
+		}
+		// The fragment is a heading there (GitHub's slug: lower case, spaces to '-').
+		b, err := os.ReadFile(filepath.Join("..", "docs", m[1]))
+		if err != nil {
+			continue // reported as a missing file below
+		}
+		found := false
+		for _, h := range regexp.MustCompile(`(?m)^#+ (.+)$`).FindAllStringSubmatch(string(b), -1) {
+			slug := regexp.MustCompile(`[^a-z0-9 -]`).ReplaceAllString(strings.ToLower(strings.TrimSpace(h[1])), "")
+			if strings.ReplaceAll(slug, " ", "-") == m[2] {
+				found = true
+			}
+		}
+		require.True(t, found, "docs/threat-model.md links to %s#%s, which has no such heading", m[1], m[2])
 	}
 	require.NotEmpty(t, cited)
 	var missing []string

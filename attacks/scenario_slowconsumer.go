@@ -117,7 +117,7 @@ func runSlowConsumer(ctx context.Context, t *Target) Result {
 		return Passf("stalled phone closed 1011 (notice %v after the last of %d KiB sent to it); sibling got %d/%d frames, worst %v",
 			time.Since(t0).Round(10*time.Millisecond), sent/1024, sibGot, sibSent, worstSib.Round(time.Millisecond))
 	}
-	return Failf("stalled phone still open after %d KiB queued towards it (queue bound not enforced)", sent/1024)
+	return Failf("stalled phone still open after %d KiB sent towards it (queue bound not enforced, or --phone-queue-bytes beyond this budget)", sent/1024)
 }
 
 func noticeIn(seen []envelope, connID string) int {
