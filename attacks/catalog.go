@@ -152,6 +152,7 @@ func Catalog() []Scenario {
 		bodyLeak(),
 		forcedPanic(),
 		logScrape(),
+		slowMessage(),
 		deadPeer(),
 		tokenForward(),
 	}

@@ -47,7 +47,7 @@ func Threats() []Threat {
 		{"TM-SUP-1", "Malicious dependency release", NotExecutable, "build-time: reviewed per dependency, see the module table"},
 		{"TM-SUP-2", "Unverified or vulnerable modules", NotExecutable, "build-time: go.sum is verified by the go command; govulncheck cannot reach its database from CI here"},
 		{"TM-DOS-1", "Slow-loris request headers", Verified, ""},
-		{"TM-DOS-2", "Slow message body", Pending, "planned ATK-SLOW-MESSAGE (raw frame trickled under --read-timeout)"},
+		{"TM-DOS-2", "Slow message body", Verified, ""},
 		{"TM-DOS-3", "Oversized frames", Verified, ""},
 		{"TM-DOS-4", "Slow consumer", Verified, ""},
 		{"TM-DOS-5", "Connection flood (global cap)", Pending, "planned ATK-CONN-FLOOD (admission control, issue 4)"},
