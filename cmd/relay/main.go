@@ -53,8 +53,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		usage(stdout)
 		return exitOK
 	default:
-		fmt.Fprintf(stderr, "relay: unknown command %q\n", args[0])
-		usage(stderr)
+		fmt.Fprintf(stderr, "relay: unknown command %q (see relay help)\n", args[0])
 		return exitRefused
 	}
 }
