@@ -142,17 +142,10 @@ func (rl *Relay) ServeBinary(w http.ResponseWriter, r *http.Request) {
 		rl.badRequest(w)
 		return
 	}
-	remote := rl.remoteAddr(r)
-	e := rl.accept(w, r)
-	if e == nil {
-		return
-	}
-	b := &binaryConn{wsEnd: e, rl: rl, serverID: h.ServerID, version: h.Version, ua: h.UserAgent, remote: remote}
-	if !rl.track(b.wsEnd) {
-		return
-	}
-	defer rl.untrack(b.wsEnd)
-	b.run()
+	rl.serve(w, r, func(e *wsEnd, remote string) func() {
+		b := &binaryConn{wsEnd: e, rl: rl, serverID: h.ServerID, version: h.Version, ua: h.UserAgent, remote: remote}
+		return b.run
+	})
 }
 
 // ServePhone handles GET /v1/client.
@@ -162,21 +155,31 @@ func (rl *Relay) ServePhone(w http.ResponseWriter, r *http.Request) {
 		rl.badRequest(w)
 		return
 	}
+	rl.serve(w, r, func(e *wsEnd, remote string) func() {
+		p := &phoneConn{wsEnd: e, rl: rl, serverID: h.ServerID, device: h.DeviceName, remote: remote,
+			out: newOutbox(rl.opts.PhoneQueueBytes, rl.budget)}
+		if rl.opts.ForwardV1Token {
+			p.token = h.Token
+		}
+		return p.run
+	})
+}
+
+// serve upgrades a request whose headers passed, builds its connection with
+// newConn and runs it for the connection's lifetime (the handler, and the
+// admission slot it holds, lasts exactly as long as the socket).
+func (rl *Relay) serve(w http.ResponseWriter, r *http.Request, newConn func(e *wsEnd, remote string) (run func())) {
 	remote := rl.remoteAddr(r)
 	e := rl.accept(w, r)
 	if e == nil {
 		return
 	}
-	p := &phoneConn{wsEnd: e, rl: rl, serverID: h.ServerID, device: h.DeviceName, remote: remote,
-		out: newOutbox(rl.opts.PhoneQueueBytes, rl.budget)}
-	if rl.opts.ForwardV1Token {
-		p.token = h.Token
-	}
-	if !rl.track(p.wsEnd) {
+	run := newConn(e, remote)
+	if !rl.track(e) {
 		return
 	}
-	defer rl.untrack(p.wsEnd)
-	p.run()
+	defer rl.untrack(e)
+	run()
 }
 
 // track registers an accepted connection for shutdown. While draining, the
