@@ -78,15 +78,16 @@ func decodeBinaryEnvelope(data []byte) (binaryEnvelope, error) {
 		if hasConnID {
 			return binaryEnvelope{}, ErrMalformedEnvelope // ambiguous: a wake is addressed to the relay
 		}
-		var w struct {
-			Platform *string `json:"platform"`
-			Token    *string `json:"token"`
-		}
-		if !isObject(rawWake) || json.Unmarshal(rawWake, &w) != nil ||
-			w.Platform == nil || *w.Platform == "" || w.Token == nil || *w.Token == "" {
+		// A map, not a struct: struct decoding would match "PLATFORM" or
+		// "plAtform" too, and let a later case variant override the field.
+		var w map[string]json.RawMessage
+		var platform, token string
+		if json.Unmarshal(rawWake, &w) != nil || w == nil ||
+			json.Unmarshal(w["platform"], &platform) != nil || platform == "" ||
+			json.Unmarshal(w["token"], &token) != nil || token == "" {
 			return binaryEnvelope{}, ErrMalformedEnvelope
 		}
-		return binaryEnvelope{Kind: kindPushWake, PushPlatform: *w.Platform}, nil
+		return binaryEnvelope{Kind: kindPushWake, PushPlatform: platform}, nil
 	}
 
 	if !hasConnID {
