@@ -142,13 +142,6 @@ func (o *outbox) stop() {
 	}
 }
 
-// queuedBytes is the phone's current backlog (for tests and stats).
-func (o *outbox) queuedBytes() int64 {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.bytes
-}
-
 func isClosed(ch chan struct{}) bool {
 	select {
 	case <-ch:
