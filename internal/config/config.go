@@ -107,6 +107,11 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 	// show the usage for -h/--help only; the error itself is returned.
 	var flagOut bytes.Buffer
 	fs.SetOutput(&flagOut)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: relay serve (--domain NAME | --tls-cert FILE --tls-key FILE | --insecure-listen ADDR) [flags]")
+		fmt.Fprintln(fs.Output(), "Every flag can also be set through the environment: --max-conns=N as RELAY_MAX_CONNS=N (the command line wins).")
+		fs.PrintDefaults()
+	}
 
 	fs.StringVar(&c.InsecureListen, "insecure-listen", "", "plain-HTTP listen address (local use, or behind a TLS-terminating proxy)")
 	fs.StringVar(&c.HTTPSListen, "https-listen", ":443", "HTTPS listen address (TLS modes)")
