@@ -85,8 +85,13 @@ func localTarget(t *testing.T) *Target {
 // verdict fails the test, a Skip must give its reason.
 func TestScenarios(t *testing.T) {
 	target := localTarget(t)
+	tlsTarget := localTLSTarget(t) // TLSOnly scenarios: static-certificate mode
 	for _, sc := range Catalog() {
 		t.Run(sc.ID, func(t *testing.T) {
+			target := target
+			if sc.TLSOnly {
+				target = tlsTarget
+			}
 			before := len(target.Local.Started())
 			rep := RunOne(context.Background(), target, sc)
 			t.Logf("%s in %v: %s", rep.Result.Verdict, rep.Duration.Round(time.Millisecond), rep.Result.Evidence)

@@ -106,7 +106,11 @@ type Scenario struct {
 	// Bounds states the load the scenario puts on a remote relay (connections
 	// and bytes at most). Required for RemoteSafe scenarios.
 	Bounds string
-	Run    func(ctx context.Context, t *Target) Result
+	// TLSOnly scenarios attack the relay's own TLS listener. Against a
+	// plain-HTTP target they report Skip; `go test ./attacks` runs them
+	// against a relay in static-certificate mode.
+	TLSOnly bool
+	Run     func(ctx context.Context, t *Target) Result
 }
 
 // Target is the relay under attack.
@@ -155,5 +159,9 @@ func Catalog() []Scenario {
 		slowMessage(),
 		deadPeer(),
 		tokenForward(),
+		tlsVersion(),
+		tlsSuites(),
+		hostMismatch(),
+		cacheDir(),
 	}
 }

@@ -59,10 +59,10 @@ func Threats() []Threat {
 		{"TM-LOG-1", "Secrets and payloads in logs", Verified, ""},
 		{"TM-LOG-2", "Log injection", Verified, ""},
 		{"TM-LOG-3", "Log rotation and retention", NotExecutable, "operational: journald/logrotate policy on the host"},
-		{"TM-CERT-1", "Insecure certificate cache directory", Pending, "planned ATK-CACHE-DIR (real binary, modes 0750/0755/0777 exit 2, no port bound)"},
+		{"TM-CERT-1", "Insecure certificate cache directory", Verified, ""},
 		{"TM-CERT-2", "Certificate and key rotation", NotExecutable, "autocert renews about 30 days before expiry; not compressible into a black-box run"},
-		{"TM-TLS-1", "TLS protocol downgrade", Pending, "planned ATK-TLS-VERSION (TLS 1.0/1.1 handshakes refused)"},
-		{"TM-TLS-2", "Weak cipher suites", Pending, "planned ATK-TLS-SUITES (CBC and non-forward-secret TLS 1.2 suites refused)"},
+		{"TM-TLS-1", "TLS protocol downgrade", Verified, ""},
+		{"TM-TLS-2", "Weak cipher suites", Verified, ""},
 		{"TM-LEAK-1", "Internal detail in 500 responses", Verified, ""},
 		{"TM-LEAK-2", "Echoed input in 4xx responses", Verified, ""},
 		{"TM-LEAK-3", "Health and metrics exposure", Verified, ""},
@@ -71,6 +71,6 @@ func Threats() []Threat {
 		{"TM-ROUTE-3", "conn_id guessing", Verified, ""},
 		{"TM-ROUTE-4", "Device tokens forwarded to a squatter", Verified, ""},
 		{"TM-NET-1", "Spoofed client address (PROXY, X-Forwarded-For)", Pending, "planned ATK-SPOOF-IP (admission control, issue 4)"},
-		{"TM-HOST-1", "Host or SNI mismatch", Pending, "planned ATK-HOST-MISMATCH (needs --domain mode with a local ACME server)"},
+		{"TM-HOST-1", "Host or SNI mismatch", Verified, ""},
 	}
 }

@@ -1,0 +1,88 @@
+package attacks
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"strings"
+)
+
+// TLS version floor: ClientHellos capped at SSL 3.0, TLS 1.0 and TLS 1.1
+// are answered with a protocol_version alert before any ServerHello, while
+// TLS 1.2 and 1.3 handshakes complete with a verified certificate. The
+// alert must be protocol_version: a relay whose floor was lowered but whose
+// TLS 1.2-only suites happen to leave nothing to negotiate answers
+// handshake_failure instead, and that is a policy that holds by accident.
+// When sslscan is installed it repeats the check from OpenSSL's side.
+func tlsVersion() Scenario {
+	return Scenario{
+		ID:      "ATK-TLS-VERSION",
+		Title:   "SSLv3, TLS 1.0 and TLS 1.1 ClientHellos get protocol_version; TLS 1.2 and 1.3 complete",
+		Threats: []string{"TM-TLS-1"},
+		Mode:    RemoteSafe,
+		TLSOnly: true,
+		Bounds:  "5 sequential TLS handshakes; with sslscan installed about 30 more, sequential",
+		Run:     runTLSVersion,
+	}
+}
+
+// legacySuites are what a TLS 1.0/1.1 client offers: AES-CBC with ECDHE
+// (RSA and ECDSA certificates) and RSA key exchange, so a relay that let
+// the version through would find a suite to pick.
+var legacySuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA,
+	tls.TLS_RSA_WITH_AES_128_CBC_SHA, tls.TLS_RSA_WITH_AES_256_CBC_SHA,
+}
+
+func runTLSVersion(ctx context.Context, t *Target) Result {
+	if skip := needHTTPS(t); skip != nil {
+		return *skip
+	}
+	var seen []string
+
+	o, err := t.probeSSLv3(ctx)
+	if err != nil {
+		return Failf("dial %s: %v", t.tlsHostPort(), err)
+	}
+	if !o.refusedWith(alertProtocolVersion) {
+		return Failf("SSL 3.0 ClientHello: %s, want a protocol_version alert", o)
+	}
+	seen = append(seen, "SSLv3")
+
+	for _, v := range []uint16{tls.VersionTLS10, tls.VersionTLS11} {
+		// The certificate is not verified here: were the handshake to get
+		// that far, the negotiated version is the finding.
+		cfg := &tls.Config{MinVersion: v, MaxVersion: v, CipherSuites: legacySuites,
+			ServerName: t.tlsName(), InsecureSkipVerify: true}
+		o, err := t.probeTLS(ctx, cfg)
+		if err != nil {
+			return Failf("dial %s: %v", t.tlsHostPort(), err)
+		}
+		if !o.refusedWith(alertProtocolVersion) {
+			return Failf("%s ClientHello: %s, want a protocol_version alert before any ServerHello", tls.VersionName(v), o)
+		}
+		seen = append(seen, tls.VersionName(v))
+	}
+
+	var ok []string
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		cfg := t.tlsConfig()
+		cfg.MinVersion, cfg.MaxVersion = v, v
+		o, err := t.probeTLS(ctx, cfg)
+		if err != nil {
+			return Failf("dial %s: %v", t.tlsHostPort(), err)
+		}
+		if !o.Completed || o.Version != v {
+			return Failf("%s handshake (verifying %q): %s", tls.VersionName(v), t.tlsName(), o)
+		}
+		ok = append(ok, fmt.Sprintf("%s (%s)", tls.VersionName(v), tls.CipherSuiteName(o.Suite)))
+	}
+
+	scan, _, err := sslscanCrossCheck(ctx, t)
+	if err != nil {
+		return Failf("Go probes passed but %v", err)
+	}
+	return Passf("%s refused with protocol_version before any ServerHello; %s completed with a verified certificate for %q; %s",
+		strings.Join(seen, ", "), strings.Join(ok, " and "), t.tlsName(), scan)
+}
