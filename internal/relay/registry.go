@@ -166,23 +166,23 @@ func (r *registry) release(b *binaryConn) {
 	r.stats.Grace++
 	s.graceSeq++
 	seq := s.graceSeq
-	id := s.id
 	if !r.closed { // shutting down: every phone is being closed anyway
-		s.graceStop = r.after(r.grace, func() { r.expire(id, seq) })
+		s.graceStop = r.after(r.grace, func() { r.expire(s, seq) })
 	}
 	r.changed()
 }
 
 // expire ends a grace period: the slot and its phones are removed, unless
-// the slot was reclaimed since (seq no longer matches).
-func (r *registry) expire(id string, seq uint64) {
+// the slot was reclaimed since (seq no longer matches) or already removed.
+// The slot is compared by identity: a newer slot for the same server-id
+// restarts graceSeq, so a stale timer could otherwise match it.
+func (r *registry) expire(s *slot, seq uint64) {
 	r.mu.Lock()
-	s := r.slots[id]
-	if s == nil || s.binary != nil || s.graceSeq != seq {
+	if r.slots[s.id] != s || s.binary != nil || s.graceSeq != seq {
 		r.mu.Unlock()
 		return
 	}
-	delete(r.slots, id)
+	delete(r.slots, s.id)
 	r.stats.Grace--
 	evicted := r.evictPhones(s)
 	r.changed()
