@@ -163,5 +163,10 @@ func Catalog() []Scenario {
 		tlsSuites(),
 		hostMismatch(),
 		cacheDir(),
+		connFlood(),
+		perIPFlood(),
+		retryStorm(),
+		queueCeiling(),
+		spoofIP(),
 	}
 }

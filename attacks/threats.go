@@ -50,10 +50,10 @@ func Threats() []Threat {
 		{"TM-DOS-2", "Slow message body", Verified, ""},
 		{"TM-DOS-3", "Oversized frames", Verified, ""},
 		{"TM-DOS-4", "Slow consumer", Verified, ""},
-		{"TM-DOS-5", "Connection flood (global cap)", Pending, "planned ATK-CONN-FLOOD (admission control, issue 4)"},
-		{"TM-DOS-6", "Per-IP flood and upgrade rate", Pending, "planned ATK-PER-IP-FLOOD (admission control, issue 4)"},
-		{"TM-DOS-7", "Client retry storm", Pending, "planned ATK-RETRY-STORM (admission control, issue 4)"},
-		{"TM-DOS-8", "Relay-wide queued bytes", Pending, "planned ATK-QUEUE-CEILING (admission control, issue 4)"},
+		{"TM-DOS-5", "Connection flood (global cap)", Verified, ""},
+		{"TM-DOS-6", "Per-IP flood and upgrade rate", Verified, ""},
+		{"TM-DOS-7", "Client retry storm", Verified, ""},
+		{"TM-DOS-8", "Relay-wide queued bytes", Verified, ""},
 		{"TM-DOS-9", "Bandwidth amplification", Verified, ""},
 		{"TM-DOS-10", "Dead peers hold resources", Verified, ""},
 		{"TM-LOG-1", "Secrets and payloads in logs", Verified, ""},
@@ -70,7 +70,7 @@ func Threats() []Threat {
 		{"TM-ROUTE-2", "Upgrade header and server-id abuse", Verified, ""},
 		{"TM-ROUTE-3", "conn_id guessing", Verified, ""},
 		{"TM-ROUTE-4", "Device tokens forwarded to a squatter", Verified, ""},
-		{"TM-NET-1", "Spoofed client address (PROXY, X-Forwarded-For)", Pending, "planned ATK-SPOOF-IP (admission control, issue 4)"},
+		{"TM-NET-1", "Spoofed client address (PROXY, X-Forwarded-For)", Verified, ""},
 		{"TM-HOST-1", "Host or SNI mismatch", Verified, ""},
 	}
 }
