@@ -8,7 +8,7 @@ TARGET    ?=
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: build test run vet lint fuzz attack attack-local bench sbom vulncheck clean
+.PHONY: build test run vet lint fuzz attack attack-local load bench sbom vulncheck clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/relay
@@ -48,6 +48,11 @@ attack: build
 ## attack-local: every scenario, including local-only ones, against freshly built binaries.
 attack-local:
 	$(GO) test -race -count=1 -v ./attacks
+
+## load: admission-control figures on 127.0.0.1 (connections held at --max-conns 2000, refusals/s over
+## the cap, a pair's RTT idle vs during the flood); about 10 s, loopback only. LOAD_FLAGS="--json" etc.
+load: build
+	$(GO) run ./attacks/cmd/relay-load --relay $(BIN) $(LOAD_FLAGS)
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -count=6 ./... | tee bench.txt
