@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -34,10 +35,11 @@ const (
 	queueCeilingFrame    = 64000   // bytes of each inner frame
 	// queueCeilingBudget bounds the bytes sent in all. Each stalled phone's
 	// socket on the relay side soaks up about 3 MiB on Linux loopback (send
-	// buffer autotuning) before its queue grows at all.
-	queueCeilingBudget   = 6 << 20 * queueCeilingPhones
+	// buffer autotuning, tcp_wmem) before its queue grows at all; the run
+	// stops early once the ceiling has cut enough phones.
+	queueCeilingBudget   = 16 << 20 * queueCeilingPhones
 	queueCeilingHeadroom = queueCeilingMax % queueCeilingFrame
-	queueCeilingExtra    = 32 // rounds sent after enough phones were cut
+	queueCeilingExtra    = 8 // rounds sent after enough phones were cut
 )
 
 func queueCeiling() Scenario {
@@ -98,6 +100,7 @@ func runQueueCeiling(ctx context.Context, t *Target) Result {
 	// Sample the gauge and RSS while the attack runs.
 	sctx, scancel := context.WithCancel(ctx)
 	var peakQ, peakRSS float64
+	var ceilingDrops atomic.Int64 // relay_backlog_full drops, as last sampled
 	var samples int
 	var sampleErr error
 	var swg sync.WaitGroup
@@ -114,6 +117,7 @@ func runQueueCeiling(ctx context.Context, t *Target) Result {
 			}
 			samples++
 			peakQ, peakRSS = max(peakQ, v[mQueuedBytes]), max(peakRSS, v[mRSS])
+			ceilingDrops.Store(int64(v[mDropCeiling]))
 			time.Sleep(10 * time.Millisecond)
 		}
 	}()
@@ -159,7 +163,9 @@ func runQueueCeiling(ctx context.Context, t *Target) Result {
 		}
 		rounds++
 		collect()
-		if len(codes) >= need {
+		// The relay decides a close before the notice can arrive (after
+		// the close handshake's timeout); its drop counter says so first.
+		if len(codes) >= need || float64(ceilingDrops.Load())-drops0 >= float64(need) {
 			extra++ // keep pressing on the survivors a little longer
 		}
 		if rounds%4 == 0 {
