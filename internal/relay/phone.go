@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"errors"
+	"net"
 
 	"github.com/coder/websocket"
 )
@@ -115,7 +117,13 @@ func (p *phoneConn) writeLoop() {
 			cancel()
 			p.out.done(it)
 			if err != nil {
-				p.end(closeCause{code: CodeInternal, reason: reasonWriteFailed, notify: true})
+				// net.ErrClosed (not a timeout): the connection was already
+				// closing, by the phone's own close frame or by the relay,
+				// and the reader records why. Claiming 1011 here would tell
+				// the binary "write failed" for a phone that closed cleanly.
+				if !errors.Is(err, net.ErrClosed) || errors.Is(err, context.DeadlineExceeded) {
+					p.end(closeCause{code: CodeInternal, reason: reasonWriteFailed, notify: true})
+				}
 				return
 			}
 			rl.m.FramesRouted.WithLabelValues("to_phone").Inc()
