@@ -1,0 +1,110 @@
+package config
+
+import (
+	"errors"
+	"io"
+	"math"
+	"strings"
+	"testing"
+)
+
+// FuzzConfigParse feeds Parse arbitrary arguments (NUL-separated, as argv
+// cannot contain NUL) and RELAY_* environment (NUL-separated KEY=VALUE).
+// Parse must never panic; it either refuses with ErrInvalidConfig/ErrHelp
+// or returns a config that validates and whose every timer and limit is
+// usable: positive, finite, and within the documented ranges.
+func FuzzConfigParse(f *testing.F) {
+	f.Fuzz(func(t *testing.T, argv, envv string) {
+		var args []string
+		if argv != "" {
+			args = strings.Split(argv, "\x00")
+		}
+		env := map[string]string{}
+		for _, kv := range strings.Split(envv, "\x00") {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				env[k] = v
+			}
+		}
+		if _, ok := env["HOME"]; !ok {
+			env["HOME"] = "/home/relay" // keep the default cert cache off the real home
+		}
+		c, err := Parse(args, func(k string) string { return env[k] }, io.Discard)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidConfig) && !errors.Is(err, ErrHelp) {
+				t.Fatalf("Parse(%q, %q): error %v is neither ErrInvalidConfig nor ErrHelp", args, envv, err)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("Parse(%q): refusal is not one line: %q", args, err)
+			}
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("Parse(%q, %q) succeeded but Validate: %v", args, envv, err)
+		}
+		if err := c.Relay.Validate(); err != nil {
+			t.Fatalf("relay options invalid after a successful parse: %v", err)
+		}
+		checkUsable(t, c)
+	})
+}
+
+func checkUsable(t *testing.T, c Config) {
+	t.Helper()
+	for name, d := range map[string]int64{
+		"read-header-timeout":  int64(c.ReadHeaderTimeout),
+		"shutdown-timeout":     int64(c.ShutdownTimeout),
+		"proxy-header-timeout": int64(c.ProxyHeaderTimeout),
+		"ping-interval":        int64(c.Relay.PingInterval),
+		"pong-timeout":         int64(c.Relay.PongTimeout),
+		"read-timeout":         int64(c.Relay.ReadTimeout),
+		"write-timeout":        int64(c.Relay.WriteTimeout),
+		"close-timeout":        int64(c.Relay.CloseTimeout),
+		"grace-period":         int64(c.Relay.GracePeriod),
+		"probe-timeout":        int64(c.Relay.ProbeTimeout),
+		"max-message-bytes":    c.Relay.MaxMessageBytes,
+		"phone-queue-bytes":    c.Relay.PhoneQueueBytes,
+		"max-phones":           int64(c.Relay.MaxPhones),
+		"max-header-bytes":     int64(c.MaxHeaderBytes),
+		"max-conns":            int64(c.MaxConns),
+		"max-conns-per-ip":     int64(c.MaxConnsPerIP),
+		"upgrade-burst":        int64(c.UpgradeBurst),
+		"max-tracked-ips":      int64(c.MaxTrackedIPs),
+	} {
+		if d <= 0 {
+			t.Fatalf("--%s = %d accepted", name, d)
+		}
+	}
+	if c.Relay.MaxQueuedBytes < 0 {
+		t.Fatalf("--max-queued-bytes = %d accepted", c.Relay.MaxQueuedBytes)
+	}
+	if !(c.UpgradeRate > 0) || math.IsNaN(c.UpgradeRate) {
+		t.Fatalf("--upgrade-rate = %v accepted", c.UpgradeRate)
+	}
+	if c.MaxConnsPerIP > c.MaxConns {
+		t.Fatalf("--max-conns-per-ip %d above --max-conns %d", c.MaxConnsPerIP, c.MaxConns)
+	}
+	switch c.Mode {
+	case ModeInsecure:
+		if c.InsecureListen == "" || c.TLSCert != "" || c.Domain != "" {
+			t.Fatalf("insecure mode with %+v", c)
+		}
+	case ModeStatic:
+		if c.TLSCert == "" || c.TLSKey == "" || c.InsecureListen != "" || c.Domain != "" {
+			t.Fatalf("static mode with %+v", c)
+		}
+	case ModeAutocert:
+		if c.Domain == "" || c.CertCache == "" || c.InsecureListen != "" || c.TLSCert != "" {
+			t.Fatalf("autocert mode with %+v", c)
+		}
+	default:
+		t.Fatalf("no mode: %q", c.Mode)
+	}
+	if c.ProxyProtocol && len(c.TrustProxy) == 0 {
+		t.Fatalf("--proxy-protocol without --trust-proxy accepted")
+	}
+	for _, p := range c.TrustProxy {
+		if !p.IsValid() || p != p.Masked() {
+			t.Fatalf("--trust-proxy kept %v", p)
+		}
+	}
+}
