@@ -140,6 +140,7 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 	fs.Int64Var(&o.MaxMessageBytes, "max-message-bytes", o.MaxMessageBytes, "largest message on either leg (1009 beyond)")
 	fs.Int64Var(&o.PhoneQueueBytes, "phone-queue-bytes", o.PhoneQueueBytes, "per-phone outbound queue (1011 backlog full beyond)")
 	fs.Int64Var(&o.MaxQueuedBytes, "max-queued-bytes", o.MaxQueuedBytes, "relay-wide ceiling on bytes queued for phones (0 = none)")
+	fs.IntVar(&o.SocketSendBuffer, "socket-send-buffer", o.SocketSendBuffer, "kernel send buffer (SO_SNDBUF) per WebSocket, bounding what a stalled peer holds in the kernel (0 = OS default)")
 	fs.IntVar(&o.MaxPhones, "max-phones", o.MaxPhones, "phones per server-id (4429 beyond)")
 	fs.BoolVar(&o.ForwardV1Token, "forward-v1-token", false, "add the phone's token to its first envelope for v1 daemons (see the threat model)")
 

@@ -37,6 +37,7 @@ func fastOptions() Options {
 	o.MaxMessageBytes = 16 << 10
 	o.PhoneQueueBytes = 64 << 10
 	o.MaxQueuedBytes = 0
+	o.SocketSendBuffer = 16 << 10 // stalled peers block after little kernel buffering
 	return o
 }
 

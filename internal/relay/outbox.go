@@ -56,6 +56,9 @@ type outbox struct {
 	mu      sync.Mutex
 	items   []outItem
 	bytes   int64
+	// backlog mirrors bytes for lock-free reads by the relay-wide shedding
+	// scan (which must not take every phone's lock).
+	backlog atomic.Int64
 	sealed  bool // a close is queued or the phone is ending: accept nothing more
 	wake    chan struct{}
 	stopped chan struct{}
@@ -81,6 +84,7 @@ func (o *outbox) push(it outItem) DropReason {
 	}
 	o.items = append(o.items, it)
 	o.bytes += n
+	o.backlog.Store(o.bytes)
 	if it.closeCode != 0 {
 		o.sealed = true
 	}
@@ -117,6 +121,7 @@ func (o *outbox) done(it outItem) {
 	n := int64(len(it.frame))
 	o.mu.Lock()
 	o.bytes -= n
+	o.backlog.Store(o.bytes)
 	o.mu.Unlock()
 	o.budget.release(n)
 }
@@ -136,6 +141,7 @@ func (o *outbox) stop() {
 	}
 	o.items = nil
 	o.bytes -= n
+	o.backlog.Store(o.bytes)
 	o.budget.release(n)
 	if !isClosed(o.stopped) {
 		close(o.stopped)

@@ -137,17 +137,29 @@ func (p *phoneConn) writeLoop() {
 }
 
 // deliver queues a binary's envelope for this phone. A full backlog closes
-// the phone 1011 (its binary hears about it through a close notice).
+// the phone 1011 (its binary hears about it through a close notice). At the
+// relay-wide ceiling the phone furthest behind is closed first, so a tenant
+// that parks its phones just under the ceiling cannot get another tenant's
+// phone closed by the next frame that happens to cross it.
 func (p *phoneConn) deliver(env binaryEnvelope) {
-	reason := p.out.push(outItem{frame: env.Frame, closeCode: env.CloseCode})
+	it := outItem{frame: env.Frame, closeCode: env.CloseCode}
+	reason := p.out.push(it)
+	if reason == DropRelayBacklog && p.rl.shedLargestBacklog(p) {
+		reason = p.out.push(it) // once: the shed phone's queue was released
+	}
 	switch reason {
 	case "":
 		return
 	case DropPhoneBacklog, DropRelayBacklog:
-		p.out.stop()
-		if p.end(closeCause{code: CodeInternal, reason: reasonBacklog, notify: true}) {
-			p.rl.log.Warn("phone backlog full", append(p.logAttrs("phone_backlog_full"), "reason", string(reason))...)
-		}
+		p.closeForBacklog(reason)
 	}
 	p.rl.drop(reason)
+}
+
+// closeForBacklog discards the phone's queue and closes it 1011.
+func (p *phoneConn) closeForBacklog(reason DropReason) {
+	p.out.stop()
+	if p.end(closeCause{code: CodeInternal, reason: reasonBacklog, notify: true}) {
+		p.rl.log.Warn("phone backlog full", append(p.logAttrs("phone_backlog_full"), "reason", string(reason))...)
+	}
 }

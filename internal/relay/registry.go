@@ -247,6 +247,24 @@ func (r *registry) lookupPhone(b *binaryConn, connID string) *phoneConn {
 	return s.phones[connID]
 }
 
+// largestBacklog returns the phone with the most bytes queued, or nil. It
+// scans every phone, which is fine for what it serves: the rare moment the
+// relay-wide ceiling is reached.
+func (r *registry) largestBacklog() *phoneConn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var max *phoneConn
+	var maxBytes int64
+	for _, s := range r.slots {
+		for _, p := range s.phones {
+			if b := p.out.backlog.Load(); b > maxBytes {
+				max, maxBytes = p, b
+			}
+		}
+	}
+	return max
+}
+
 // close refuses further claims and joins (shutdown) and stops grace timers.
 func (r *registry) close() {
 	r.mu.Lock()

@@ -110,6 +110,7 @@ func (rl *Relay) accept(w http.ResponseWriter, r *http.Request) *wsEnd {
 		return nil // the library answered; the server's body filter keeps it generic
 	}
 	ws.SetReadLimit(rl.opts.MaxMessageBytes)
+	limitSendBuffer(hc.conn, rl.opts.SocketSendBuffer)
 	return newWSEnd(ws, hc.conn, rl.opts.CloseTimeout)
 }
 
@@ -231,6 +232,18 @@ func (rl *Relay) Shutdown(ctx context.Context) error {
 		}
 		return ctx.Err()
 	}
+}
+
+// shedLargestBacklog closes the phone with the most bytes queued relay-wide
+// if that is not p, releasing its queue. It reports whether it closed one.
+func (rl *Relay) shedLargestBacklog(p *phoneConn) bool {
+	victim := rl.reg.largestBacklog()
+	if victim == nil || victim == p || victim.out.backlog.Load() <= p.out.backlog.Load() {
+		return false
+	}
+	victim.closeForBacklog(DropRelayBacklog)
+	rl.drop(DropRelayBacklog)
+	return true
 }
 
 func (rl *Relay) drop(reason DropReason) {
