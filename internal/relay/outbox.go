@@ -53,9 +53,9 @@ type outbox struct {
 	limit  int64
 	budget *byteBudget
 
-	mu      sync.Mutex
-	items   []outItem
-	bytes   int64
+	mu    sync.Mutex
+	items []outItem
+	bytes int64
 	// backlog mirrors bytes for lock-free reads by the relay-wide shedding
 	// scan (which must not take every phone's lock).
 	backlog atomic.Int64
