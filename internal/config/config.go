@@ -9,10 +9,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -161,7 +163,7 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 	fs.VisitAll(func(f *flag.Flag) {
 		if v := env(envName(f.Name)); v != "" && envErr == nil {
 			if err := f.Value.Set(v); err != nil {
-				envErr = fmt.Errorf("%w: %s: %v", ErrInvalidConfig, envName(f.Name), err)
+				envErr = fmt.Errorf("%w: %s: %s", ErrInvalidConfig, envName(f.Name), oneLine(err.Error()))
 			}
 		}
 	})
@@ -176,7 +178,7 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 			_, _ = usage.Write(flagOut.Bytes())
 			return Config{}, ErrHelp
 		}
-		return Config{}, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+		return Config{}, fmt.Errorf("%w: %s", ErrInvalidConfig, oneLine(err.Error()))
 	}
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("%w: unexpected argument %q", ErrInvalidConfig, fs.Arg(0))
@@ -202,6 +204,13 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 		return Config{}, err
 	}
 	return c, nil
+}
+
+// oneLine escapes control characters so that a refusal built from input
+// (an unknown flag's name) stays one line on stderr.
+func oneLine(s string) string {
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
 }
 
 func defaultCertCache(env Env) string {
@@ -303,8 +312,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: --max-conns must be at least 1", ErrInvalidConfig)
 	case c.MaxConnsPerIP < 1 || c.MaxConnsPerIP > c.MaxConns:
 		return fmt.Errorf("%w: --max-conns-per-ip must be 1..--max-conns", ErrInvalidConfig)
-	case c.UpgradeRate <= 0:
-		return fmt.Errorf("%w: --upgrade-rate must be positive", ErrInvalidConfig)
+	case !(c.UpgradeRate > 0) || math.IsInf(c.UpgradeRate, 1): // NaN fails every comparison
+		return fmt.Errorf("%w: --upgrade-rate must be a positive number", ErrInvalidConfig)
 	case c.UpgradeBurst < 1:
 		return fmt.Errorf("%w: --upgrade-burst must be at least 1", ErrInvalidConfig)
 	case c.MaxTrackedIPs < 1:
