@@ -135,7 +135,7 @@ func (t *Target) dial(ctx context.Context, path string, h http.Header) (*websock
 	var waited time.Duration
 	for {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c, resp, err := websocket.Dial(dctx, t.wsURL(path), &websocket.DialOptions{HTTPHeader: h, HTTPClient: t.wsHTTPClient()})
+		c, resp, err := websocket.Dial(dctx, t.wsURL(path), &websocket.DialOptions{HTTPHeader: h, HTTPClient: t.wsHTTPClient(), Host: t.vhost()})
 		cancel()
 		if err == nil {
 			c.SetReadLimit(-1)
@@ -245,15 +245,6 @@ func (r *reader) closeCode(d time.Duration) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return int(websocket.CloseStatus(r.err))
-}
-
-func (r *reader) isDone() bool {
-	select {
-	case <-r.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // waitEnvelope reads binary-leg envelopes until match returns true or d
@@ -429,6 +420,7 @@ type health struct {
 
 func (t *Target) healthz(ctx context.Context) (health, []byte, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, t.httpURL("/healthz"), nil)
+	req.Host = t.vhost() // the relay's name, also when --target names its address
 	resp, err := t.httpClient().Do(req)
 	if err != nil {
 		return health{}, nil, err
@@ -518,7 +510,7 @@ func (t *Target) rawRequestOnce(ctx context.Context, req []byte) (rawResponse, e
 }
 
 // hostHeader is the Host value a raw request should carry.
-func (t *Target) hostHeader() string { return t.Base.Host }
+func (t *Target) hostHeader() string { return t.vhost() }
 
 // buildRequest renders an HTTP/1.1 request with Connection: close added
 // unless the headers name a Connection themselves.

@@ -18,8 +18,8 @@ import (
 //	relay attack --list
 //
 // It runs the remote-safe scenarios (each with the load stated in its
-// Bounds; at most 22 connections and 24 MiB per scenario, one
-// scenario at a time) against a deployed relay, prints progress on stderr
+// Bounds: at most a few dozen connections, never more than 22 open at
+// once, and 24 MiB per scenario, one scenario at a time) against a deployed relay, prints progress on stderr
 // and a table (or JSON) on stdout. Exit 0: every scenario passed (or was
 // skipped); 1: a scenario failed; 2: usage error. Admission refusals
 // (429, 503) are waited out per Retry-After, within 30 s per request.

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -55,12 +54,6 @@ func dropCount(h *harness, r DropReason) float64 {
 	return testutil.ToFloat64(h.rl.m.FramesDropped.WithLabelValues(string(r)))
 }
 
-func decodeEnvelope(t *testing.T, raw []byte) wireEnvelope {
-	t.Helper()
-	var env wireEnvelope
-	require.NoError(t, json.Unmarshal(raw, &env), string(raw))
-	return env
-}
 
 // An attacker who keeps the relay-wide queue just under the ceiling must not
 // be able to get another tenant's phone closed: at the ceiling the phone
