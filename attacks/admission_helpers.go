@@ -261,6 +261,29 @@ func (m *metricsScraper) value(ctx context.Context, series string) (float64, err
 	return v, nil
 }
 
+// stableValue waits until series has read the same for stableReads scrapes
+// in a row (the relay's writers have filled the kernel's socket buffers
+// and block) and returns it.
+func (m *metricsScraper) stableValue(ctx context.Context, series string) (float64, error) {
+	const stableReads = 5
+	last, same := -1.0, 0
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		v, err := m.value(ctx, series)
+		if err != nil {
+			return 0, err
+		}
+		if v == last {
+			if same++; same >= stableReads {
+				return v, nil
+			}
+		} else {
+			last, same = v, 1
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("%s never settled (last %v)", series, last)
+}
+
 // Series the admission scenarios read.
 const (
 	mGoroutines  = "go_goroutines"

@@ -1,7 +1,9 @@
 package attacks
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -11,41 +13,66 @@ import (
 	"github.com/coder/websocket"
 )
 
-// Relay-wide queued bytes: one attacker binary with many phones that stop
-// reading can make the relay queue up to --phone-queue-bytes for each; the
-// relay-wide --max-queued-bytes ceiling caps the sum. The attacker sends
-// to its stalled phones round-robin, so each one's own queue stays far
-// below its cap while together they would pass the ceiling several times
-// over. The relay's relay_queued_bytes gauge (read from /metrics) must
-// never pass the ceiling; the phones whose frames would cross it are
-// closed 1011 (their binary gets notices) before their own queues could
-// have filled; a legitimate pair on another server-id keeps relaying.
-// Local-only: it needs /metrics and a relay of its own.
+// Relay-wide queued bytes, in two phases, each on a relay of its own.
 //
-// The attacker's frames are exactly queueCeilingFrame bytes, and the
-// ceiling is not a multiple of that, so at least queueCeilingHeadroom
-// bytes always stay free for the pair's small frames. Without that, the
-// ceiling's documented rule (the phone whose frame would cross it is
-// closed) could close the legitimate phone instead: an attacker who sizes
-// frames to fill the budget exactly can do so (see TM-DOS-8, residual risk).
+// Flood: one attacker binary with many phones that stop reading can make
+// the relay queue up to --phone-queue-bytes for each; the relay-wide
+// --max-queued-bytes ceiling caps the sum. The attacker sends to its
+// stalled phones round-robin, so each one's own queue stays far below its
+// cap while together they would pass the ceiling several times over. The
+// relay's relay_queued_bytes gauge (read from /metrics) must never pass the
+// ceiling; at the ceiling stalled phones are closed 1011 (their binary gets
+// notices) before their own queues could have filled; a legitimate pair on
+// another server-id keeps relaying.
+//
+// Isolation: an attacker tenant parks its stalled phones just under the
+// ceiling, then another tenant's reading phone is sent a frame that cannot
+// fit in what is left. The relay must shed the phone furthest behind (an
+// attacker's), not the innocent phone whose frame happened to cross.
+//
+// Local-only: it needs /metrics and relays of its own.
+//
+// In the flood, the attacker's frames are exactly queueCeilingFrame bytes
+// and the ceiling is not a multiple of that, so at least
+// queueCeilingHeadroom bytes stay free for the pair's small frames: the
+// flood tests the bound alone; who is closed when another tenant's frame
+// does cross is the isolation phase's question.
 const (
 	queueCeilingPhones   = 4
 	queueCeilingPerPhone = 2 << 20 // --phone-queue-bytes
 	queueCeilingMax      = 2 << 20 // --max-queued-bytes: a quarter of 4 full queues
 	queueCeilingFrame    = 64000   // bytes of each inner frame
-	// queueCeilingBudget bounds the bytes sent in all. Each stalled phone's
-	// socket on the relay side soaks up about 3 MiB on Linux loopback (send
-	// buffer autotuning, tcp_wmem) before its queue grows at all; the run
-	// stops early once the ceiling has cut enough phones.
+	// queueCeilingBudget bounds the bytes sent in all; the run stops early
+	// once the ceiling has cut enough phones.
 	queueCeilingBudget   = 16 << 20 * queueCeilingPhones
 	queueCeilingHeadroom = queueCeilingMax % queueCeilingFrame
 	queueCeilingExtra    = 8 // rounds sent after enough phones were cut
+	// queueSocketBuffer is the relay's --socket-send-buffer in both phases:
+	// a stalled socket blocks after a few KiB of kernel buffering, so bytes
+	// pile up in the relay's queues (which the ceiling counts) at once, and
+	// the isolation phase's fill settles quickly and exactly.
+	queueSocketBuffer = 16384
+)
+
+// The isolation phase's sizes. Each of the attacker's stalled phones ends
+// up with about queueIsoMax/queueIsoPhones queued, far under its own cap,
+// so only the relay-wide ceiling is in play. The fill leaves less than
+// 2*queueIsoFrame free; the victim's frame is larger than that, so it
+// cannot fit, yet far smaller than one attacker phone's backlog, so it fits
+// once that phone is shed.
+const (
+	queueIsoPhones   = 4
+	queueIsoPerPhone = 512 << 10 // --phone-queue-bytes
+	queueIsoMax      = 1 << 20   // --max-queued-bytes
+	queueIsoFrame    = 16000     // bytes of each attacker frame
+	queueIsoVictim   = 64 << 10  // bytes of the victim's frame
+	queueIsoMaxMsg   = 128 << 10 // --max-message-bytes: room for the victim's envelope
 )
 
 func queueCeiling() Scenario {
 	return Scenario{
 		ID:      "ATK-QUEUE-CEILING",
-		Title:   "Many stalled phones under one binary cannot queue past --max-queued-bytes; crossing phones are closed 1011; a live pair carries on",
+		Title:   "Stalled phones cannot queue past --max-queued-bytes; at the ceiling the attacker's phone furthest behind is closed 1011, never another tenant's; a live pair carries on",
 		Threats: []string{"TM-DOS-8"},
 		Mode:    LocalOnly,
 		Run:     runQueueCeiling,
@@ -56,10 +83,24 @@ func runQueueCeiling(ctx context.Context, t *Target) Result {
 	if _, skip := localOrSkip(t); skip != nil {
 		return *skip
 	}
+	iso := runQueueIsolation(ctx, t)
+	if iso.Verdict != Pass {
+		return iso
+	}
+	flood := runQueueFlood(ctx, t)
+	if flood.Verdict != Pass {
+		return flood
+	}
+	return Passf("flood: %s; isolation: %s", flood.Evidence, iso.Evidence)
+}
+
+// runQueueFlood is the flood phase: many stalled phones, one binary.
+func runQueueFlood(ctx context.Context, t *Target) Result {
 	// A long heartbeat and write timeout: only the queue caps may close
 	// the stalled phones here.
 	tgt, p, stop, err := dedicated(ctx, t, "--phone-queue-bytes", fmt.Sprint(queueCeilingPerPhone), "--max-queued-bytes", fmt.Sprint(queueCeilingMax),
-		"--ping-interval", "1m", "--pong-timeout", "1m", "--write-timeout", "1m", "--metrics-listen", "127.0.0.1:0")
+		"--ping-interval", "1m", "--pong-timeout", "1m", "--write-timeout", "1m", "--metrics-listen", "127.0.0.1:0",
+		"--socket-send-buffer", fmt.Sprint(queueSocketBuffer))
 	if err != nil {
 		return Failf("%v", err)
 	}
@@ -218,4 +259,201 @@ func runQueueCeiling(ctx context.Context, t *Target) Result {
 	return Passf("%d stalled phones (own cap %s each) sent %s round-robin in %d-byte frames: relay_queued_bytes peaked at %s <= ceiling %s (%d samples); %d closed 1011 with notices, %.0f frames refused at the ceiling; RSS %s -> peak %s; pair made %d round trips, worst %v",
 		len(slow), mib(queueCeilingPerPhone), mib(float64(sent)), len(frame), mib(peakQ), mib(queueCeilingMax), samples, len(codes), drops1-drops0,
 		mib(rss0), mib(peakRSS), trips, ms(worst))
+}
+
+// runQueueIsolation is the isolation phase: an attacker tenant fills the
+// relay-wide queue to just under the ceiling, then another tenant's frame
+// crosses it.
+func runQueueIsolation(ctx context.Context, t *Target) Result {
+	tgt, p, stop, err := dedicated(ctx, t, "--phone-queue-bytes", fmt.Sprint(queueIsoPerPhone), "--max-queued-bytes", fmt.Sprint(queueIsoMax),
+		"--max-message-bytes", fmt.Sprint(queueIsoMaxMsg), "--socket-send-buffer", fmt.Sprint(queueSocketBuffer),
+		"--ping-interval", "1m", "--pong-timeout", "1m", "--write-timeout", "1m", "--metrics-listen", "127.0.0.1:0")
+	if err != nil {
+		return Failf("isolation: %v", err)
+	}
+	defer stop()
+	m, err := newMetricsScraper(ctx, p)
+	if err != nil {
+		return Failf("isolation setup: %v", err)
+	}
+
+	att, err := newSession(ctx, tgt)
+	if err != nil {
+		return Failf("isolation attacker: %v", err)
+	}
+	defer att.Close()
+	var stalled []*phone
+	envs := map[string][]byte{}
+	frame := `{"pad":"` + strings.Repeat("A", queueIsoFrame-10) + `"}`
+	for i := 0; i < queueIsoPhones; i++ {
+		ph, err := att.addPhoneVia(phoneHeaders(att.ServerID, "tok-"+randHex(8)), smallBufClient(tgt))
+		if err != nil {
+			return Failf("isolation attacker phone %d: %v", i+1, err)
+		}
+		stalled = append(stalled, ph)
+		envs[ph.ConnID] = []byte(`{"conn_id":"` + ph.ConnID + `","frame":` + frame + `}`)
+	}
+	// The attacker's own reading phone: a frame to it that arrives proves
+	// the relay has handled every earlier envelope of the attacker's binary
+	// (one read loop per binary, in order).
+	syncPh, err := att.addPhone(nil)
+	if err != nil {
+		return Failf("isolation attacker sync phone: %v", err)
+	}
+	syncR := syncPh.StartReading()
+
+	vic, err := newSession(ctx, tgt)
+	if err != nil {
+		return Failf("isolation victim: %v", err)
+	}
+	defer vic.Close()
+	vph, err := vic.addPhone(nil)
+	if err != nil {
+		return Failf("isolation victim phone: %v", err)
+	}
+	vR := vph.StartReading()
+
+	// Fill: after each sync the queue can only shrink (the relay's writers
+	// hand bytes to the kernel until they block), so its settled size is an
+	// upper bound, and a batch one frame short of the room left can never
+	// cross the ceiling. Stop when less than two frames' room is left.
+	synced := func() error {
+		n := randHex(8)
+		if err := att.send(syncPh.ConnID, map[string]string{"sync": n}); err != nil {
+			return err
+		}
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+			if msg := syncR.next(time.Until(deadline)); bytes.Contains(msg, []byte(n)) {
+				return nil
+			}
+		}
+		return errors.New("the attacker's sync frame was not delivered")
+	}
+	fillStart := time.Now()
+	var q float64
+	sent, batches := 0, 0
+	for {
+		if err := synced(); err != nil {
+			return Failf("isolation fill after %d bytes: %v", sent, err)
+		}
+		if q, err = m.stableValue(ctx, mQueuedBytes); err != nil {
+			return Failf("isolation fill after %d bytes: %v", sent, err)
+		}
+		k := int(queueIsoMax-q)/queueIsoFrame - 1
+		if k < 1 {
+			break
+		}
+		if batches++; batches > 50 {
+			return Failf("isolation: the queue never filled (%s of %s after %s sent in %d batches)", mib(q), mib(queueIsoMax), mib(float64(sent)), batches)
+		}
+		for j := 0; j < k; j++ {
+			ph := stalled[(sent/queueIsoFrame)%len(stalled)]
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := att.Bin.Write(wctx, websocket.MessageText, envs[ph.ConnID])
+			cancel()
+			if err != nil {
+				return Failf("isolation: the attacker binary's write failed after %d bytes: %v", sent, err)
+			}
+			sent += queueIsoFrame
+		}
+	}
+	fillTime := time.Since(fillStart)
+	drops0, err := m.value(ctx, mDropCeiling)
+	if err != nil {
+		return Failf("isolation metrics: %v", err)
+	}
+	att.drain()
+	if drops0 != 0 || len(closeNotices(att.Seen)) != 0 {
+		return Failf("isolation: the fill itself crossed the ceiling (%s = %v, attacker notices %v): the attack is miscalibrated", mDropCeiling, drops0, closeNotices(att.Seen))
+	}
+	headroom := int(queueIsoMax - q)
+	if headroom >= queueIsoVictim {
+		return Failf("isolation: %d bytes left under the ceiling hold the victim's %d-byte frame: the attack proves nothing", headroom, queueIsoVictim)
+	}
+
+	// The victim's frame crosses the ceiling.
+	n := randHex(8)
+	vf := `{"v":"` + n + `","pad":"` + strings.Repeat("v", queueIsoVictim-len(n)-17) + `"}`
+	if len(vf) != queueIsoVictim {
+		return Failf("isolation: victim frame is %d bytes, want %d", len(vf), queueIsoVictim)
+	}
+	if err := writeRaw(ctx, vic, []byte(`{"conn_id":"`+vph.ConnID+`","frame":`+vf+`}`)); err != nil {
+		return Failf("isolation: victim binary write: %v", err)
+	}
+	got := false
+	for deadline := time.Now().Add(5 * time.Second); !got && time.Now().Before(deadline); {
+		msg := vR.next(time.Until(deadline))
+		if msg == nil {
+			break
+		}
+		got = bytes.Contains(msg, []byte(n)) && len(msg) == queueIsoVictim
+	}
+	// The shed phone's notice follows its close handshake's timeout.
+	att.BinR.waitEnvelope(5*time.Second, &att.Seen, func(e envelope) bool { return e.CloseCode != 0 && len(e.Frame) == 0 })
+	attClosed := closeNotices(att.Seen)
+	vic.drain()
+	if !got {
+		return Failf("isolation broken: the victim tenant's reading phone never got its %d-byte frame (headroom %d of ceiling %d after the attacker's fill): it was closed %d, its binary got notices %v; attacker phones closed: %v",
+			queueIsoVictim, headroom, queueIsoMax, vR.closeCode(3*time.Second), closeNotices(vic.Seen), attClosed)
+	}
+	if vn := closeNotices(vic.Seen); len(vn) != 0 {
+		return Failf("isolation broken: the victim's binary got close notices %v after its frame crossed the ceiling", vn)
+	}
+	if code := vR.closeCode(100 * time.Millisecond); code != 0 {
+		return Failf("isolation broken: the victim's phone was closed %d after receiving its frame", code)
+	}
+	rtt, err := vic.roundTrip(vph, 3*time.Second)
+	if err != nil {
+		return Failf("isolation broken: the victim's pair stopped relaying after its frame crossed the ceiling: %v", err)
+	}
+	if len(attClosed) != 1 {
+		return Failf("isolation: want exactly one attacker phone shed at the ceiling, got notices %v (headroom %d, victim frame %d)", attClosed, headroom, queueIsoVictim)
+	}
+	shed := -1
+	for i, ph := range stalled {
+		if code, ok := attClosed[ph.ConnID]; ok && code == 1011 {
+			shed = i
+		}
+	}
+	if shed < 0 {
+		return Failf("isolation: the phone closed was not a stalled attacker phone closed 1011: %v", attClosed)
+	}
+	drops1, err := m.value(ctx, mDropCeiling)
+	if err != nil {
+		return Failf("isolation metrics: %v", err)
+	}
+	if drops1-drops0 != 1 {
+		return Failf("isolation: %s moved by %v, want 1 (the shed attacker phone)", mDropCeiling, drops1-drops0)
+	}
+	q1, err := m.value(ctx, mQueuedBytes)
+	if err != nil {
+		return Failf("isolation metrics: %v", err)
+	}
+	if q1 > queueIsoMax {
+		return Failf("isolation: relay_queued_bytes %v over the ceiling %d after the shed", q1, queueIsoMax)
+	}
+	return Passf("attacker (%d stalled phones, %d-byte frames, sync phone) filled relay_queued_bytes to %.0f of %d in %v without crossing (headroom %d bytes); "+
+		"victim tenant's %d-byte frame was delivered to its reading phone, which stayed connected (round trip %s); attacker stalled phone %d of %d was closed 1011 with a notice to its binary (1 frame counted at the ceiling, queue now %.0f)",
+		len(stalled), queueIsoFrame, q, queueIsoMax, fillTime.Round(time.Millisecond), headroom,
+		queueIsoVictim, ms(rtt), shed+1, len(stalled), q1)
+}
+
+// closeNotices maps conn_id to close code for every close notice in seen.
+func closeNotices(seen []envelope) map[string]int {
+	out := map[string]int{}
+	for _, e := range seen {
+		if e.CloseCode != 0 && len(e.Frame) == 0 {
+			if _, dup := out[e.ConnID]; !dup {
+				out[e.ConnID] = e.CloseCode
+			}
+		}
+	}
+	return out
+}
+
+// writeRaw writes one message on s's binary.
+func writeRaw(ctx context.Context, s *session, msg []byte) error {
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return s.Bin.Write(wctx, websocket.MessageText, msg)
 }
