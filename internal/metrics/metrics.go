@@ -7,6 +7,7 @@ package metrics
 
 import (
 	"net/http"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -34,9 +35,16 @@ type Metrics struct {
 	Panics prometheus.Counter
 	// Binaries, Phones and GraceSlots are the registry's current sizes.
 	Binaries, Phones, GraceSlots prometheus.Gauge
-	// QueuedBytes is the relay-wide total of bytes queued for phones.
-	QueuedBytes prometheus.Gauge
+	// queuedBytes reads the relay-wide total of bytes queued for phones at
+	// scrape time (see SetQueuedBytesSource).
+	queuedBytes atomic.Pointer[func() int64]
 }
+
+// SetQueuedBytesSource makes relay_queued_bytes report f() at every scrape.
+// Reading the relay's own atomic counter there, rather than Set-ing a gauge
+// after each change, means concurrent changes can never leave the gauge
+// showing a stale value.
+func (m *Metrics) SetQueuedBytesSource(f func() int64) { m.queuedBytes.Store(&f) }
 
 // New registers the relay's collectors (plus Go runtime and process
 // collectors) in a private registry.
@@ -60,11 +68,10 @@ func New() *Metrics {
 		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_requests_rejected_total", Help: "Requests refused before the WebSocket upgrade, by reason.",
 		}, []string{"reason"}),
-		Panics:      prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_panics_total", Help: "Recovered handler panics."}),
-		Binaries:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_binaries", Help: "Live binaries holding a slot."}),
-		Phones:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_phones", Help: "Connected phones."}),
-		GraceSlots:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_grace_slots", Help: "Slots in their grace period."}),
-		QueuedBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_queued_bytes", Help: "Bytes queued for phones, relay-wide."}),
+		Panics:     prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_panics_total", Help: "Recovered handler panics."}),
+		Binaries:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_binaries", Help: "Live binaries holding a slot."}),
+		Phones:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_phones", Help: "Connected phones."}),
+		GraceSlots: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_grace_slots", Help: "Slots in their grace period."}),
 	}
 	f(m.Upgrades)
 	f(m.Closes)
@@ -75,7 +82,12 @@ func New() *Metrics {
 	f(m.Binaries)
 	f(m.Phones)
 	f(m.GraceSlots)
-	f(m.QueuedBytes)
+	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "relay_queued_bytes", Help: "Bytes queued for phones, relay-wide."}, func() float64 {
+		if src := m.queuedBytes.Load(); src != nil {
+			return float64((*src)())
+		}
+		return 0
+	}))
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -54,7 +54,6 @@ func dropCount(h *harness, r DropReason) float64 {
 	return testutil.ToFloat64(h.rl.m.FramesDropped.WithLabelValues(string(r)))
 }
 
-
 // An attacker who keeps the relay-wide queue just under the ceiling must not
 // be able to get another tenant's phone closed: at the ceiling the phone
 // furthest behind (the attacker's stalled one) is closed, and the innocent

@@ -10,33 +10,28 @@ import (
 type byteBudget struct {
 	limit int64
 	used  atomic.Int64
-	// onChange reports the new total (metrics gauge); may be nil.
-	onChange func(int64)
 }
 
 func (b *byteBudget) acquire(n int64) bool {
 	if b == nil {
 		return true
 	}
-	used := b.used.Add(n)
-	if b.limit > 0 && used > b.limit {
-		b.used.Add(-n)
-		return false
+	for { // compare-and-swap, so the total never exceeds the limit, even briefly
+		cur := b.used.Load()
+		if b.limit > 0 && cur+n > b.limit {
+			return false
+		}
+		if b.used.CompareAndSwap(cur, cur+n) {
+			return true
+		}
 	}
-	if b.onChange != nil {
-		b.onChange(used)
-	}
-	return true
 }
 
 func (b *byteBudget) release(n int64) {
 	if b == nil || n == 0 {
 		return
 	}
-	used := b.used.Add(-n)
-	if b.onChange != nil {
-		b.onChange(used)
-	}
+	b.used.Add(-n)
 }
 
 // outItem is one queued action for a phone: a frame, a close, or both

@@ -65,7 +65,8 @@ func New(opts Options, d Deps) (*Relay, error) {
 	for _, reason := range AllDropReasons {
 		rl.m.FramesDropped.WithLabelValues(string(reason))
 	}
-	rl.budget = &byteBudget{limit: opts.MaxQueuedBytes, onChange: func(n int64) { rl.m.QueuedBytes.Set(float64(n)) }}
+	rl.budget = &byteBudget{limit: opts.MaxQueuedBytes}
+	rl.m.SetQueuedBytesSource(rl.budget.used.Load)
 	rl.reg = newRegistry(opts.GracePeriod, opts.MaxPhones, d.Timer, func(ps []*phoneConn) {
 		for _, p := range ps {
 			p.end(closeCause{code: CodeNoBinary, reason: reasonNoBinary})
