@@ -129,3 +129,22 @@ func stableQueued(t *testing.T, h *harness) int64 {
 	t.Fatalf("queued bytes never settled (last %d)", last)
 	return 0
 }
+
+// Tiny frames must not slip past the byte caps: each queued item is charged
+// its heap overhead too, so a flood of `{}` to a stalled phone fills the
+// phone's cap after ~1000 items, not the 32768 that frame bytes alone allow
+// (a binary could otherwise park ~40x the cap in heap per phone).
+func TestOutbox_TinyFramesChargedPerItem(t *testing.T) {
+	const limit = 64 << 10
+	budget := &byteBudget{limit: limit}
+	o := newOutbox(limit, budget)
+	accepted := 0
+	for o.push(outItem{frame: []byte(`{}`)}) == "" {
+		accepted++
+		require.Less(t, accepted, limit, "the outbox never filled")
+	}
+	require.LessOrEqual(t, accepted, limit/64, "a queued item must be charged at least 64 bytes")
+	require.Equal(t, int64(accepted)*(2+itemOverhead), budget.used.Load(), "the relay-wide budget is charged the same cost")
+	o.stop()
+	require.Zero(t, budget.used.Load(), "stop releases every item's cost")
+}

@@ -51,6 +51,8 @@ type closeCause struct {
 	sent bool
 	// notify: a phone close that its binary should hear about.
 	notify bool
+	// directive: the binary chose the code (a close directive).
+	directive bool
 }
 
 // wsEnd is the close state shared by both connection kinds.

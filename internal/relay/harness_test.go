@@ -250,6 +250,21 @@ func (p *peer) closed(code websocket.StatusCode) {
 	}
 }
 
+// closedOrDropped is closed for a peer that stopped reading: it may get the
+// close code, or only see its socket end (-1) if the close frame could not
+// be written before the relay dropped it.
+func (p *peer) closedOrDropped(code websocket.StatusCode) {
+	p.t.Helper()
+	select {
+	case err := <-p.end:
+		p.end <- err
+		got := websocket.CloseStatus(err)
+		require.Truef(p.t, got == code || got == -1, "close %d (%v); want %d or a dropped socket", got, err, code)
+	case <-time.After(8 * time.Second):
+		p.t.Fatalf("connection still open; want close %d", code)
+	}
+}
+
 // silent asserts that nothing arrives and the connection stays up for d.
 func (p *peer) silent(d time.Duration) {
 	p.t.Helper()

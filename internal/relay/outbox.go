@@ -41,6 +41,16 @@ type outItem struct {
 	closeCode int
 }
 
+// itemOverhead is charged per queued item on top of its frame bytes: the
+// item itself, the frame's allocation header and the queue slice's share.
+// Without it a binary sending `{}` frames to a stalled phone would be
+// charged 2 bytes for each ~40-100 bytes of heap, and the byte caps would
+// no longer bound memory.
+const itemOverhead = 64
+
+// cost is what an item counts against the phone's cap and the relay budget.
+func (it outItem) cost() int64 { return int64(len(it.frame)) + itemOverhead }
+
 // outbox is one phone's bounded FIFO of outbound frames, drained by the
 // phone's own writer goroutine. Pushing never blocks, so a stalled phone can
 // never stall its binary's read loop or the other phones.
@@ -66,7 +76,7 @@ func newOutbox(limit int64, budget *byteBudget) *outbox {
 // push queues it. It returns "" on success, or why it refused: the phone's
 // own cap, the relay-wide ceiling, or an outbox already sealed by a close.
 func (o *outbox) push(it outItem) DropReason {
-	n := int64(len(it.frame))
+	n := it.cost()
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	switch {
@@ -113,7 +123,7 @@ func (o *outbox) next() (outItem, bool) {
 
 // done releases the accounting of an item returned by next.
 func (o *outbox) done(it outItem) {
-	n := int64(len(it.frame))
+	n := it.cost()
 	o.mu.Lock()
 	o.bytes -= n
 	o.backlog.Store(o.bytes)
@@ -132,7 +142,7 @@ func (o *outbox) stop() {
 	o.sealed = true
 	var n int64
 	for _, it := range o.items {
-		n += int64(len(it.frame))
+		n += it.cost()
 	}
 	o.items = nil
 	o.bytes -= n

@@ -130,7 +130,7 @@ func (p *phoneConn) writeLoop() {
 		}
 		if it.closeCode != 0 {
 			// A directive close: the binary asked for it, so no notice.
-			p.end(closeCause{code: websocket.StatusCode(it.closeCode)})
+			p.end(closeCause{code: websocket.StatusCode(it.closeCode), directive: true})
 			return
 		}
 	}

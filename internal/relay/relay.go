@@ -252,11 +252,15 @@ func (rl *Relay) drop(reason DropReason) {
 }
 
 // closed counts a connection's end. The label is the relay's own close code,
-// or "peer": a peer-chosen code is attacker input and stays out of labels.
+// "peer", or "directive": a code a peer chose (its own close, or a binary's
+// close directive) is attacker input and stays out of labels.
 func (rl *Relay) closed(role string, c closeCause) {
-	cause := "peer"
-	if !c.byPeer {
-		cause = strconv.Itoa(int(c.code))
+	cause := strconv.Itoa(int(c.code))
+	switch {
+	case c.byPeer:
+		cause = "peer"
+	case c.directive:
+		cause = "directive"
 	}
 	rl.m.Closes.WithLabelValues(role, cause).Inc()
 }
