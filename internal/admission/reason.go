@@ -22,7 +22,7 @@ const (
 )
 
 // AllReasons lists every Reason, so metrics can pre-register labels.
-var AllReasons = []Reason{ReasonRateLimited, ReasonPerIPCap, ReasonGlobalCap, ReasonTableFull}
+var AllReasons = []Reason{ReasonRateLimited, ReasonPerIPCap, ReasonGlobalCap, ReasonTableFull, ReasonSocketCap, ReasonSocketPerIP}
 
 // status is the HTTP status a rejection is answered with: 429 when the
 // client in particular is over its share, 503 when the relay as a whole

@@ -63,7 +63,10 @@ type Config struct {
 	// Admission control (internal/admission).
 	MaxConns           int
 	MaxConnsPerIP      int
-	UpgradeRate        float64 // upgrades per second per IP
+	MaxSockets         int // TCP sockets per public listener, counted at accept
+	MaxSocketsPerIP    int
+	IdleTimeout        time.Duration // keep-alive between plain HTTP requests
+	UpgradeRate        float64       // upgrades per second per IP
 	UpgradeBurst       int
 	MaxTrackedIPs      int
 	TrustProxy         []netip.Prefix
@@ -83,9 +86,15 @@ const (
 	// Admission defaults sized for a small VPS (1–2 vCPU, 1–2 GiB): see docs/deploy.md.
 	DefaultMaxConns      = 4096
 	DefaultMaxConnsPerIP = 64
-	DefaultUpgradeRate   = 2.0
-	DefaultUpgradeBurst  = 20
-	DefaultMaxTrackedIPs = 65536
+	// Sockets are counted before any byte is read (idle keep-alives, slow
+	// headers, TLS handshakes, /healthz): twice the WebSocket caps leaves
+	// room for those while one host still cannot hold the process's fds.
+	DefaultMaxSockets      = 2 * DefaultMaxConns
+	DefaultMaxSocketsPerIP = 2 * DefaultMaxConnsPerIP
+	DefaultIdleTimeout     = 30 * time.Second
+	DefaultUpgradeRate     = 2.0
+	DefaultUpgradeBurst    = 20
+	DefaultMaxTrackedIPs   = 65536
 )
 
 // Env reads one environment variable; os.Getenv in production, a map in tests.
@@ -148,6 +157,9 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 
 	fs.IntVar(&c.MaxConns, "max-conns", DefaultMaxConns, "global cap on concurrent WebSocket connections (503 beyond)")
 	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", DefaultMaxConnsPerIP, "cap on concurrent connections per client IP (429 beyond)")
+	fs.IntVar(&c.MaxSockets, "max-sockets", DefaultMaxSockets, "TCP connections per public listener, counted at accept before any byte is read (closed beyond)")
+	fs.IntVar(&c.MaxSocketsPerIP, "max-sockets-per-ip", DefaultMaxSocketsPerIP, "TCP connections per client address at accept (trusted proxies exempt; closed beyond)")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", DefaultIdleTimeout, "how long an idle keep-alive HTTP connection is kept")
 	fs.Float64Var(&c.UpgradeRate, "upgrade-rate", DefaultUpgradeRate, "sustained upgrade requests per second per client IP (429 beyond)")
 	fs.IntVar(&c.UpgradeBurst, "upgrade-burst", DefaultUpgradeBurst, "upgrade requests a client IP may make in a burst")
 	fs.IntVar(&c.MaxTrackedIPs, "max-tracked-ips", DefaultMaxTrackedIPs, "client IPs the limiter tracks at once (bounds its memory)")
@@ -312,6 +324,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: --max-conns must be at least 1", ErrInvalidConfig)
 	case c.MaxConnsPerIP < 1 || c.MaxConnsPerIP > c.MaxConns:
 		return fmt.Errorf("%w: --max-conns-per-ip must be 1..--max-conns", ErrInvalidConfig)
+	case c.MaxSockets < c.MaxConns:
+		return fmt.Errorf("%w: --max-sockets must be at least --max-conns", ErrInvalidConfig)
+	case c.MaxSocketsPerIP < c.MaxConnsPerIP || c.MaxSocketsPerIP > c.MaxSockets:
+		return fmt.Errorf("%w: --max-sockets-per-ip must be between --max-conns-per-ip and --max-sockets", ErrInvalidConfig)
+	case c.IdleTimeout <= 0:
+		return fmt.Errorf("%w: --idle-timeout must be positive", ErrInvalidConfig)
 	case !(c.UpgradeRate > 0) || math.IsInf(c.UpgradeRate, 1): // NaN fails every comparison
 		return fmt.Errorf("%w: --upgrade-rate must be a positive number", ErrInvalidConfig)
 	case c.UpgradeBurst < 1:

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"time"
 
 	"golang.org/x/time/rate"
 
@@ -148,7 +147,7 @@ func (s *Server) httpServer(h http.Handler) *http.Server {
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
 		ReadTimeout:       2 * s.cfg.ReadHeaderTimeout, // no route reads a body
 		WriteTimeout:      s.cfg.Relay.WriteTimeout,
-		IdleTimeout:       60 * time.Second,
+		IdleTimeout:       s.cfg.IdleTimeout,
 		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
 		TLSConfig:         s.tlsConfig,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
@@ -181,7 +180,10 @@ func (s *Server) Listen() error {
 			s.closeListeners()
 			return fmt.Errorf("%w: %s listener on %s: %v", ErrListen, w.name, w.addr, err)
 		}
-		ln = s.wrapListener(w.name, ln)
+		if ln, err = s.wrapListener(w.name, ln); err != nil {
+			s.closeListeners()
+			return err
+		}
 		if w.tls {
 			ln = tls.NewListener(ln, s.tlsConfig)
 		}
@@ -191,13 +193,29 @@ func (s *Server) Listen() error {
 	return nil
 }
 
-// wrapListener reads PROXY protocol headers on the public listener when
-// configured: required from --trust-proxy peers, refused from anyone else.
-func (s *Server) wrapListener(name string, ln net.Listener) net.Listener {
-	if name == "public" && s.cfg.ProxyProtocol {
-		return admission.WrapListener(ln, s.cfg.TrustProxy, s.cfg.ProxyHeaderTimeout)
+// wrapListener caps sockets at accept on the listeners the internet reaches
+// (public, acme), then reads PROXY protocol headers on the public listener
+// when configured: required from --trust-proxy peers, refused from anyone
+// else. The socket cap goes innermost: it must key on the socket peer and
+// never wait for a PROXY header in the accept loop.
+func (s *Server) wrapListener(name string, raw net.Listener) (net.Listener, error) {
+	if name == "metrics" {
+		return raw, nil // loopback, operator-only
 	}
-	return ln
+	ln, err := admission.LimitListener(raw, admission.SocketLimits{
+		Max:      s.cfg.MaxSockets,
+		MaxPerIP: s.cfg.MaxSocketsPerIP,
+		Trusted:  s.cfg.TrustProxy,
+		OnReject: func(r admission.Reason) { s.metrics.Rejected.WithLabelValues(string(r)).Inc() },
+	})
+	if err != nil {
+		_ = raw.Close()
+		return nil, fmt.Errorf("%w: %v", config.ErrInvalidConfig, err)
+	}
+	if name == "public" && s.cfg.ProxyProtocol {
+		ln = admission.WrapListener(ln, s.cfg.TrustProxy, s.cfg.ProxyHeaderTimeout)
+	}
+	return ln, nil
 }
 
 func (s *Server) closeListeners() {

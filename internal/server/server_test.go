@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -180,4 +181,32 @@ func TestHealthz_NotRateLimited_CountsOnly(t *testing.T) {
 		require.Equal(t, 200, resp.StatusCode)
 		require.JSONEq(t, `{"status":"ok","binaries":0,"phones":0,"grace":0}`, string(body))
 	}
+}
+
+// One host opening idle keep-alive sockets (never an upgrade, so the HTTP
+// admission caps never see them) must not exhaust the relay: the socket cap
+// closes its extra sockets at accept, and other addresses are still served.
+func TestSocketCap_IdleSocketsFromOneHost_OthersServed(t *testing.T) {
+	r := start(t, "--max-sockets", "64", "--max-sockets-per-ip", "4", "--max-conns-per-ip", "2", "--max-conns", "32")
+	addr := strings.TrimPrefix(r.base, "http://")
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	var refused int
+	for range 10 {
+		c, err := d.Dial("tcp", addr)
+		require.NoError(t, err)
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+				refused++ // closed by the relay at accept
+			}
+		}
+	}
+	require.Equal(t, 6, refused, "4 idle sockets allowed per address, the other 6 closed")
+
+	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}}).DialContext}}
+	resp, err := other.Get(r.base + "/healthz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
 }
