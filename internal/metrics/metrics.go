@@ -33,6 +33,9 @@ type Metrics struct {
 	Rejected *prometheus.CounterVec
 	// Panics counts recovered handler panics.
 	Panics prometheus.Counter
+	// HTTPErrors counts net/http's own error lines by kind ("tls_handshake",
+	// "other"); their text (client SNI, ALPN, addresses) is never logged.
+	HTTPErrors *prometheus.CounterVec
 	// Binaries, Phones and GraceSlots are the registry's current sizes.
 	Binaries, Phones, GraceSlots prometheus.Gauge
 	// queuedBytes reads the relay-wide total of bytes queued for phones at
@@ -68,7 +71,10 @@ func New() *Metrics {
 		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_requests_rejected_total", Help: "Requests refused before the WebSocket upgrade, by reason.",
 		}, []string{"reason"}),
-		Panics:     prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_panics_total", Help: "Recovered handler panics."}),
+		Panics: prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_panics_total", Help: "Recovered handler panics."}),
+		HTTPErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_http_errors_total", Help: "net/http server errors (TLS handshakes, broken connections) by kind.",
+		}, []string{"kind"}),
 		Binaries:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_binaries", Help: "Live binaries holding a slot."}),
 		Phones:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_phones", Help: "Connected phones."}),
 		GraceSlots: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_grace_slots", Help: "Slots in their grace period."}),
@@ -79,6 +85,7 @@ func New() *Metrics {
 	f(m.FramesDropped)
 	f(m.Rejected)
 	f(m.Panics)
+	f(m.HTTPErrors)
 	f(m.Binaries)
 	f(m.Phones)
 	f(m.GraceSlots)

@@ -3,11 +3,13 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -150,8 +152,35 @@ func (s *Server) httpServer(h http.Handler) *http.Server {
 		IdleTimeout:       s.cfg.IdleTimeout,
 		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
 		TLSConfig:         s.tlsConfig,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ErrorLog:          log.New(httpErrorWriter{s.log, s.metrics}, "", 0),
 	}
+}
+
+// httpErrorWriter receives net/http's error lines (TLS handshake failures,
+// malformed connections). Their text quotes client-chosen SNI names, ALPN
+// protocols and addresses, so it is counted by kind and logged as a fixed
+// phrase only.
+type httpErrorWriter struct {
+	log     *slog.Logger
+	metrics *metrics.Metrics
+}
+
+func (w httpErrorWriter) Write(p []byte) (int, error) {
+	kind := "other"
+	if bytes.Contains(p, []byte("TLS handshake error")) {
+		kind = "tls_handshake"
+	}
+	w.metrics.HTTPErrors.WithLabelValues(kind).Inc()
+	w.log.Debug("http server error", "event", "http_error", "reason", kind)
+	return len(p), nil
+}
+
+// metricsHandler serves GET /metrics only; everything else is 404.
+func (s *Server) metricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.metrics.Handler())
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { emptyStatus(w, http.StatusNotFound) })
+	return withGenericBodies(mux)
 }
 
 // Listen binds every configured listener. Nothing is served until Serve.
@@ -172,7 +201,7 @@ func (s *Server) Listen() error {
 			want{"acme", s.cfg.HTTPListen, withGenericBodies(s.acmeHandler), false})
 	}
 	if s.cfg.MetricsListen != "" {
-		wants = append(wants, want{"metrics", s.cfg.MetricsListen, s.metrics.Handler(), false})
+		wants = append(wants, want{"metrics", s.cfg.MetricsListen, s.metricsHandler(), false})
 	}
 	for _, w := range wants {
 		ln, err := net.Listen("tcp", w.addr)
@@ -238,6 +267,9 @@ func (s *Server) Addr(name string) net.Addr {
 func (s *Server) Serve() {
 	for _, l := range s.servers {
 		s.log.Info("listening", "event", "listening", "listener", l.name, "addr", l.ln.Addr().String(), "mode", string(s.cfg.Mode))
+		if ta, ok := l.ln.Addr().(*net.TCPAddr); ok && l.name == "metrics" && !ta.IP.IsLoopback() {
+			s.log.Warn("metrics listener is not on loopback: anyone who reaches it sees the relay's counts", "event", "metrics_not_loopback", "addr", ta.String())
+		}
 		s.wg.Add(1)
 		go func(l *listenerServer) {
 			defer s.wg.Done()
