@@ -108,6 +108,9 @@ func ParsePhoneHeaders(h http.Header) (PhoneHeaders, error) {
 	if !ok {
 		return PhoneHeaders{}, ErrBadUpgradeHeaders
 	}
+	if len(h.Values(HeaderDeviceName)) > 1 { // optional, but like every header at most once
+		return PhoneHeaders{}, ErrBadUpgradeHeaders
+	}
 	return PhoneHeaders{
 		ServerID:   id,
 		Token:      tok,
