@@ -233,14 +233,19 @@ func (r *reader) next(d time.Duration) []byte {
 }
 
 // closeCode waits up to d for the connection to end and returns its close
-// status (-1: ended without a close frame; 0: still open).
+// status (-1: ended without a close frame; 0: still open). closeCode(0)
+// asks without waiting.
 func (r *reader) closeCode(d time.Duration) int {
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	select {
 	case <-r.done:
 	case <-timer.C:
-		return 0
+		select { // both may be ready (d == 0): an ended connection wins
+		case <-r.done:
+		default:
+			return 0
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
