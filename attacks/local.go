@@ -31,6 +31,10 @@ type Local struct {
 	Main *Process
 	// TempDir is scratch space that outlives no test.
 	TempDir string
+	// TLSFlags serve the harness's static test certificate (--tls-cert F
+	// --tls-key K); nil when it has none. TLS scenarios that need a relay of
+	// their own, e.g. with another environment, start it with StartTLS.
+	TLSFlags []string
 
 	mu      sync.Mutex
 	started []*Process
@@ -63,6 +67,28 @@ func (l *Local) StartBinary(ctx context.Context, bin string, flags ...string) (*
 	return p, err
 }
 
+// StartTLS launches a relay in static-certificate mode with env added to
+// the inherited environment: `relay serve TLSFlags... --https-listen
+// 127.0.0.1:0 FLAGS... ExtraFlags...`. It fails when there is no
+// certificate (TLSFlags is nil).
+func (l *Local) StartTLS(ctx context.Context, env []string, flags ...string) (*Process, error) {
+	if len(l.TLSFlags) == 0 {
+		return nil, errNoTLSFlags
+	}
+	args := append([]string{"serve"}, l.TLSFlags...)
+	args = append(append(append(args, "--https-listen", "127.0.0.1:0"), flags...), l.ExtraFlags...)
+	p, err := StartProcessEnv(ctx, env, l.Binary, args...)
+	if p != nil {
+		l.mu.Lock()
+		l.started = append(l.started, p)
+		l.mu.Unlock()
+	}
+	return p, err
+}
+
+// errNoTLSFlags: StartTLS was called on a Local without a certificate.
+var errNoTLSFlags = errors.New("attacks: no static test certificate to start a TLS relay with")
+
 // Process is a relay process started by this package. Its stderr (the JSON
 // log) is captured line by line.
 type Process struct {
@@ -89,7 +115,16 @@ var ErrNoListenLine = errors.New("attacks: relay did not log a public listening 
 // to start listening, so the caller can read its log and exit code; it is
 // then already stopped.
 func StartProcess(ctx context.Context, bin string, args ...string) (*Process, error) {
+	return StartProcessEnv(ctx, nil, bin, args...)
+}
+
+// StartProcessEnv is StartProcess with env ("KEY=value") added to the
+// inherited environment; later entries win, so env overrides it.
+func StartProcessEnv(ctx context.Context, env []string, bin string, args ...string) (*Process, error) {
 	cmd := exec.Command(bin, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout = io.Discard
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

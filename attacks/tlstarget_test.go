@@ -57,13 +57,15 @@ func writeRSACert(t *testing.T, dir, name string) (certFile, keyFile string, poo
 }
 
 // startTLSRelay starts the binary in static-certificate mode on loopback
-// (plus RELAY_ATTACK_EXTRA_FLAGS) and returns the process and CA file.
-func startTLSRelay(t *testing.T, dir string) (*Process, string, *x509.CertPool) {
+// (plus RELAY_ATTACK_EXTRA_FLAGS) and returns the process, the CA file and
+// the flags that serve its certificate.
+func startTLSRelay(t *testing.T, dir string) (*Process, string, *x509.CertPool, []string) {
 	t.Helper()
 	require.NoError(t, buildErr, "building the relay")
 	certFile, keyFile, pool := writeRSACert(t, dir, tlsTestName)
-	args := []string{"serve", "--tls-cert", certFile, "--tls-key", keyFile, "--https-listen", "127.0.0.1:0",
-		"--grace-period", "2s", "--probe-timeout", "1s"}
+	certFlags := []string{"--tls-cert", certFile, "--tls-key", keyFile}
+	args := append(append([]string{"serve"}, certFlags...), "--https-listen", "127.0.0.1:0",
+		"--grace-period", "2s", "--probe-timeout", "1s")
 	if f := os.Getenv("RELAY_ATTACK_EXTRA_FLAGS"); f != "" {
 		args = append(args, strings.Fields(f)...)
 	}
@@ -77,7 +79,7 @@ func startTLSRelay(t *testing.T, dir string) (*Process, string, *x509.CertPool) 
 		t.Fatalf("start TLS relay: %v", err)
 	}
 	t.Cleanup(func() { p.Stop() })
-	return p, certFile, pool
+	return p, certFile, pool, certFlags
 }
 
 // localTLSTarget is the target TLSOnly scenarios run against in
@@ -85,8 +87,8 @@ func startTLSRelay(t *testing.T, dir string) (*Process, string, *x509.CertPool) 
 func localTLSTarget(t *testing.T) *Target {
 	t.Helper()
 	dir := t.TempDir()
-	p, _, pool := startTLSRelay(t, dir)
-	l := &Local{Binary: builtBinary, TestHooksBinary: builtHooksBinary, TempDir: dir, Main: p}
+	p, _, pool, certFlags := startTLSRelay(t, dir)
+	l := &Local{Binary: builtBinary, TestHooksBinary: builtHooksBinary, TempDir: dir, Main: p, TLSFlags: certFlags}
 	if f := os.Getenv("RELAY_ATTACK_EXTRA_FLAGS"); f != "" {
 		l.ExtraFlags = strings.Fields(f)
 	}
@@ -99,7 +101,7 @@ func localTLSTarget(t *testing.T) *Target {
 // --server-name NAME`, with no local handles. Every remote-safe TLS
 // scenario must run and pass; against the plain-HTTP target they skip.
 func TestAttackCommand_TLSScenarios(t *testing.T) {
-	p, caFile, _ := startTLSRelay(t, t.TempDir())
+	p, caFile, _, _ := startTLSRelay(t, t.TempDir())
 	var ids []string
 	for _, sc := range Catalog() {
 		if sc.TLSOnly && sc.Mode == RemoteSafe {
