@@ -53,7 +53,11 @@ func TestAttackCommand_TLS(t *testing.T) {
 	certFile, keyFile := writeSelfSigned(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p, err := StartProcess(ctx, builtBinary, "serve", "--tls-cert", certFile, "--tls-key", keyFile, "--https-listen", "127.0.0.1:0")
+	// A deep upgrade bucket: this test is about WSS and --ca; waiting out
+	// the default rate limit, as an operator's run does, is
+	// TestAttackCommand_RemoteMode's part.
+	p, err := StartProcess(ctx, builtBinary, "serve", "--tls-cert", certFile, "--tls-key", keyFile, "--https-listen", "127.0.0.1:0",
+		"--upgrade-burst", "200")
 	if err != nil {
 		if p != nil {
 			t.Fatalf("start TLS relay: %v\n%s", err, p.LogText())
