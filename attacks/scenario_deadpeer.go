@@ -2,6 +2,8 @@ package attacks
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 )
 
@@ -10,16 +12,28 @@ import (
 // heartbeat and its binary is told, while live peers on the same slot are
 // untouched. Local-only: the deployed 30 s + 30 s heartbeat is too slow
 // for a smoke test.
+//
+// A dead incumbent binary must not hold its server-id either: a binary
+// that stops reading (so it answers no ping) holds a slot with phones; a
+// new binary claiming the same server-id is given the slot once the
+// conflict probe has waited --probe-timeout, the old binary is closed
+// 1011 and its phones are evicted 4404. That relay runs the deployed
+// heartbeat, so only the probe can free the slot in time. A live
+// incumbent, probed the same way, keeps its slot and the claimant gets
+// 4409: the probe must tell the two apart.
 const (
 	deadPeerPing  = 300 * time.Millisecond
 	deadPeerPong  = 300 * time.Millisecond
 	deadPeerSlack = 10 * time.Second
+	// deadPeerProbe is --probe-timeout of the takeover relay.
+	deadPeerProbe      = 500 * time.Millisecond
+	deadPeerProbeSlack = 3 * time.Second
 )
 
 func deadPeer() Scenario {
 	return Scenario{
 		ID:      "ATK-DEAD-PEER",
-		Title:   "A phone that never answers pings is closed 1011 and its binary notified; live peers stay",
+		Title:   "A phone that never answers pings is closed 1011, its binary notified; a dead incumbent binary is replaced after the probe",
 		Threats: []string{"TM-DOS-10"},
 		Mode:    LocalOnly,
 		Run:     runDeadPeer,
@@ -65,5 +79,115 @@ func runDeadPeer(ctx context.Context, t *Target) Result {
 	if _, err := s.roundTrip(live, 3*time.Second); err != nil {
 		return Failf("live pair broken: %v", err)
 	}
-	return Passf("silent phone closed 1011 after %v (ping %v + pong %v), binary notified; live phone and binary still relaying", took.Round(10*time.Millisecond), deadPeerPing, deadPeerPong)
+	takeover, err := deadIncumbent(ctx, t)
+	if err != nil {
+		return Failf("dead incumbent binary: %v", err)
+	}
+	return Passf("silent phone closed 1011 after %v (ping %v + pong %v), binary notified; live phone and binary still relaying; %s",
+		took.Round(10*time.Millisecond), deadPeerPing, deadPeerPong, takeover)
+}
+
+// deadIncumbent runs the takeover half on a relay of its own with
+// --probe-timeout deadPeerProbe and the deployed (30 s) heartbeat.
+func deadIncumbent(ctx context.Context, t *Target) (string, error) {
+	tgt, _, stop, err := dedicated(ctx, t, "--probe-timeout", deadPeerProbe.String())
+	if err != nil {
+		return "", err
+	}
+	defer stop()
+
+	// Control: a live incumbent keeps its slot.
+	live, err := newSession(ctx, tgt)
+	if err != nil {
+		return "", fmt.Errorf("live incumbent: %w", err)
+	}
+	defer live.Close()
+	lp, err := live.addPhone(nil)
+	if err != nil {
+		return "", fmt.Errorf("live incumbent: %w", err)
+	}
+	rival, _, err := tgt.dial(ctx, "/v1/server", binaryHeaders(live.ServerID))
+	if err != nil {
+		return "", fmt.Errorf("claim against the live incumbent: %w", err)
+	}
+	defer rival.CloseNow()
+	if code := startReader(ctx, rival).closeCode(deadPeerProbe + deadPeerProbeSlack); code != 4409 {
+		return "", fmt.Errorf("a claim against a live incumbent ended with %d, want 4409 (the probe must see it answer)", code)
+	}
+	if _, err := live.roundTrip(lp, 3*time.Second); err != nil {
+		return "", fmt.Errorf("live incumbent's pair broken by the refused claim: %w", err)
+	}
+
+	// The dead incumbent: a raw socket that never reads after the upgrade,
+	// so no ping it is sent is ever answered.
+	id := newServerID()
+	dead, err := tgt.dialRawWS(ctx, "/v1/server", binaryHeaders(id))
+	if err != nil {
+		return "", fmt.Errorf("dead incumbent: %w", err)
+	}
+	defer dead.c.Close()
+	// The relay now holds the live pair (1 binary, 1 phone) and the dead
+	// incumbent.
+	counts := func(binaries, phones int) bool {
+		return pollUntil(ctx, 3*time.Second, 20*time.Millisecond, func() bool {
+			h, _, err := tgt.healthz(ctx)
+			return err == nil && h.Binaries == binaries && h.Phones == phones
+		})
+	}
+	if !counts(2, 1) {
+		return "", errors.New("the dead incumbent's claim never registered")
+	}
+	var phones []*reader
+	for range 2 {
+		c, _, err := tgt.dial(ctx, "/v1/client", phoneHeaders(id, "tok-"+randHex(8)))
+		if err != nil {
+			return "", fmt.Errorf("phone of the dead incumbent: %w", err)
+		}
+		defer c.CloseNow()
+		phones = append(phones, startReader(ctx, c))
+	}
+	if !counts(2, 3) {
+		return "", errors.New("the dead incumbent's phones never joined")
+	}
+	for _, r := range phones {
+		if code := r.closeCode(0); code != 0 {
+			return "", fmt.Errorf("a phone of the dead incumbent was closed %d before any takeover", code)
+		}
+	}
+
+	// The claimant: a live binary (its reader answers pings) on the same id.
+	start := time.Now()
+	nc, _, err := tgt.dial(ctx, "/v1/server", binaryHeaders(id))
+	if err != nil {
+		return "", fmt.Errorf("claimant: %w", err)
+	}
+	next := &session{t: tgt, ctx: ctx, ServerID: id, Bin: nc, BinR: startReader(ctx, nc)}
+	defer next.Close()
+	budget := deadPeerProbe + deadPeerProbeSlack
+	for i, r := range phones {
+		if code := r.closeCode(budget); code != 4404 {
+			return "", fmt.Errorf("phone %d of the dead incumbent: close %d within %v of the claim, want 4404 (evicted by the takeover); the claimant's close: %d", i+1, code, budget, next.BinR.closeCode(0))
+		}
+	}
+	took := time.Since(start)
+	if took < deadPeerProbe/2 {
+		return "", fmt.Errorf("the dead incumbent was replaced after %v, before the %v probe could have timed out", took, deadPeerProbe)
+	}
+	if code := next.BinR.closeCode(0); code != 0 {
+		return "", fmt.Errorf("the claimant was closed %d instead of taking the slot", code)
+	}
+	// Its socket now holds the frames it never read, then the close.
+	_ = dead.c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if code := dead.readCloseFrame(); code != 1011 {
+		return "", fmt.Errorf("the replaced incumbent got close %d, want 1011", code)
+	}
+	np, err := next.addPhone(nil)
+	if err != nil {
+		return "", fmt.Errorf("new binary holds the slot but: %w", err)
+	}
+	if _, err := next.roundTrip(np, 3*time.Second); err != nil {
+		return "", fmt.Errorf("new binary's pair: %w", err)
+	}
+	return fmt.Sprintf("a claim against a live incumbent got 4409 (pair intact); a binary that stopped reading was replaced %v after a new claim (--probe-timeout %v): old binary closed 1011, its 2 phones evicted 4404, the new binary relayed",
+		took.Round(10*time.Millisecond), deadPeerProbe), nil
 }
