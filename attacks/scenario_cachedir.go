@@ -19,12 +19,17 @@ import (
 // calibration run shows which). The mode is left as it was: the relay never
 // chmods. A 0700 cache starts and listens.
 //
+// The keys are files inside the cache, so the entries are checked too: a
+// 0644 key file in an otherwise 0700 cache is refused the same way, the
+// line naming the file. The 0700 control holds a 0600 file, so a relay
+// that refused any file at all would fail it.
+//
 // The ACME directory is https://127.0.0.1:1/dir: nothing listens there and
 // nothing may contact it before the cache check.
 func cacheDir() Scenario {
 	return Scenario{
 		ID:      "ATK-CACHE-DIR",
-		Title:   "Cache dir at 0750/0755/0777/0770 or a symlink: exit 2, one line naming it, before any port; 0700 starts",
+		Title:   "Cache dir at 0750/0755/0777/0770, a symlink, or holding a 0644 file: exit 2, one line naming it, before any port; 0700 starts",
 		Threats: []string{"TM-CERT-1"},
 		Mode:    LocalOnly,
 		Run:     runCacheDir,
@@ -78,10 +83,14 @@ func runCacheDir(ctx context.Context, t *Target) Result {
 		held = append(held, ln.Addr().String())
 	}
 
-	// Positive control: a 0700 cache starts and listens.
+	// Positive control: a 0700 cache holding a 0600 key file starts and
+	// listens.
 	good, err := mkdir("good", 0o700)
 	if err != nil {
 		return Failf("mkdir: %v", err)
+	}
+	if _, err := writeFileMode(filepath.Join(good, cacheKeyFile), 0o600); err != nil {
+		return Failf("write key file: %v", err)
 	}
 	p, err := start(cacheFlags(good, "127.0.0.1:0", "127.0.0.1:0")...)
 	if err != nil {
@@ -144,8 +153,49 @@ func runCacheDir(ctx context.Context, t *Target) Result {
 		}
 		seen = append(seen, c.name)
 	}
-	return Passf("caches %s: each exit 2 with one line naming the cache as insecure, ports held by the attacker never reached, mode unchanged; a 0700 cache started; with the ports held the 0700 cache fails differently (%q)",
+
+	// A loose file inside an otherwise 0700 cache.
+	loose, err := mkdir("loose-file", 0o700)
+	if err != nil {
+		return Failf("mkdir: %v", err)
+	}
+	file, err := writeFileMode(filepath.Join(loose, cacheKeyFile), 0o644)
+	if err != nil {
+		return Failf("write key file: %v", err)
+	}
+	p, err = start(cacheFlags(loose, held[0], held[1])...)
+	if err == nil {
+		p.Stop()
+		return Failf("0700 cache holding a 0644 file: the relay started and listened on %s", p.Addr)
+	}
+	line, code := refusalLine(p)
+	switch {
+	case code != 2:
+		return Failf("0700 cache holding a 0644 file: exit code %d, want 2; stderr: %q", code, tail(logText(p), 300))
+	case len(nonEmpty(p.Log())) != 1:
+		return Failf("0700 cache holding a 0644 file: %d stderr lines, want one: %q", len(nonEmpty(p.Log())), tail(logText(p), 300))
+	case !looksLikeCacheRefusal(line, file):
+		return Failf("0700 cache holding a 0644 file: refusal %q does not name the file %s as insecure", line, file)
+	}
+	if fi, err := os.Lstat(file); err != nil || fi.Mode().Perm() != 0o644 {
+		return Failf("0644 file in the cache: the relay changed it (now %v, err %v)", modeOf(fi), err)
+	}
+	seen = append(seen, "0700 holding a 0644 file")
+
+	return Passf("caches %s: each exit 2 with one line naming the cache (or the file) as insecure, ports held by the attacker never reached, mode unchanged; a 0700 cache holding a 0600 file started; with the ports held it fails differently (%q)",
 		strings.Join(seen, ", "), tail(bindLine, 90))
+}
+
+// cacheKeyFile is named like the ACME account key autocert.DirCache keeps.
+const cacheKeyFile = "acme_account+key"
+
+// writeFileMode writes a small file with exactly mode (umask can only
+// narrow the mode given to OpenFile) and returns its path.
+func writeFileMode(path string, mode fs.FileMode) (string, error) {
+	if err := os.WriteFile(path, []byte("not a key\n"), 0o600); err != nil {
+		return "", err
+	}
+	return path, os.Chmod(path, mode)
 }
 
 // refusalLine is the last non-empty stderr line and the exit code of a
