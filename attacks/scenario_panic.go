@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -66,25 +67,38 @@ func runPanic(ctx context.Context, t *Target) Result {
 	if _, _, err := tt.healthz(ctx); err != nil {
 		return Failf("relay stopped serving after the panic: %v", err)
 	}
+	// The client's only handle is X-Incident-Id: it must name the log line
+	// of this panic, or an operator cannot find the detail from a report.
+	hdrID := rr.Resp.Header.Get("X-Incident-Id")
+	if !incidentIDPattern.MatchString(hdrID) {
+		return Failf("500 carries X-Incident-Id %q, want an opaque hex id", tail(hdrID, 40))
+	}
 	var incident string
 	pollUntil(ctx, 3*time.Second, 50*time.Millisecond, func() bool {
 		incident = incidentID(p.Log())
 		return incident != ""
 	})
 	if incident == "" {
-		return Failf("no log line carries an incident id after the panic")
+		return Failf(`no log line with "event":"panic" carries an incident id after the panic`)
+	}
+	if incident != hdrID {
+		return Failf("the 500's X-Incident-Id %q is not the incident id %q the panic was logged under", hdrID, incident)
 	}
 	if strings.Contains(p.LogText(), c) {
 		return Failf("the log carries the request's canary (query or header values)")
 	}
-	return Passf("forced panic: 500 with %d-byte generic body, nothing echoed, incident %q logged, relay still serving; shipped build: 404", len(rr.Body), incident)
+	return Passf("forced panic: 500 with %d-byte generic body, nothing echoed, incident %q in X-Incident-Id and the panic's log line, relay still serving; shipped build: 404", len(rr.Body), incident)
 }
 
-// incidentID finds a JSON log line with a key containing "incident".
+// incidentIDPattern: an incident id is short opaque hex, never request data.
+var incidentIDPattern = regexp.MustCompile(`^[0-9a-f]{8,64}$`)
+
+// incidentID finds the "panic" event's log line and returns the value of
+// its key containing "incident".
 func incidentID(lines []string) string {
 	for _, line := range lines {
 		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) != nil {
+		if json.Unmarshal([]byte(line), &m) != nil || m["event"] != "panic" {
 			continue
 		}
 		for k, v := range m {
