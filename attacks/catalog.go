@@ -168,5 +168,6 @@ func Catalog() []Scenario {
 		retryStorm(),
 		queueCeiling(),
 		spoofIP(),
+		socketFlood(),
 	}
 }
