@@ -314,3 +314,40 @@ func ms(d time.Duration) string {
 
 // mib renders n bytes in MiB with one decimal.
 func mib(n float64) string { return strconv.FormatFloat(n/(1<<20), 'f', 1, 64) + "MiB" }
+
+// localBench is what the local-only flood scenarios share: a dedicated relay
+// started with the scenario's flags and a metrics listener, a scraper for
+// it, and a legitimate binary<->phone pair (connected first, from
+// 127.0.0.1) that must keep relaying throughout the attack.
+type localBench struct {
+	tgt   *Target
+	proc  *Process
+	m     *metricsScraper
+	pair  *session
+	phone *phone
+	stop  func()
+}
+
+func newLocalBench(ctx context.Context, t *Target, flags ...string) (*localBench, error) {
+	tgt, p, stop, err := dedicated(ctx, t, append(flags, "--metrics-listen", "127.0.0.1:0")...)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetricsScraper(ctx, p)
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	pair, err := newSession(ctx, tgt)
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("legitimate pair: %w", err)
+	}
+	ph, err := pair.addPhone(nil)
+	if err != nil {
+		pair.Close()
+		stop()
+		return nil, fmt.Errorf("legitimate pair: %w", err)
+	}
+	return &localBench{tgt: tgt, proc: p, m: m, pair: pair, phone: ph, stop: func() { pair.Close(); stop() }}, nil
+}

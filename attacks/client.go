@@ -520,20 +520,7 @@ func (t *Target) hostHeader() string { return t.vhost() }
 // buildRequest renders an HTTP/1.1 request with Connection: close added
 // unless the headers name a Connection themselves.
 func (t *Target) buildRequest(method, path string, headers [][2]string) []byte {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, path, t.hostHeader())
-	hasConn := false
-	for _, h := range headers {
-		if strings.EqualFold(h[0], "Connection") {
-			hasConn = true
-		}
-		fmt.Fprintf(&b, "%s: %s\r\n", h[0], h[1])
-	}
-	if !hasConn {
-		b.WriteString("Connection: close\r\n")
-	}
-	b.WriteString("\r\n")
-	return []byte(b.String())
+	return requestWithHost(method, path, t.hostHeader(), headers)
 }
 
 // wsUpgradeHeaders are the headers of a valid WebSocket upgrade request.

@@ -35,26 +35,13 @@ func runConnFlood(ctx context.Context, t *Target) Result {
 	if _, skip := localOrSkip(t); skip != nil {
 		return *skip
 	}
-	tgt, p, stop, err := dedicated(ctx, t, "--max-conns", fmt.Sprint(connFloodMaxConns), "--max-conns-per-ip", "64", "--metrics-listen", "127.0.0.1:0")
+	// The legitimate pair connects first (from 127.0.0.1): 2 connections.
+	b, err := newLocalBench(ctx, t, "--max-conns", fmt.Sprint(connFloodMaxConns), "--max-conns-per-ip", "64")
 	if err != nil {
 		return Failf("%v", err)
 	}
-	defer stop()
-	m, err := newMetricsScraper(ctx, p)
-	if err != nil {
-		return Failf("setup: %v", err)
-	}
-
-	// The legitimate pair connects first (from 127.0.0.1): 2 connections.
-	s, err := newSession(ctx, tgt)
-	if err != nil {
-		return Failf("legitimate pair: %v", err)
-	}
-	defer s.Close()
-	ph, err := s.addPhone(nil)
-	if err != nil {
-		return Failf("legitimate pair: %v", err)
-	}
+	defer b.stop()
+	tgt, m, s, ph := b.tgt, b.m, b.pair, b.phone
 
 	// /healthz is polled throughout from yet another address.
 	hctx, hcancel := context.WithCancel(ctx)

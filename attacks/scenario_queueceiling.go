@@ -98,27 +98,14 @@ func runQueueCeiling(ctx context.Context, t *Target) Result {
 func runQueueFlood(ctx context.Context, t *Target) Result {
 	// A long heartbeat and write timeout: only the queue caps may close
 	// the stalled phones here.
-	tgt, p, stop, err := dedicated(ctx, t, "--phone-queue-bytes", fmt.Sprint(queueCeilingPerPhone), "--max-queued-bytes", fmt.Sprint(queueCeilingMax),
-		"--ping-interval", "1m", "--pong-timeout", "1m", "--write-timeout", "1m", "--metrics-listen", "127.0.0.1:0",
+	b, err := newLocalBench(ctx, t, "--phone-queue-bytes", fmt.Sprint(queueCeilingPerPhone), "--max-queued-bytes", fmt.Sprint(queueCeilingMax),
+		"--ping-interval", "1m", "--pong-timeout", "1m", "--write-timeout", "1m",
 		"--socket-send-buffer", fmt.Sprint(queueSocketBuffer))
 	if err != nil {
 		return Failf("%v", err)
 	}
-	defer stop()
-	m, err := newMetricsScraper(ctx, p)
-	if err != nil {
-		return Failf("setup: %v", err)
-	}
-
-	pair, err := newSession(ctx, tgt)
-	if err != nil {
-		return Failf("legitimate pair: %v", err)
-	}
-	defer pair.Close()
-	legit, err := pair.addPhone(nil)
-	if err != nil {
-		return Failf("legitimate pair: %v", err)
-	}
+	defer b.stop()
+	tgt, m, pair, legit := b.tgt, b.m, b.pair, b.phone
 
 	att, err := newSession(ctx, tgt)
 	if err != nil {

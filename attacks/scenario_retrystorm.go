@@ -57,28 +57,15 @@ func runRetryStorm(ctx context.Context, t *Target) Result {
 	if _, skip := localOrSkip(t); skip != nil {
 		return *skip
 	}
-	tgt, p, stop, err := dedicated(ctx, t, "--max-phones", "2", "--metrics-listen", "127.0.0.1:0",
+	// The legitimate pair, a held server-id (its binary answers the
+	// relay's probes) and a full one (binary plus --max-phones phones).
+	b, err := newLocalBench(ctx, t, "--max-phones", "2",
 		"--upgrade-burst", fmt.Sprint(retryStormBurst), "--upgrade-rate", fmt.Sprint(retryStormRate))
 	if err != nil {
 		return Failf("%v", err)
 	}
-	defer stop()
-	m, err := newMetricsScraper(ctx, p)
-	if err != nil {
-		return Failf("setup: %v", err)
-	}
-
-	// The legitimate pair, a held server-id (its binary answers the
-	// relay's probes) and a full one (binary plus --max-phones phones).
-	pair, err := newSession(ctx, tgt)
-	if err != nil {
-		return Failf("legitimate pair: %v", err)
-	}
-	defer pair.Close()
-	ph, err := pair.addPhone(nil)
-	if err != nil {
-		return Failf("legitimate pair: %v", err)
-	}
+	defer b.stop()
+	tgt, m, pair, ph := b.tgt, b.m, b.pair, b.phone
 	heldID, err := newSession(ctx, tgt)
 	if err != nil {
 		return Failf("setup: %v", err)
