@@ -46,7 +46,15 @@ type running struct {
 // start runs the real server assembly in-process on 127.0.0.1:0.
 func start(t *testing.T, args ...string) *running {
 	t.Helper()
-	cfg, err := config.Parse(append([]string{"--insecure-listen", "127.0.0.1:0"}, args...), nil, io.Discard)
+	srv, _, logs := runServer(t, append([]string{"--insecure-listen", "127.0.0.1:0"}, args...)...)
+	return &running{srv: srv, base: "http://" + srv.Addr("public").String(), log: logs}
+}
+
+// runServer parses args exactly as `relay serve` would, runs the server
+// in-process with a captured debug log, and shuts it down after the test.
+func runServer(t *testing.T, args ...string) (*Server, config.Config, *syncBuffer) {
+	t.Helper()
+	cfg, err := config.Parse(args, nil, io.Discard)
 	require.NoError(t, err)
 	logs := &syncBuffer{}
 	srv, err := New(cfg, logging.New(logs, -4))
@@ -58,7 +66,7 @@ func start(t *testing.T, args ...string) *running {
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	})
-	return &running{srv: srv, base: "http://" + srv.Addr("public").String(), log: logs}
+	return srv, cfg, logs
 }
 
 func (r *running) dial(t *testing.T, path string, hdr http.Header) *websocket.Conn {

@@ -29,8 +29,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pyrycode/relay/internal/acmetest"
-	"github.com/pyrycode/relay/internal/config"
-	"github.com/pyrycode/relay/internal/logging"
 )
 
 // relayDomain is the name the relay serves in these tests. It never
@@ -53,18 +51,7 @@ type tlsRelay struct {
 // server in-process.
 func startTLSRelay(t *testing.T, roots *x509.CertPool, args ...string) *tlsRelay {
 	t.Helper()
-	cfg, err := config.Parse(args, nil, io.Discard)
-	require.NoError(t, err)
-	logs := &syncBuffer{}
-	srv, err := New(cfg, logging.New(logs, -4))
-	require.NoError(t, err)
-	require.NoError(t, srv.Listen())
-	srv.Serve()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
+	srv, cfg, logs := runServer(t, args...)
 	r := &tlsRelay{srv: srv, public: srv.Addr("public").String(), roots: roots, cache: cfg.CertCache, logs: logs}
 	if a := srv.Addr("acme"); a != nil {
 		r.acme = a.String()
