@@ -83,6 +83,13 @@ func New(opts Options, d Deps) (*Relay, error) {
 // Stats returns the registry's sizes (for /healthz).
 func (rl *Relay) Stats() RegistryStats { return rl.reg.Stats() }
 
+// Draining reports whether Shutdown has begun.
+func (rl *Relay) Draining() bool {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	return rl.draining
+}
+
 // QueuedBytes returns the bytes queued for phones relay-wide.
 func (rl *Relay) QueuedBytes() int64 { return rl.budget.used.Load() }
 

@@ -114,8 +114,15 @@ func onlyGET(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// healthz reports counts only: never a server-id, address or token.
+// healthz reports counts only: never a server-id, address or token. While
+// the relay drains it answers 503, so a load balancer stops sending clients
+// to a relay that is closing every connection.
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	if s.relay.Draining() {
+		w.Header().Set("Retry-After", "5")
+		emptyStatus(w, http.StatusServiceUnavailable)
+		return
+	}
 	st := s.relay.Stats()
 	body, _ := json.Marshal(struct {
 		Status string `json:"status"`

@@ -218,3 +218,22 @@ func TestSocketCap_IdleSocketsFromOneHost_OthersServed(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 }
+
+func TestHealthz_503WhileDraining(t *testing.T) {
+	r := start(t)
+	bin := r.dial(t, "/v1/server", binHdr("drain"))
+	require.Eventually(t, func() bool { return r.srv.Relay().Stats().Binaries == 1 }, 5*time.Second, 5*time.Millisecond)
+	// The relay drains (as on SIGTERM) while the listener still answers.
+	go func() { _ = r.srv.Relay().Shutdown(context.Background()) }()
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(r.base + "/healthz")
+		if err != nil {
+			return false
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable && len(body) == 0 && resp.Header.Get("Retry-After") != ""
+	}, 5*time.Second, 10*time.Millisecond, "healthz kept answering 200 while draining")
+	_, _, err := bin.Read(context.Background())
+	require.Equal(t, websocket.StatusGoingAway, websocket.CloseStatus(err))
+}
