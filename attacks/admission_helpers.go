@@ -148,7 +148,9 @@ func (t *Target) upgradeFrom(ctx context.Context, src netip.Addr, preamble []byt
 }
 
 // healthzFrom is GET /healthz from src (after preamble) on a fresh
-// connection; it returns the status code.
+// connection; it returns the status code. The request says Connection:
+// close and the socket is read to EOF, so its slot at the relay is free
+// when this returns.
 func (t *Target) healthzFrom(ctx context.Context, src netip.Addr, preamble []byte) (int, error) {
 	c, err := t.dialFrom(ctx, src, preamble)
 	if err != nil {
@@ -159,11 +161,14 @@ func (t *Target) healthzFrom(ctx context.Context, src netip.Addr, preamble []byt
 	if _, err := c.Write(t.buildRequest("GET", "/healthz", nil)); err != nil {
 		return 0, err
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		return 0, err
 	}
+	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
+	_, _ = io.Copy(io.Discard, br)
 	return resp.StatusCode, nil
 }
 

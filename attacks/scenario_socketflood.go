@@ -137,29 +137,6 @@ func (k *keepAlive) get(t *Target) (int, error) {
 	return resp.StatusCode, nil
 }
 
-// healthzToEOF is GET /healthz from src with Connection: close, read until
-// the relay closes the socket, so its slot is free when it returns.
-func (t *Target) healthzToEOF(ctx context.Context, src netip.Addr) (int, error) {
-	c, err := t.dialFrom(ctx, src, nil)
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write(t.buildRequest("GET", "/healthz", nil)); err != nil {
-		return 0, err
-	}
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		return 0, err
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	_, _ = io.Copy(io.Discard, br)
-	return resp.StatusCode, nil
-}
-
 func runSocketFlood(ctx context.Context, t *Target) Result {
 	if _, skip := localOrSkip(t); skip != nil {
 		return *skip
@@ -225,7 +202,7 @@ func runSocketFlood(ctx context.Context, t *Target) Result {
 			return Failf("the attacker's admitted keep-alive socket %d stopped serving at its cap: %d, %v", i+1, code, err)
 		}
 	}
-	if code, err := tgt.healthzToEOF(ctx, srcAddr(1)); err != nil || code != http.StatusOK {
+	if code, err := tgt.healthzFrom(ctx, srcAddr(1), nil); err != nil || code != http.StatusOK {
 		return Failf("/healthz from %s while %s is at its socket cap: %d, %v", srcAddr(1), attacker, code, err)
 	}
 	s, err := newSession(ctx, tgt)
@@ -272,7 +249,7 @@ func runSocketFlood(ctx context.Context, t *Target) Result {
 	if over.got.Load() != 0 {
 		return Failf("the socket over --max-sockets was sent %d bytes before its close", over.got.Load())
 	}
-	if code, err := tgt.healthzToEOF(ctx, srcAddr(201)); err == nil {
+	if code, err := tgt.healthzFrom(ctx, srcAddr(201), nil); err == nil {
 		return Failf("with the listener full, /healthz from fresh address %s was answered %d", srcAddr(201), code)
 	}
 	if d := rejected(mRejSocketCap) - cap0; d < 2 {
@@ -290,7 +267,7 @@ func runSocketFlood(ctx context.Context, t *Target) Result {
 	// Closing the flood frees the listener.
 	closeSocks(fill)
 	if !pollUntil(ctx, 3*time.Second, 20*time.Millisecond, func() bool {
-		code, err := tgt.healthzToEOF(ctx, srcAddr(202))
+		code, err := tgt.healthzFrom(ctx, srcAddr(202), nil)
 		return err == nil && code == http.StatusOK
 	}) {
 		return Failf("after the flood's sockets closed, /healthz from a fresh address was still refused")
