@@ -98,7 +98,7 @@ func (p *phoneConn) readLoop() {
 		buf = appendPhoneEnvelope(buf[:0], p.connID, p.token, data)
 		if b.send(buf) {
 			p.token = "" // the legacy token rides on the first envelope only
-			rl.m.FramesRouted.WithLabelValues("to_binary").Inc()
+			rl.routedToBinary.Inc()
 		}
 	}
 }
@@ -126,7 +126,7 @@ func (p *phoneConn) writeLoop() {
 				}
 				return
 			}
-			rl.m.FramesRouted.WithLabelValues("to_phone").Inc()
+			rl.routedToPhone.Inc()
 		}
 		if it.closeCode != 0 {
 			// A directive close: the binary asked for it, so no notice.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pyrycode/relay/internal/metrics"
 )
@@ -40,6 +41,9 @@ type Relay struct {
 	reg        *registry
 	budget     *byteBudget
 	remoteAddr func(*http.Request) string
+	// Per-frame counters, resolved once: a label lookup per frame is
+	// avoidable work on the hot path.
+	routedToBinary, routedToPhone prometheus.Counter
 
 	mu       sync.Mutex
 	conns    map[*wsEnd]struct{} // every accepted connection, for shutdown
@@ -62,6 +66,8 @@ func New(opts Options, d Deps) (*Relay, error) {
 	if rl.remoteAddr == nil {
 		rl.remoteAddr = func(r *http.Request) string { return r.RemoteAddr }
 	}
+	rl.routedToBinary = rl.m.FramesRouted.WithLabelValues("to_binary")
+	rl.routedToPhone = rl.m.FramesRouted.WithLabelValues("to_phone")
 	for _, reason := range AllDropReasons {
 		rl.m.FramesDropped.WithLabelValues(string(reason))
 	}
