@@ -136,9 +136,6 @@ func (o *outbox) done(it outItem) {
 func (o *outbox) stop() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.sealed && o.items == nil && isClosed(o.stopped) {
-		return
-	}
 	o.sealed = true
 	var n int64
 	for _, it := range o.items {
