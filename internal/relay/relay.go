@@ -110,7 +110,7 @@ var acceptOptions = &websocket.AcceptOptions{
 
 // accept upgrades the request. From here on the relay's own per-message
 // read timeout, write timeout and heartbeat govern the socket, so the HTTP
-// server's read and write deadlines are cleared first. net/http (Go 1.26)
+// server's read and write deadlines are cleared first. net/http (Go 1.26+)
 // also clears them on hijack; doing it here keeps the guarantee if the
 // server in front ever changes (TestUpgradedConnection_OutlivesHTTPServerTimeouts).
 func (rl *Relay) accept(w http.ResponseWriter, r *http.Request) *wsEnd {
