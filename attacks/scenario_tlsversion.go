@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"net/url"
 	"strings"
 )
 
@@ -16,12 +15,9 @@ import (
 // handshake_failure instead, and that is a policy that holds by accident.
 // When sslscan is installed it repeats the check from OpenSSL's side.
 //
-// Go's own server default already refuses TLS 1.0 and 1.1, so against a
-// stock build the probes cannot tell the relay's pinned floor
-// (MinVersion) from that default. Locally the scenario therefore attacks a
-// TLS relay of its own started with GODEBUG=tls10server=1, which turns the
-// default back to TLS 1.0: only the pin refuses there. Remotely the
-// deployed process's environment is what it is.
+// Go 1.27 removed the tls10server GODEBUG, so a Go server refuses TLS 1.0
+// and 1.1 unless its MinVersion is lowered explicitly; what this scenario
+// catches is such a lowering (the relay pins MinVersion to TLS 1.2).
 func tlsVersion() Scenario {
 	return Scenario{
 		ID:      "ATK-TLS-VERSION",
@@ -33,10 +29,6 @@ func tlsVersion() Scenario {
 		Run:     runTLSVersion,
 	}
 }
-
-// tlsVersionGODEBUG re-enables TLS 1.0 and 1.1 in a Go server that does
-// not pin its MinVersion (crypto/tls, Go 1.22+).
-const tlsVersionGODEBUG = "GODEBUG=tls10server=1"
 
 // legacySuites are what a TLS 1.0/1.1 client offers: AES-CBC with ECDHE
 // (RSA and ECDSA certificates) and RSA key exchange, so a relay that let
@@ -52,17 +44,6 @@ func runTLSVersion(ctx context.Context, t *Target) Result {
 		return *skip
 	}
 	where := "the target"
-	if t.Local != nil && len(t.Local.TLSFlags) > 0 {
-		p, err := t.Local.StartTLS(ctx, []string{tlsVersionGODEBUG})
-		if err != nil {
-			return Failf("start a TLS relay with %s: %v: %s", tlsVersionGODEBUG, err, tail(logText(p), 300))
-		}
-		defer p.Stop()
-		nt := *t
-		nt.Base = &url.URL{Scheme: "https", Host: p.Addr}
-		t = &nt
-		where = "a relay run with " + tlsVersionGODEBUG
-	}
 	var seen []string
 
 	o, err := t.probeSSLv3(ctx)

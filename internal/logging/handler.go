@@ -196,6 +196,11 @@ func sanitizeValue(v slog.Value, maxRunes int) (slog.Value, bool) {
 
 // anyValue renders a value of kind Any without ever dumping its contents.
 func anyValue(x any, maxRunes int) slog.Value {
+	// Byte slices are payloads whatever methods they carry: since Go 1.27
+	// json.RawMessage is jsontext.Value, a Stringer that returns the raw JSON.
+	if rv := reflect.ValueOf(x); rv.Kind() == reflect.Slice && rv.Type().Elem().Kind() == reflect.Uint8 {
+		return slog.StringValue(typeName(x, maxRunes))
+	}
 	switch t := x.(type) {
 	case nil:
 		return slog.AnyValue(nil) // JSON null
