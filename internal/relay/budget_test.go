@@ -1,11 +1,15 @@
 package relay
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 )
@@ -147,4 +151,60 @@ func TestOutbox_TinyFramesChargedPerItem(t *testing.T) {
 	require.Equal(t, int64(accepted)*(2+itemOverhead), budget.used.Load(), "the relay-wide budget is charged the same cost")
 	o.stop()
 	require.Zero(t, budget.used.Load(), "stop releases every item's cost")
+}
+
+// queuedBytesMetric reads relay_queued_bytes the way an operator does: a
+// scrape of the metrics handler.
+func queuedBytesMetric(t *testing.T, h *harness) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.rl.m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for line := range strings.Lines(rec.Body.String()) {
+		if v, ok := strings.CutPrefix(line, "relay_queued_bytes "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no relay_queued_bytes in the scrape:\n%s", rec.Body.String())
+	return ""
+}
+
+// Found by a real pyry daemon's 4426 and 4421 rejections: a close-only
+// directive (no frame, or "frame":null) is charged itemOverhead like every
+// queued item, but the writer released an item's charge only when it had a
+// frame, so each such close leaked 64 bytes of the relay-wide budget for
+// good. Enough of them (each needs only a phone join) fill --max-queued-bytes
+// and every phone of every tenant is then closed 1011. Every directive shape
+// must leave the budget, and relay_queued_bytes, at exactly zero once the
+// phones are gone.
+func TestQueueBudget_CloseOnlyDirectives_ReturnToZero(t *testing.T) {
+	h := newHarness(t, func(o *Options) { o.MaxQueuedBytes = 1 << 20 })
+	bin := h.dialBinary(sid)
+	for _, directive := range []string{
+		`{"conn_id":%q,"close_code":4426}`,
+		`{"conn_id":%q,"frame":null,"close_code":4421}`,
+		`{"conn_id":%q,"frame":{"bye":true},"close_code":4000}`,
+		`{"conn_id":%q,"frame":{"last":true}}`, // a frame alone, then the phone closes itself
+	} {
+		p, id := h.dialPhone(sid, bin)
+		bin.send(fmt.Sprintf(directive, id))
+		if strings.Contains(directive, "close_code") {
+			p.closed(websocket.StatusCode(mustCloseCode(t, directive)))
+		} else {
+			require.JSONEq(t, `{"last":true}`, p.next())
+			require.NoError(t, p.c.Close(websocket.StatusNormalClosure, ""))
+			require.Equal(t, 1000, bin.envelope().CloseCode)
+		}
+		h.eventually(func() bool { return h.rl.Stats().Phones == 0 }, "phone never left")
+		require.Zerof(t, h.rl.QueuedBytes(), "budget still charged after %s", directive)
+		require.Equalf(t, "0", queuedBytesMetric(t, h), "relay_queued_bytes after %s", directive)
+	}
+}
+
+func mustCloseCode(t *testing.T, directive string) int {
+	t.Helper()
+	var env struct {
+		CloseCode int `json:"close_code"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(strings.ReplaceAll(directive, "%q", `"x"`)), &env))
+	return env.CloseCode
 }

@@ -100,8 +100,28 @@ func (o *outbox) push(it outItem) DropReason {
 	return ""
 }
 
-// next blocks until an item is queued or stop is called. The item's bytes
-// stay accounted until done(item) so the caps bound what is in flight too.
+// writeNext blocks until an item is queued (ok false once stop is called),
+// hands its frame, if it has one, to write, and then releases the item's
+// charge, whatever write returned and whether or not there was a frame: a
+// close-only directive is charged itemOverhead like any item, and releasing
+// only items with a frame leaked that charge from the relay-wide budget
+// forever (TM-DOS-8, TestQueueBudget_CloseOnlyDirectives_ReturnToZero). The
+// charge is held while the frame is written, so the caps bound what is in
+// flight too. It returns the item's close code (0 for none).
+func (o *outbox) writeNext(write func(frame []byte) error) (closeCode int, ok bool, err error) {
+	it, ok := o.next()
+	if !ok {
+		return 0, false, nil
+	}
+	defer o.done(it)
+	if it.frame != nil {
+		err = write(it.frame)
+	}
+	return it.closeCode, true, err
+}
+
+// next blocks until an item is queued or stop is called. The caller must
+// release the item with done; writeNext is the only caller.
 func (o *outbox) next() (outItem, bool) {
 	for {
 		o.mu.Lock()

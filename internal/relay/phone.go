@@ -105,35 +105,38 @@ func (p *phoneConn) readLoop() {
 
 // writeLoop drains the outbox: frames in order, then a directive's close.
 func (p *phoneConn) writeLoop() {
-	rl := p.rl
 	for {
-		it, ok := p.out.next()
+		closeCode, ok, err := p.out.writeNext(p.writeFrame)
 		if !ok {
 			return
 		}
-		if it.frame != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), rl.opts.WriteTimeout)
-			err := p.ws.Write(ctx, websocket.MessageText, it.frame)
-			cancel()
-			p.out.done(it)
-			if err != nil {
-				// net.ErrClosed (not a timeout): the connection was already
-				// closing, by the phone's own close frame or by the relay,
-				// and the reader records why. Claiming 1011 here would tell
-				// the binary "write failed" for a phone that closed cleanly.
-				if !errors.Is(err, net.ErrClosed) || errors.Is(err, context.DeadlineExceeded) {
-					p.end(closeCause{code: CodeInternal, reason: reasonWriteFailed, notify: true})
-				}
-				return
+		if err != nil {
+			// net.ErrClosed (not a timeout): the connection was already
+			// closing, by the phone's own close frame or by the relay,
+			// and the reader records why. Claiming 1011 here would tell
+			// the binary "write failed" for a phone that closed cleanly.
+			if !errors.Is(err, net.ErrClosed) || errors.Is(err, context.DeadlineExceeded) {
+				p.end(closeCause{code: CodeInternal, reason: reasonWriteFailed, notify: true})
 			}
-			rl.routedToPhone.Inc()
+			return
 		}
-		if it.closeCode != 0 {
+		if closeCode != 0 {
 			// A directive close: the binary asked for it, so no notice.
-			p.end(closeCause{code: websocket.StatusCode(it.closeCode), directive: true})
+			p.end(closeCause{code: websocket.StatusCode(closeCode), directive: true})
 			return
 		}
 	}
+}
+
+// writeFrame writes one frame within the write timeout.
+func (p *phoneConn) writeFrame(frame []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), p.rl.opts.WriteTimeout)
+	defer cancel()
+	if err := p.ws.Write(ctx, websocket.MessageText, frame); err != nil {
+		return err
+	}
+	p.rl.routedToPhone.Inc()
+	return nil
 }
 
 // deliver queues a binary's envelope for this phone. A full backlog closes

@@ -31,7 +31,10 @@ import (
 //     frames its binary sent it, in order; a binary receives exactly each of
 //     its phones' frames, in order, then at most one close notice;
 //   - a connection that goes away got a prefix of its frames, never a
-//     duplicate or a reordering; a directive's frame arrives before its close.
+//     duplicate or a reordering; a directive's frame arrives before its close;
+//   - budget conservation: once every phone's queue has drained, and again
+//     once every connection is gone, the relay-wide queue budget (and the
+//     relay_queued_bytes gauge that reads it) is exactly zero.
 
 // wsClient is a test peer that reads in the background and keeps what it got.
 type wsClient struct {
@@ -222,14 +225,22 @@ func (w *relayWorld) step(t *rapid.T) {
 			p.state = phoneClosed
 			_ = p.cl.c.Close(websocket.StatusNormalClosure, "")
 		}
-	case "directive":
+	case "directive": // a frame then a close, or a close alone (no "frame", or "frame":null)
 		if p := w.pick(t, w.live(bound), "phone"); p != nil {
-			s := w.nextSeq()
-			p.code = rapid.SampledFrom([]int{1000, 1001, 4000, 4401, 4999}).Draw(t, "code")
-			env := toPhone(p, s)
+			p.code = rapid.SampledFrom([]int{1000, 1001, 4000, 4401, 4421, 4426, 4999}).Draw(t, "code")
+			var env map[string]any
+			switch rapid.SampledFrom([]string{"frame", "absent", "null"}).Draw(t, "directiveFrame") {
+			case "frame":
+				s := w.nextSeq()
+				env = toPhone(p, s)
+				p.got = append(p.got, s)
+			case "absent":
+				env = map[string]any{"conn_id": p.connID}
+			case "null":
+				env = map[string]any{"conn_id": p.connID, "frame": nil}
+			}
 			env["close_code"] = p.code
 			p.bin.cl.send(t, env)
-			p.got = append(p.got, s)
 			p.state = phoneDirected
 		}
 	case "binaryClose": // the slot enters grace; its phones stay up
@@ -444,6 +455,16 @@ func TestRouting_RandomInterleavings_IsolatedOrderedExactlyOnce(t *testing.T) {
 			w.step(t)
 		}
 		w.settleAndCheck(t)
+		// Every live phone got its fence and every directed phone is closed:
+		// no phone has queued work, so nothing may still be charged.
+		waitFor(t, func() bool { return rl.QueuedBytes() == 0 }, "no phone has queued work, yet %d bytes stay charged", rl.QueuedBytes())
+		for _, p := range w.phones {
+			_ = p.cl.c.CloseNow()
+		}
+		waitFor(t, func() bool { return rl.Stats().Phones == 0 }, "phones never left")
+		if q := rl.QueuedBytes(); q != 0 {
+			t.Fatalf("every phone is gone, yet %d bytes stay charged to the relay-wide budget", q)
+		}
 	})
 }
 

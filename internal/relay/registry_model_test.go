@@ -16,7 +16,11 @@ import (
 // A state-machine test of the registry against a model small enough to be
 // obviously right (protocol §7). The registry runs for real; only its clock
 // is manual, and connections are bare structs: the registry touches nothing
-// of a connection but serverID, holding, connID, slot and joinedUnder.
+// of a connection but serverID, holding, connID, slot and joinedUnder. Each
+// phone also has a real outbox charging one relay-wide budget, fed by what
+// binaries route to it and drained through the writer's own writeNext, so
+// the model checks that the budget is conserved: it always equals the cost
+// of what is queued, and is exactly zero whenever no phone has queued work.
 
 // manualTimer is one grace timer scheduled through the registry's timerFunc.
 // The state machine decides when (and whether) it fires; a stopped timer may
@@ -64,6 +68,16 @@ type registryModel struct {
 
 	evicted    map[*phoneConn]bool // what onEvict reported during this step
 	lastChange *RegistryStats      // what onChange (the metrics gauges) last saw
+
+	budget *byteBudget
+	queues map[*phoneConn]*modelQueue
+}
+
+// modelQueue is the model's view of one phone's outbox.
+type modelQueue struct {
+	items      []outItem
+	sealed     bool // a close was queued, or the phone's connection ended
+	writerDone bool // its writer returned (a close was written, or a write failed)
 }
 
 type claimAttempt struct{ b, incumbent *binaryConn }
@@ -77,7 +91,8 @@ var modelServerIDs = []string{sid, sid, sid, "b"}
 var connIDPattern = regexp.MustCompile(`^client-[0-9a-f]{16}$`)
 
 func newRegistryModel() *registryModel {
-	m := &registryModel{clock: &manualClock{}, slots: map[string]*modelSlot{}, evicted: map[*phoneConn]bool{}}
+	m := &registryModel{clock: &manualClock{}, slots: map[string]*modelSlot{}, evicted: map[*phoneConn]bool{},
+		budget: &byteBudget{limit: 1 << 30}, queues: map[*phoneConn]*modelQueue{}}
 	m.reg = newRegistry(time.Minute, modelMaxPhones, m.clock.after, func(ps []*phoneConn) {
 		for _, p := range ps {
 			if m.evicted[p] {
@@ -247,8 +262,9 @@ func (m *registryModel) fire(t *rapid.T, pick func(*manualTimer) bool) {
 
 func (m *registryModel) join(t *rapid.T) {
 	id := rapid.SampledFrom(modelServerIDs).Draw(t, "server-id")
-	p := &phoneConn{serverID: id}
+	p := &phoneConn{serverID: id, out: newOutbox(1<<20, m.budget)}
 	m.phones = append(m.phones, p)
+	m.queues[p] = &modelQueue{}
 	err := m.reg.join(p)
 	s := m.slots[id]
 	switch {
@@ -280,6 +296,9 @@ func (m *registryModel) leave(t *rapid.T) {
 		t.Skip("no phone yet")
 	}
 	p := rapid.SampledFrom(m.phones).Draw(t, "phone")
+	p.out.stop() // as phoneConn.run does once the reader has ended
+	q := m.queues[p]
+	q.items, q.sealed = nil, true
 	got := m.reg.leave(p)
 	var want *binaryConn
 	if s := m.slots[p.serverID]; s != nil {
@@ -316,6 +335,78 @@ func (m *registryModel) route(t *rapid.T) {
 	}
 }
 
+// deliver: a binary routes an envelope to a conn_id; if it reaches a phone
+// (route checks that it reaches the right one) the item is queued there. Every
+// shape a binary can send: a frame, a frame then a close, or a close alone
+// ("frame" absent or null both parse to no frame).
+func (m *registryModel) deliver(t *rapid.T) {
+	if len(m.binaries) == 0 || len(m.phones) == 0 {
+		t.Skip("nothing to route between")
+	}
+	b := rapid.SampledFrom(m.binaries).Draw(t, "binary")
+	p := m.reg.lookupPhone(b, rapid.SampledFrom(m.phones).Draw(t, "phone").connID)
+	if p == nil {
+		return
+	}
+	var it outItem
+	switch rapid.SampledFrom([]string{"frame", "frame+close", "close"}).Draw(t, "shape") {
+	case "frame":
+		it.frame = []byte(fmt.Sprintf(`{"pad":%q}`, rapid.StringN(0, 200, -1).Draw(t, "pad")))
+	case "frame+close":
+		it.frame = []byte(`{"bye":true}`)
+		it.closeCode = 4000
+	case "close":
+		it.closeCode = rapid.SampledFrom([]int{1000, 4421, 4426}).Draw(t, "code")
+	}
+	q := m.queues[p]
+	want := DropReason("")
+	if q.sealed {
+		want = DropPhoneClosing
+	}
+	if got := p.out.push(it); got != want {
+		t.Fatalf("push to %s: %q, model %q", p.connID, got, want)
+	}
+	if want == "" {
+		q.items = append(q.items, it)
+		q.sealed = it.closeCode != 0
+	}
+}
+
+// write: a phone's writer takes its next item, through the same writeNext
+// as phoneConn.writeLoop, and the write succeeds or fails.
+func (m *registryModel) write(t *rapid.T) {
+	var ready []*phoneConn
+	for _, p := range m.phones {
+		if q := m.queues[p]; len(q.items) > 0 && !q.writerDone {
+			ready = append(ready, p)
+		}
+	}
+	if len(ready) == 0 {
+		t.Skip("no phone has queued work")
+	}
+	p := rapid.SampledFrom(ready).Draw(t, "phone")
+	fail := rapid.IntRange(0, 9).Draw(t, "writeFails") == 0
+	errWrite := errors.New("write failed")
+	var wrote []byte
+	code, ok, err := p.out.writeNext(func(f []byte) error {
+		wrote = f
+		if fail {
+			return errWrite
+		}
+		return nil
+	})
+	q := m.queues[p]
+	head := q.items[0]
+	q.items = q.items[1:]
+	wantErr := fail && head.frame != nil
+	if !ok || code != head.closeCode || string(wrote) != string(head.frame) || (err != nil) != wantErr {
+		t.Fatalf("writeNext = (%d, %v, %v) wrote %q; model head %+v, write fails %v", code, ok, err, wrote, head, fail)
+	}
+	if err != nil || code != 0 {
+		q.writerDone = true // the writer returns; what is left waits for stop
+	}
+}
+
 // shutdown closes the registry, rarely, so most runs explore a live one.
 func (m *registryModel) shutdown(t *rapid.T) {
 	if m.closed || rapid.IntRange(0, 9).Draw(t, "shutdown") != 0 {
@@ -343,6 +434,26 @@ func (m *registryModel) check(t *rapid.T) {
 	}
 	if m.lastChange != nil && *m.lastChange != st {
 		t.Fatalf("metrics saw %+v, /healthz sees %+v", *m.lastChange, st)
+	}
+
+	// Budget conservation: the relay-wide budget is the cost of what is
+	// queued, phone by phone, and exactly zero whenever nothing is.
+	var total int64
+	for _, p := range m.phones {
+		var n int64
+		for _, it := range m.queues[p].items {
+			n += it.cost()
+		}
+		if got := p.out.backlog.Load(); got != n {
+			t.Fatalf("phone %s: backlog %d, its queued items cost %d", p.connID, got, n)
+		}
+		total += n
+	}
+	if used := m.budget.used.Load(); used != total {
+		if total == 0 {
+			t.Fatalf("no phone has queued work, yet the relay-wide budget holds %d bytes", used)
+		}
+		t.Fatalf("relay-wide budget %d, queued items cost %d", used, total)
 	}
 
 	// At most one live binary per server-id, and it is the model's holder.
@@ -432,6 +543,8 @@ func TestRegistry_StateMachineAgainstModel(t *testing.T) {
 			"join":          m.join,
 			"leave":         m.leave,
 			"route":         m.route,
+			"deliver":       m.deliver,
+			"write":         m.write,
 			"shutdown":      m.shutdown,
 			"":              m.check,
 		})
