@@ -11,8 +11,16 @@ FUZZTIME  ?= 30s
 TARGET    ?=
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
+# The vulnerability gate's pins (see vulncheck below). VULNDB_VERSION is a
+# golang.org/x/vulndb pseudo-version: its date is how new the records are.
+VULNDB_VERSION ?= v0.0.0-20261105234957-e22db6528018
+GOVULNCHECK_VERSION ?= v1.9.0
+VULNDB_DIR     ?= $(CURDIR)/bin/vulndb-$(VULNDB_VERSION)
+# Pinned tools are installed into bin/tools by the targets that need them.
+TOOLS          := $(CURDIR)/bin/tools
+GOVULNCHECK    := $(TOOLS)/govulncheck-$(GOVULNCHECK_VERSION)/govulncheck
 
-.PHONY: build test run vet lint fuzz attack attack-local load bench sbom vulncheck clean
+.PHONY: build test run vet lint fuzz attack attack-local load bench sbom vulncheck vulndb clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/relay
@@ -66,9 +74,30 @@ bench:
 sbom:
 	cyclonedx-gomod mod -licenses -json -output sbom.json
 
-## vulncheck: needs network access to vuln.go.dev, which CI machines here do not have.
-vulncheck:
-	$(GO) run golang.org/x/vuln/cmd/govulncheck@latest ./...
+## vulncheck: the offline vulnerability gate. govulncheck (pinned) reads a database
+## built from the OSV records of a PINNED golang.org/x/vulndb module version (the
+## online vuln.go.dev is unreachable here); exit non-zero on any vulnerability reachable
+## from the relay's code, or if the gate cannot see the known one in its fixture.
+## Moving the pin forward: docs/deploy.md, "Vulnerability gate".
+vulncheck: vulndb $(GOVULNCHECK)
+	@echo "vulncheck: fixture tools/vulncheck/testdata/reachable must report GO-2022-1059"
+	@cd tools/vulncheck/testdata/reachable && \
+	  out=$$($(GOVULNCHECK) -db file://$(VULNDB_DIR) ./... 2>&1); rc=$$?; \
+	  if [ $$rc -ne 3 ] || ! echo "$$out" | grep -q 'GO-2022-1059'; then \
+	    echo "$$out"; echo "vulncheck: the gate did not report the fixture's known vulnerability (exit $$rc)"; exit 1; fi
+	$(GOVULNCHECK) -db file://$(VULNDB_DIR) ./...
+
+$(GOVULNCHECK):
+	GOBIN=$(dir $(GOVULNCHECK)) $(GO) install golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION)
+
+## vulndb: index the pinned vulndb's OSV records once into VULNDB_DIR (cached by version).
+vulndb: $(VULNDB_DIR)/index/db.json
+$(VULNDB_DIR)/index/db.json:
+	$(GO) mod download golang.org/x/vulndb@$(VULNDB_VERSION)
+	rm -rf $(VULNDB_DIR).tmp
+	$(GO) run golang.org/x/vulndb/cmd/indexdb@$(VULNDB_VERSION) \
+	  -vulns $$($(GO) env GOMODCACHE)/golang.org/x/vulndb@$(VULNDB_VERSION)/data/osv -out $(VULNDB_DIR).tmp
+	rm -rf $(VULNDB_DIR) && mv $(VULNDB_DIR).tmp $(VULNDB_DIR)
 
 clean:
 	rm -rf bin bench.txt sbom.json
