@@ -36,7 +36,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pyrycode/relay/internal/logging"
-	"github.com/pyrycode/relay/internal/relay"
+	"github.com/pyrycode/relay/internal/tlsconf"
 )
 
 // relayBin is the binary TestMain built from this package.
@@ -437,7 +437,7 @@ func TestCacheDir_GroupOrWorldBits_Refused_BeforeAnyPort(t *testing.T) {
 			require.NoError(t, os.Mkdir(cache, 0o700))
 			require.NoError(t, os.Chmod(cache, mode)) // Mkdir's mode is narrowed by umask
 			r := runRelay(t, relayEnv(t), cacheArgs(cache, holdPort(t), holdPort(t))...)
-			requireRefusal(t, r, relay.ErrCacheDirInsecure.Error(), cache, fmt.Sprintf("%#o", mode))
+			requireRefusal(t, r, tlsconf.ErrCacheDirInsecure.Error(), cache, fmt.Sprintf("%#o", mode))
 			require.NotContains(t, r.stderr, "listen")
 			require.NotContains(t, r.stderr, "address already in use")
 			fi, err := os.Stat(cache)
@@ -456,14 +456,14 @@ func TestCacheDir_SymlinkOrFileOrLooseEntry_Refused(t *testing.T) {
 		link := filepath.Join(dir, "certs")
 		require.NoError(t, os.Symlink(real, link))
 		r := runRelay(t, relayEnv(t), cacheArgs(link, holdPort(t), holdPort(t))...)
-		requireRefusal(t, r, relay.ErrCacheDirInsecure.Error(), "symlink")
+		requireRefusal(t, r, tlsconf.ErrCacheDirInsecure.Error(), "symlink")
 	})
 	t.Run("not_a_directory", func(t *testing.T) {
 		t.Parallel()
 		file := filepath.Join(t.TempDir(), "certs")
 		require.NoError(t, os.WriteFile(file, nil, 0o600))
 		r := runRelay(t, relayEnv(t), cacheArgs(file, holdPort(t), holdPort(t))...)
-		requireRefusal(t, r, relay.ErrCacheDirNotDir.Error())
+		requireRefusal(t, r, tlsconf.ErrCacheDirNotDir.Error())
 	})
 	t.Run("entry_0644", func(t *testing.T) {
 		t.Parallel()
@@ -473,7 +473,7 @@ func TestCacheDir_SymlinkOrFileOrLooseEntry_Refused(t *testing.T) {
 		require.NoError(t, os.WriteFile(entry, []byte("x"), 0o600))
 		require.NoError(t, os.Chmod(entry, 0o644))
 		r := runRelay(t, relayEnv(t), cacheArgs(cache, holdPort(t), holdPort(t))...)
-		requireRefusal(t, r, relay.ErrCacheDirInsecure.Error(), entry)
+		requireRefusal(t, r, tlsconf.ErrCacheDirInsecure.Error(), entry)
 	})
 }
 

@@ -346,7 +346,7 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("%w: --log-level must be debug, info, warn or error", ErrInvalidConfig)
 	}
-	if c.Mode == ModeAutocert { // the domain itself is checked by relay.NewAutocertManager
+	if c.Mode == ModeAutocert { // the domain itself is checked by tlsconf.NewAutocertManager
 		if c.CertCache == "" {
 			return fmt.Errorf("%w: --cert-cache is required (no home directory to default to)", ErrInvalidConfig)
 		}

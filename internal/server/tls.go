@@ -10,7 +10,7 @@ import (
 	"strings"
 
 	"github.com/pyrycode/relay/internal/config"
-	"github.com/pyrycode/relay/internal/relay"
+	"github.com/pyrycode/relay/internal/tlsconf"
 )
 
 // hostPolicy is the set of Host values the public listener answers in TLS
@@ -41,14 +41,14 @@ func (hp hostPolicy) wrap(h http.Handler) http.Handler {
 func (s *Server) setupTLS() error {
 	switch s.cfg.Mode {
 	case config.ModeStatic:
-		tc, err := relay.StaticTLSConfig(s.cfg.TLSCert, s.cfg.TLSKey)
+		tc, err := tlsconf.StaticTLSConfig(s.cfg.TLSCert, s.cfg.TLSKey)
 		if err != nil {
 			return err
 		}
 		s.tlsConfig = tc
 		s.hosts = hostsOf(tc.Certificates[0])
 	case config.ModeAutocert:
-		opts := relay.AutocertOptions{
+		opts := tlsconf.AutocertOptions{
 			Domain:       s.cfg.Domain,
 			CacheDir:     s.cfg.CertCache,
 			Email:        s.cfg.ACMEEmail,
@@ -61,13 +61,13 @@ func (s *Server) setupTLS() error {
 			}
 			opts.HTTPClient = client
 		}
-		m, err := relay.NewAutocertManager(opts)
+		m, err := tlsconf.NewAutocertManager(opts)
 		if err != nil {
 			return err
 		}
-		s.tlsConfig = relay.AutocertTLSConfig(m)
+		s.tlsConfig = tlsconf.AutocertTLSConfig(m)
 		s.hosts = hostPolicy{strings.ToLower(s.cfg.Domain): true}
-		s.acmeHandler = relay.ChallengeHandler(m)
+		s.acmeHandler = tlsconf.ChallengeHandler(m)
 	}
 	return nil
 }

@@ -1,8 +1,9 @@
-package relay
-
-// TLS policy shared by the static-certificate and autocert modes, the
-// pre-flight check of the autocert certificate cache, and the port-80
-// ACME HTTP-01 challenge handler.
+// Package tlsconf is the relay's TLS configuration, kept apart from the
+// routing core (internal/relay never imports ACME): the TLS policy shared by
+// the static-certificate and autocert modes, the autocert manager, the
+// pre-flight check of its certificate cache, and the port-80 ACME HTTP-01
+// challenge handler.
+package tlsconf
 
 import (
 	"bytes"
@@ -28,27 +29,27 @@ import (
 // the certificate private keys, so the relay refuses to start rather than
 // serve with keys others may read or plant. The message names the path, the
 // offending mode or owner and the fix; nothing is ever chmod-ed for you.
-var ErrCacheDirInsecure = errors.New("relay: certificate cache directory is insecure")
+var ErrCacheDirInsecure = errors.New("tlsconf: certificate cache directory is insecure")
 
 // ErrCacheDirNotDir is returned (wrapped, with the path) by CheckCacheDir
 // when the cache path exists but is not a directory. It is a configuration
 // mistake rather than an exposure, hence its own sentinel.
-var ErrCacheDirNotDir = errors.New("relay: certificate cache path is not a directory")
+var ErrCacheDirNotDir = errors.New("tlsconf: certificate cache path is not a directory")
 
 // ErrKeyFileInsecure is returned (wrapped, with the path and mode) by
 // StaticTLSConfig when the private key file is readable, writable or
 // executable by "other" users. Group bits are allowed: see StaticTLSConfig.
-var ErrKeyFileInsecure = errors.New("relay: TLS private key file is insecure")
+var ErrKeyFileInsecure = errors.New("tlsconf: TLS private key file is insecure")
 
 // ErrInvalidDomain is returned (wrapped) by NewAutocertManager when
 // AutocertOptions.Domain is not a dotted DNS host name. ACME CAs only issue
 // for such names, and autocert refuses undotted SNI names anyway.
-var ErrInvalidDomain = errors.New("relay: invalid autocert domain")
+var ErrInvalidDomain = errors.New("tlsconf: invalid autocert domain")
 
 // ErrInvalidDirectoryURL is returned (wrapped) by NewAutocertManager when
 // AutocertOptions.DirectoryURL is set but is not an absolute https URL: an
 // ACME directory fetched over plain HTTP could be swapped on the path.
-var ErrInvalidDirectoryURL = errors.New("relay: invalid ACME directory URL")
+var ErrInvalidDirectoryURL = errors.New("tlsconf: invalid ACME directory URL")
 
 // groupWorldBits are the permission bits that must be clear on the cache
 // directory and everything in it.
@@ -83,14 +84,14 @@ func CheckCacheDir(dir string) error {
 	fi, err := os.Lstat(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return fmt.Errorf("relay: create certificate cache directory: %w", err)
+			return fmt.Errorf("tlsconf: create certificate cache directory: %w", err)
 		}
 		// Re-check what is there now rather than trusting MkdirAll: the
 		// path may have been swapped in between, or umask may differ.
 		fi, err = os.Lstat(dir)
 	}
 	if err != nil {
-		return fmt.Errorf("relay: certificate cache directory: %w", err)
+		return fmt.Errorf("tlsconf: certificate cache directory: %w", err)
 	}
 	if fi.Mode()&fs.ModeSymlink != 0 {
 		return fmt.Errorf("%w: %s is a symlink; point the cache flag at the real directory", ErrCacheDirInsecure, dir)
@@ -107,13 +108,13 @@ func CheckCacheDir(dir string) error {
 
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return fmt.Errorf("relay: read certificate cache directory: %w", err)
+		return fmt.Errorf("tlsconf: read certificate cache directory: %w", err)
 	}
 	for _, e := range entries {
 		p := filepath.Join(dir, e.Name())
 		efi, err := os.Lstat(p)
 		if err != nil {
-			return fmt.Errorf("relay: certificate cache entry: %w", err)
+			return fmt.Errorf("tlsconf: certificate cache entry: %w", err)
 		}
 		if efi.Mode()&fs.ModeSymlink != 0 {
 			return fmt.Errorf("%w: %s is a symlink; the cache must hold only regular files", ErrCacheDirInsecure, p)
@@ -180,14 +181,14 @@ func ServerTLSConfig() *tls.Config {
 func StaticTLSConfig(certFile, keyFile string) (*tls.Config, error) {
 	fi, err := os.Stat(keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("relay: TLS key file: %w", err)
+		return nil, fmt.Errorf("tlsconf: TLS key file: %w", err)
 	}
 	if perm := fi.Mode().Perm(); perm&0o007 != 0 {
 		return nil, fmt.Errorf("%w: %s has mode %#o; want 0600 or 0640 (chmod 600 %s)", ErrKeyFileInsecure, keyFile, perm, keyFile)
 	}
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("relay: load TLS key pair: %w", err)
+		return nil, fmt.Errorf("tlsconf: load TLS key pair: %w", err)
 	}
 	cfg := ServerTLSConfig()
 	cfg.Certificates = []tls.Certificate{cert}
@@ -371,7 +372,7 @@ func (c *challengeRecorder) Write(p []byte) (int, error) {
 	c.WriteHeader(http.StatusOK)
 	if c.body.Len()+len(p) > maxChallengeBody {
 		c.overflow = true
-		return 0, errors.New("relay: challenge body too large")
+		return 0, errors.New("tlsconf: challenge body too large")
 	}
 	return c.body.Write(p)
 }
