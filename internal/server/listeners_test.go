@@ -42,10 +42,11 @@ func TestHTTPErrorLog_ClientTextNeverLogged(t *testing.T) {
 	const canary = "canary-sni-7c1d.example.test"
 	_, err := r.handshake(t, &tls.Config{ServerName: canary, NextProtos: []string{"canary-alpn-7c1d"}, InsecureSkipVerify: true}) //nolint:gosec // the test is the attacker
 	require.Error(t, err, "an unknown ALPN protocol must fail the handshake")
+	// The error is counted just before it is logged: wait for both.
 	require.Eventually(t, func() bool {
-		return testutil.ToFloat64(r.srv.metrics.HTTPErrors.WithLabelValues("tls_handshake")) >= 1
-	}, 5*time.Second, 10*time.Millisecond, "the handshake error was not counted")
+		return testutil.ToFloat64(r.srv.metrics.HTTPErrors.WithLabelValues("tls_handshake")) >= 1 &&
+			strings.Contains(r.logs.String(), `"event":"http_error"`)
+	}, 5*time.Second, 10*time.Millisecond, "the handshake error was not counted and logged")
 	logs := r.logs.String()
-	require.Contains(t, logs, `"event":"http_error"`)
 	require.False(t, strings.Contains(logs, "canary"), "client-chosen text reached the log:\n%s", logs)
 }
