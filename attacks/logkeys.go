@@ -12,4 +12,5 @@ var allowedLogKeys = map[string]bool{
 	"server_id": true, "conn_id": true, "role": true, "remote": true, "device": true,
 	"version": true, "user_agent": true, "close_code": true, "reason": true, "count": true,
 	"duration_ms": true, "incident": true, "path_class": true, "error": true,
+	"outcome": true, "token_fp": true, "http_status": true,
 }

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pyrycode/relay/internal/push"
 	"github.com/pyrycode/relay/internal/relay"
 )
 
@@ -59,6 +60,9 @@ type Config struct {
 	ShutdownTimeout   time.Duration
 
 	Relay relay.Options
+
+	// Push wakes through FCM (internal/push); off without --fcm-credentials.
+	Push push.Options
 
 	// Admission control (internal/admission).
 	MaxConns           int
@@ -111,7 +115,7 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 	if env == nil {
 		env = func(string) string { return "" }
 	}
-	c := Config{Relay: relay.Defaults()}
+	c := Config{Relay: relay.Defaults(), Push: push.Defaults()}
 	fs := flag.NewFlagSet("relay serve", flag.ContinueOnError)
 	// The flag package prints a parse error followed by the whole usage,
 	// which would bury the one refusal line the caller prints. Buffer it and
@@ -167,6 +171,8 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 	fs.StringVar(&trust, "trust-proxy", "", "comma-separated CIDRs of proxies whose X-Forwarded-For / PROXY header is believed")
 	fs.BoolVar(&c.ProxyProtocol, "proxy-protocol", false, "expect a PROXY protocol header from --trust-proxy peers on the public listener")
 	fs.DurationVar(&c.ProxyHeaderTimeout, "proxy-header-timeout", DefaultProxyHeaderTimeout, "time allowed for a PROXY protocol header")
+
+	pushFlags(fs, &c.Push)
 
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 
@@ -301,6 +307,9 @@ func (c *Config) resolveMode(set map[string]bool) error {
 func (c *Config) Validate() error {
 	if err := c.Relay.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidConfig, strings.TrimPrefix(err.Error(), relay.ErrInvalidOptions.Error()+": "))
+	}
+	if err := validatePush(c.Push); err != nil {
+		return err
 	}
 	for _, l := range []struct{ name, addr string }{
 		{"insecure-listen", c.InsecureListen}, {"https-listen", c.HTTPSListen},

@@ -49,6 +49,9 @@ const (
 	KeyIncident   = "incident"    // random panic incident id; joins the 500 to the log line
 	KeyPathClass  = "path_class"  // route class from a closed set (healthz, v1_server, ...), never the raw path
 	KeyError      = "error"       // start-up and listener errors only: request-path errors can carry peer input
+	KeyOutcome    = "outcome"     // push wake outcome from push.Outcome's closed set
+	KeyTokenFP    = "token_fp"    // 8 hex digits of a push token's SHA-256 (push.Fingerprint), never the token
+	KeyHTTPStatus = "http_status" // status of an outbound call's answer (FCM); never its body
 )
 
 // callerKeys is the closed set behind IsCallerKey. Unexported so that no
@@ -58,6 +61,7 @@ var callerKeys = map[string]struct{}{
 	KeyServerID: {}, KeyConnID: {}, KeyRole: {}, KeyRemote: {}, KeyDevice: {},
 	KeyVersion: {}, KeyUserAgent: {}, KeyCloseCode: {}, KeyReason: {}, KeyCount: {},
 	KeyDurationMS: {}, KeyIncident: {}, KeyPathClass: {}, KeyError: {},
+	KeyOutcome: {}, KeyTokenFP: {}, KeyHTTPStatus: {},
 }
 
 // reservedKeys are written by the handler (or by slog itself) and refused as

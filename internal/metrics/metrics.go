@@ -36,6 +36,10 @@ type Metrics struct {
 	// HTTPErrors counts net/http's own error lines by kind ("tls_handshake",
 	// "other"); their text (client SNI, ALPN, addresses) is never logged.
 	HTTPErrors *prometheus.CounterVec
+	// PushWakes counts binaries' push wakes by push.Outcome.
+	PushWakes *prometheus.CounterVec
+	// PushInFlight is the FCM requests running now (at most --push-max-in-flight).
+	PushInFlight prometheus.Gauge
 	// Binaries, Phones and GraceSlots are the registry's current sizes.
 	Binaries, Phones, GraceSlots prometheus.Gauge
 	// queuedBytes reads the relay-wide total of bytes queued for phones at
@@ -75,9 +79,13 @@ func New() *Metrics {
 		HTTPErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_http_errors_total", Help: "net/http server errors (TLS handshakes, broken connections) by kind.",
 		}, []string{"kind"}),
-		Binaries:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_binaries", Help: "Live binaries holding a slot."}),
-		Phones:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_phones", Help: "Connected phones."}),
-		GraceSlots: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_grace_slots", Help: "Slots in their grace period."}),
+		PushWakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_push_wakes_total", Help: "Push wakes from binaries by outcome.",
+		}, []string{"outcome"}),
+		PushInFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_push_in_flight", Help: "FCM requests running now."}),
+		Binaries:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_binaries", Help: "Live binaries holding a slot."}),
+		Phones:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_phones", Help: "Connected phones."}),
+		GraceSlots:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_grace_slots", Help: "Slots in their grace period."}),
 	}
 	f(m.Upgrades)
 	f(m.Closes)
@@ -86,6 +94,8 @@ func New() *Metrics {
 	f(m.Rejected)
 	f(m.Panics)
 	f(m.HTTPErrors)
+	f(m.PushWakes)
+	f(m.PushInFlight)
 	f(m.Binaries)
 	f(m.Phones)
 	f(m.GraceSlots)

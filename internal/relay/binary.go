@@ -99,7 +99,7 @@ func (b *binaryConn) readLoop() {
 			continue
 		}
 		if env.Kind == kindPushWake {
-			rl.drop(DropPushUnconfigured)
+			rl.wake(b.serverID, env)
 			continue
 		}
 		p := rl.reg.lookupPhone(b, env.ConnID)

@@ -21,7 +21,9 @@ const (
 	// DropRelayBacklog: the relay-wide queue ceiling is reached; the phone is
 	// closed 1011.
 	DropRelayBacklog DropReason = "relay_backlog_full"
-	// DropPushUnconfigured: a push_wake request while push is not configured.
+	// DropPushUnconfigured: a push_wake request to a relay built without a
+	// Waker (the relay binary always has one; its outcomes are counted in
+	// relay_push_wakes_total).
 	DropPushUnconfigured DropReason = "push_unconfigured"
 	// DropNoBinary: a phone frame while its server-id has no live binary
 	// (grace period) or the binary it joined under no longer holds the slot.

@@ -48,9 +48,9 @@ type binaryEnvelope struct {
 	ConnID    string
 	Frame     []byte // the inner frame verbatim; nil when none
 	CloseCode int    // 0 when not a close directive
-	// PushPlatform is set for kindPushWake; the push token is validated but
-	// never kept (it is a secret and push delivery is not configured).
-	PushPlatform string
+	// PushPlatform and PushToken are set for kindPushWake. The token is a
+	// secret: it is handed to the Waker and kept nowhere else.
+	PushPlatform, PushToken string
 }
 
 // validDirectiveCode reports whether a binary may ask the relay to close a
@@ -87,7 +87,7 @@ func decodeBinaryEnvelope(data []byte) (binaryEnvelope, error) {
 			json.Unmarshal(w["token"], &token) != nil || token == "" {
 			return binaryEnvelope{}, ErrMalformedEnvelope
 		}
-		return binaryEnvelope{Kind: kindPushWake, PushPlatform: platform}, nil
+		return binaryEnvelope{Kind: kindPushWake, PushPlatform: platform, PushToken: token}, nil
 	}
 
 	if !hasConnID {

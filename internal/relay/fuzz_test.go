@@ -47,7 +47,7 @@ func oracleEnvelope(data []byte) (binaryEnvelope, bool) {
 		if !ok1 || !ok2 || platform == "" || token == "" {
 			return binaryEnvelope{}, false
 		}
-		return binaryEnvelope{Kind: kindPushWake, PushPlatform: platform}, true
+		return binaryEnvelope{Kind: kindPushWake, PushPlatform: platform, PushToken: token}, true
 	}
 	connID, ok := jsonString(rawConn)
 	if !hasConn || !ok || connID == "" {
@@ -102,8 +102,11 @@ func jsonString(raw json.RawMessage) (string, bool) {
 // encodeEnvelope writes env back onto the wire in its canonical shape.
 func encodeEnvelope(env binaryEnvelope) []byte {
 	if env.Kind == kindPushWake {
-		p, _ := json.Marshal(env.PushPlatform)
-		return []byte(`{"push_wake":{"platform":` + string(p) + `,"token":"redacted"}}`)
+		b := []byte(`{"push_wake":{"platform":`)
+		b = appendJSONString(b, env.PushPlatform)
+		b = append(b, `,"token":`...)
+		b = appendJSONString(b, env.PushToken)
+		return append(b, `}}`...)
 	}
 	b := []byte(`{"conn_id":`)
 	b = appendJSONString(b, env.ConnID)
@@ -139,11 +142,11 @@ func FuzzDecodeBinaryEnvelope(f *testing.F) {
 		}
 		switch env.Kind {
 		case kindPushWake:
-			if env.PushPlatform == "" || env.ConnID != "" || env.Frame != nil || env.CloseCode != 0 {
+			if env.PushPlatform == "" || env.PushToken == "" || env.ConnID != "" || env.Frame != nil || env.CloseCode != 0 {
 				t.Fatalf("push_wake %q decoded with a routing field: %+v", data, env)
 			}
 		case kindRoute:
-			if env.ConnID == "" || !validDirectiveCode(env.CloseCode) || env.PushPlatform != "" {
+			if env.ConnID == "" || !validDirectiveCode(env.CloseCode) || env.PushPlatform != "" || env.PushToken != "" {
 				t.Fatalf("route %q decoded badly: %+v", data, env)
 			}
 			if env.Frame == nil && env.CloseCode == 0 {

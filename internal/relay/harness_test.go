@@ -43,11 +43,17 @@ func fastOptions() Options {
 
 func newHarness(t *testing.T, mutate func(*Options)) *harness {
 	t.Helper()
+	return newHarnessDeps(t, mutate, Deps{})
+}
+
+// newHarnessDeps is newHarness with collaborators (a Waker, metrics).
+func newHarnessDeps(t *testing.T, mutate func(*Options), d Deps) *harness {
+	t.Helper()
 	o := fastOptions()
 	if mutate != nil {
 		mutate(&o)
 	}
-	rl, err := New(o, Deps{})
+	rl, err := New(o, d)
 	require.NoError(t, err)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/server", rl.ServeBinary)

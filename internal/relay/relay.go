@@ -31,6 +31,17 @@ type Deps struct {
 	// Timer schedules grace expiries; nil uses time.AfterFunc. Tests inject
 	// a manual clock here.
 	Timer timerFunc
+	// Waker takes binaries' push wakes (internal/push). Nil drops them,
+	// counted as push_unconfigured.
+	Waker Waker
+}
+
+// Waker takes a binary's push wake off its read loop. Wake must return at
+// once, whatever happens to the wake (send it on another goroutine, or drop
+// and count it): the loop that calls it is the one routing every frame of
+// the binary to its phones. token is a secret; the Waker owns its hygiene.
+type Waker interface {
+	Wake(serverID, platform, token string)
 }
 
 // Relay routes frames between binaries and their phones.
@@ -41,6 +52,7 @@ type Relay struct {
 	reg        *registry
 	budget     *byteBudget
 	remoteAddr func(*http.Request) string
+	waker      Waker
 	// Per-frame counters, resolved once: a label lookup per frame is
 	// avoidable work on the hot path.
 	routedToBinary, routedToPhone prometheus.Counter
@@ -56,7 +68,7 @@ func New(opts Options, d Deps) (*Relay, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	rl := &Relay{opts: opts, log: d.Log, m: d.Metrics, remoteAddr: d.RemoteAddr, conns: make(map[*wsEnd]struct{})}
+	rl := &Relay{opts: opts, log: d.Log, m: d.Metrics, remoteAddr: d.RemoteAddr, waker: d.Waker, conns: make(map[*wsEnd]struct{})}
 	if rl.log == nil {
 		rl.log = slog.New(slog.NewJSONHandler(io.Discard, nil))
 	}
@@ -258,6 +270,15 @@ func (rl *Relay) shedLargestBacklog(p *phoneConn) bool {
 	victim.closeForBacklog(DropRelayBacklog)
 	rl.drop(DropRelayBacklog)
 	return true
+}
+
+// wake hands a push wake to the Waker, or drops it when there is none.
+func (rl *Relay) wake(serverID string, env binaryEnvelope) {
+	if rl.waker == nil {
+		rl.drop(DropPushUnconfigured)
+		return
+	}
+	rl.waker.Wake(serverID, env.PushPlatform, env.PushToken)
 }
 
 func (rl *Relay) drop(reason DropReason) {

@@ -20,6 +20,7 @@ import (
 	"github.com/pyrycode/relay/internal/admission"
 	"github.com/pyrycode/relay/internal/config"
 	"github.com/pyrycode/relay/internal/metrics"
+	"github.com/pyrycode/relay/internal/push"
 	"github.com/pyrycode/relay/internal/relay"
 )
 
@@ -33,6 +34,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	relay   *relay.Relay
+	push    *push.Sender
 	admit   *admission.Controller
 
 	tlsConfig   *tls.Config  // nil in insecure mode
@@ -74,7 +76,13 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("%w: %v", config.ErrInvalidConfig, err)
 	}
 	s.admit = adm
-	rl, err := relay.New(cfg.Relay, relay.Deps{Log: log, Metrics: s.metrics, RemoteAddr: clientAddr})
+	// The credentials file is checked here, before any port is bound.
+	ps, err := push.New(cfg.Push, push.Deps{Log: log, Metrics: s.metrics})
+	if err != nil {
+		return nil, err
+	}
+	s.push = ps
+	rl, err := relay.New(cfg.Relay, relay.Deps{Log: log, Metrics: s.metrics, RemoteAddr: clientAddr, Waker: ps})
 	if err != nil {
 		return nil, err
 	}
@@ -291,14 +299,16 @@ func (s *Server) Serve() {
 func (s *Server) Done() <-chan error { return s.errc }
 
 // Shutdown stops accepting, closes every WebSocket with 1001 and waits for
-// them until ctx ends.
+// them and for push wakes in flight until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
 	var wg sync.WaitGroup
-	errs := make([]error, len(s.servers)+1)
+	errs := make([]error, len(s.servers)+2)
 	for i, l := range s.servers {
 		wg.Add(1)
 		go func() { defer wg.Done(); errs[i] = l.srv.Shutdown(ctx) }()
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); errs[len(s.servers)+1] = s.push.Shutdown(ctx) }()
 	errs[len(s.servers)] = s.relay.Shutdown(ctx)
 	wg.Wait()
 	s.wg.Wait()
