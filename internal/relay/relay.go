@@ -162,7 +162,7 @@ func (rl *Relay) badRequest(w http.ResponseWriter) {
 	w.WriteHeader(http.StatusBadRequest)
 }
 
-// ServeBinary handles GET /v1/server.
+// ServeBinary handles GET /v1/server (and its /v2/server alias).
 func (rl *Relay) ServeBinary(w http.ResponseWriter, r *http.Request) {
 	h, err := ParseBinaryHeaders(r.Header)
 	if err != nil {
@@ -175,7 +175,7 @@ func (rl *Relay) ServeBinary(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// ServePhone handles GET /v1/client.
+// ServePhone handles GET /v1/client (and its /v2/client alias).
 func (rl *Relay) ServePhone(w http.ResponseWriter, r *http.Request) {
 	h, err := ParsePhoneHeaders(r.Header)
 	if err != nil {

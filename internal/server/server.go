@@ -93,6 +93,17 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 // Relay exposes the routing core (tests, stats).
 func (s *Server) Relay() *relay.Relay { return s.relay }
 
+// binaryPaths and phonePaths are the upgrade endpoints. The /v2 paths are
+// aliases that the pyry daemon's own protocol document names for its v2
+// lifecycle: the relay layer is the same for v1 and v2 (v2 changes only what
+// the opaque frames carry), so an alias gets the same admission, method check
+// and handler, and a daemon configured with either URL works. Exact paths
+// only: "/v2/server/x" is 404 like every other unknown path.
+var (
+	binaryPaths = []string{"/v1/server", "/v2/server"}
+	phonePaths  = []string{"/v1/client", "/v2/client"}
+)
+
 // Handler is the public listener's handler chain, outermost first:
 // generic bodies, panic recovery, Host check, routes.
 func (s *Server) Handler() http.Handler {
@@ -100,8 +111,12 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", s.healthz)
 	// Only the upgrade paths are admission-controlled: /healthz must answer
 	// monitors even while a flood is being refused.
-	mux.Handle("/v1/server", s.admit.Middleware(onlyGET(s.relay.ServeBinary)))
-	mux.Handle("/v1/client", s.admit.Middleware(onlyGET(s.relay.ServePhone)))
+	for _, path := range binaryPaths {
+		mux.Handle(path, s.admit.Middleware(onlyGET(s.relay.ServeBinary)))
+	}
+	for _, path := range phonePaths {
+		mux.Handle(path, s.admit.Middleware(onlyGET(s.relay.ServePhone)))
+	}
 	registerTestHooks(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { emptyStatus(w, http.StatusNotFound) })
 	var h http.Handler = mux

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -236,4 +237,91 @@ func TestHealthz_503WhileDraining(t *testing.T) {
 	}, 5*time.Second, 10*time.Millisecond, "healthz kept answering 200 while draining")
 	_, _, err := bin.Read(context.Background())
 	require.Equal(t, websocket.StatusGoingAway, websocket.CloseStatus(err))
+}
+
+// The pyry daemon's own protocol document names /v2/server and /v2/client;
+// a daemon configured with them used to get 404 and retry forever. They are
+// aliases of the /v1 endpoints: one registry (a v2 binary serves a v1 phone
+// and the reverse), the same header validation, method check and admission
+// (one upgrade bucket across both), and nothing below or beside them.
+func TestV2Paths_AliasesOfV1(t *testing.T) {
+	r := start(t, "--upgrade-rate", "0.001", "--upgrade-burst", "6")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	relayPair := func(binPath, phonePath, id string) {
+		t.Helper()
+		before := r.srv.Relay().Stats().Binaries
+		bin := r.dial(t, binPath, binHdr(id))
+		require.Eventually(t, func() bool { return r.srv.Relay().Stats().Binaries > before }, 5*time.Second, 5*time.Millisecond)
+		phone := r.dial(t, phonePath, phoneHdr(id))
+		require.NoError(t, phone.Write(ctx, websocket.MessageText, []byte(`{"hi":1}`)))
+		_, msg, err := bin.Read(ctx)
+		require.NoError(t, err)
+		var env struct {
+			ConnID string          `json:"conn_id"`
+			Frame  json.RawMessage `json:"frame"`
+		}
+		require.NoError(t, jsonUnmarshal(msg, &env))
+		require.JSONEq(t, `{"hi":1}`, string(env.Frame))
+		require.NoError(t, bin.Write(ctx, websocket.MessageText, []byte(fmt.Sprintf(`{"conn_id":%q,"frame":{"back":1}}`, env.ConnID))))
+		_, msg, err = phone.Read(ctx)
+		require.NoError(t, err)
+		require.JSONEq(t, `{"back":1}`, string(msg))
+	}
+	relayPair("/v2/server", "/v2/client", "v2-both")  // upgrades 1, 2
+	relayPair("/v2/server", "/v1/client", "v2-bin")   // 3, 4
+	relayPair("/v1/server", "/v2/client", "v2-phone") // 5, 6
+
+	status := func(method, path string, hdr http.Header) int {
+		t.Helper()
+		req, err := http.NewRequest(method, r.base+path, nil)
+		require.NoError(t, err)
+		for k, v := range hdr {
+			req.Header[k] = v
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	// Below and beside the aliases: not found.
+	for _, p := range []string{"/v2/server/x", "/v2/", "/v2", "/v3/server", "/v2/Server"} {
+		require.Equalf(t, http.StatusNotFound, status("GET", p, nil), "GET %s", p)
+	}
+	// The six upgrades above spent the whole burst: admission is shared, so
+	// the aliases are refused exactly as /v1 is.
+	for _, p := range []string{"/v2/server", "/v2/client", "/v1/server"} {
+		require.Equalf(t, http.StatusTooManyRequests, status("GET", p, binHdr("late")), "GET %s after the burst", p)
+	}
+}
+
+// Header validation and the method check apply to the aliases as to /v1.
+func TestV2Paths_SameValidationAsV1(t *testing.T) {
+	r := start(t)
+	for _, tc := range []struct {
+		method, path string
+		hdr          http.Header
+		want         int
+	}{
+		{"POST", "/v2/server", nil, http.StatusMethodNotAllowed},
+		{"POST", "/v2/client", nil, http.StatusMethodNotAllowed},
+		{"GET", "/v2/server", nil, http.StatusBadRequest},
+		{"GET", "/v2/client", binHdr("s"), http.StatusBadRequest}, // no token: a binary's headers on the phone path
+		{"GET", "/v2/server", http.Header{"X-Pyrycode-Server": {"a/.."}, "X-Pyrycode-Version": {"1"}, "User-Agent": {"t"}}, http.StatusBadRequest},
+	} {
+		req, err := http.NewRequest(tc.method, r.base+tc.path, nil)
+		require.NoError(t, err)
+		for k, v := range tc.hdr {
+			req.Header[k] = v
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		require.Equalf(t, tc.want, resp.StatusCode, "%s %s", tc.method, tc.path)
+		require.Empty(t, body)
+		if tc.want == http.StatusMethodNotAllowed {
+			require.Equal(t, "GET", resp.Header.Get("Allow"))
+		}
+	}
 }
