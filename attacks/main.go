@@ -3,6 +3,7 @@ package attacks
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -25,7 +26,7 @@ import (
 // (429, 503) are waited out per Retry-After, within 30 s per request.
 func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("relay attack", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors are printed below as one line; -h prints to stdout
 	target := fs.String("target", "", "relay base URL: https://relay.example.com or http://127.0.0.1:8080")
 	only := fs.String("only", "", "comma-separated scenario IDs to run (default: every remote-safe scenario)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
@@ -33,12 +34,21 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	serverName := fs.String("server-name", "", "TLS server name to verify (default: the target's host)")
 	list := fs.Bool("list", false, "print the threat <-> scenario map and exit")
 	timeout := fs.Duration("timeout", 10*time.Minute, "deadline for the whole run")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: relay attack --target URL [--only IDS] [--json] [--ca FILE] [--timeout D]\n       relay attack --list")
+	help := func() int {
+		fmt.Fprintln(stdout, "usage: relay attack --target URL [--only IDS] [--json] [--ca FILE] [--server-name NAME] [--timeout D]\n       relay attack --list")
+		fs.SetOutput(stdout)
 		fs.PrintDefaults()
+		return 0
 	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return help()
+		}
+		fmt.Fprintf(stderr, "relay attack: %v (relay attack -h lists the flags)\n", err)
 		return 2
+	}
+	if fs.NArg() == 1 && fs.Arg(0) == "help" {
+		return help()
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "relay attack: unexpected argument %q\n", fs.Arg(0))

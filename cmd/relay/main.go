@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/pyrycode/relay/attacks"
@@ -43,13 +44,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "serve":
-		return serve(args[1:], stderr)
+		return serve(args[1:], stdout, stderr)
 	case "attack":
 		return attacks.Main(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "relay %s\n", version)
 		return exitOK
-	case "help", "-h", "--help":
+	case "help", "-h", "-help", "--help":
+		// relay help serve|attack is their -h.
+		if len(args) == 2 && (args[1] == "serve" || args[1] == "attack") {
+			return run([]string{args[1], "-h"}, stdout, stderr)
+		}
 		usage(stdout)
 		return exitOK
 	default:
@@ -63,17 +68,20 @@ func usage(w io.Writer) {
   relay serve [flags]    run the relay (relay serve -h lists every flag)
   relay attack [flags]   run the remote-safe attack suite (relay attack -h)
   relay version          print the version
+  relay help [COMMAND]   print this, or a command's flags
 `)
 }
 
-// refuse prints one line and returns the refused-to-start code.
+// refuse prints one line and returns the refused-to-start code. Errors of
+// every package carry their own "relay: ..." prefix (sentinels are read on
+// their own too); the line keeps exactly one.
 func refuse(stderr io.Writer, err error) int {
-	fmt.Fprintf(stderr, "relay: refusing to start: %v\n", err)
+	fmt.Fprintf(stderr, "relay: refusing to start: %s\n", strings.ReplaceAll(err.Error(), "relay: ", ""))
 	return exitRefused
 }
 
-func serve(args []string, stderr io.Writer) int {
-	cfg, err := config.Parse(args, os.Getenv, stderr)
+func serve(args []string, stdout, stderr io.Writer) int {
+	cfg, err := config.Parse(args, os.Getenv, stdout)
 	if errors.Is(err, config.ErrHelp) {
 		return exitOK
 	}

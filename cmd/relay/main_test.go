@@ -114,6 +114,7 @@ func requireRefusal(t *testing.T, r result, want ...string) {
 	require.NotEmpty(t, line)
 	require.NotContains(t, line, "\n", "want one line on stderr, got:\n%s", r.stderr)
 	require.True(t, strings.HasPrefix(line, "relay: "), "stderr line %q", line)
+	require.Equal(t, 1, strings.Count(line, "relay:"), "one relay: prefix, got %q", line)
 	for _, w := range want {
 		require.Contains(t, line, w)
 	}
@@ -160,7 +161,10 @@ func TestServe_Refusals_Exit2OneLine(t *testing.T) {
 		{"tls_key_without_cert", nil, []string{"serve", "--tls-key", keyFile, "--https-listen", "127.0.0.1:0"}, []string{"--tls-cert and --tls-key"}},
 		{"acme_flag_without_domain", nil, with("--cert-cache", t.TempDir()), []string{"--cert-cache needs --domain"}},
 		{"max_phones_0", nil, with("--max-phones", "0"), []string{"--max-phones"}},
-		{"max_phones_not_a_number", nil, with("--max-phones", "abc"), []string{"-max-phones"}},
+		{"max_phones_not_a_number", nil, with("--max-phones", "abc"), []string{"--max-phones abc is not a whole number, e.g. 16"}},
+		{"ping_interval_no_unit", nil, with("--ping-interval", "30"), []string{"--ping-interval 30 is not a duration", "e.g. 30s"}},
+		{"env_ping_interval_no_unit", []string{"RELAY_PING_INTERVAL=30"}, plain, []string{"RELAY_PING_INTERVAL=30 is not a duration", "e.g. 30s"}},
+		{"max_tracked_ips_not_above_max_conns", nil, with("--max-conns", "70000", "--max-sockets", "140000"), []string{"--max-tracked-ips 65536 must be more than --max-conns (70000)"}},
 		{"unknown_flag", nil, with("--no-such-flag"), []string{"-no-such-flag"}},
 		{"max_message_bytes_10", nil, with("--max-message-bytes", "10"), []string{"--max-message-bytes"}},
 		{"phone_queue_below_max_message", nil, with("--max-message-bytes", "65536", "--phone-queue-bytes", "65535"), []string{"--phone-queue-bytes"}},
@@ -175,7 +179,7 @@ func TestServe_Refusals_Exit2OneLine(t *testing.T) {
 		{"proxy_protocol_without_trust_proxy", nil, with("--proxy-protocol"), []string{"--proxy-protocol needs --trust-proxy"}},
 		{"log_level_unknown", nil, with("--log-level", "loud"), []string{"--log-level"}},
 		{"listen_not_host_port", nil, []string{"serve", "--insecure-listen", "8080"}, []string{"--insecure-listen"}},
-		{"env_max_phones_abc", []string{"RELAY_MAX_PHONES=abc"}, plain, []string{"RELAY_MAX_PHONES"}},
+		{"env_max_phones_abc", []string{"RELAY_MAX_PHONES=abc"}, plain, []string{"RELAY_MAX_PHONES=abc"}},
 		{"env_conflicting_mode", []string{"RELAY_DOMAIN=relay.example.test"}, plain, []string{"mutually exclusive"}},
 		{"production_plain_http", []string{"RELAY_PRODUCTION=1"}, plain, []string{"RELAY_PRODUCTION=1", "plain HTTP"}},
 		{"invalid_domain", nil, []string{"serve", "--domain", "localhost", "--https-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--cert-cache", filepath.Join(t.TempDir(), "c")}, []string{"domain"}},
@@ -220,6 +224,28 @@ func TestServe_ProductionAsRoot_Refused(t *testing.T) {
 	p.waitListening(t, "public")
 	p.signal(t, syscall.SIGTERM)
 	require.Equal(t, 0, p.wait(t, 10*time.Second))
+}
+
+// -h, --help and help print the usage to stdout and exit 0 for every command.
+func TestHelp_StdoutExit0_Everywhere(t *testing.T) {
+	for _, args := range [][]string{
+		{"help"}, {"-h"}, {"--help"},
+		{"serve", "-h"}, {"serve", "--help"}, {"serve", "help"}, {"help", "serve"},
+		{"attack", "-h"}, {"attack", "--help"}, {"attack", "help"}, {"help", "attack"},
+	} {
+		t.Run(strings.Join(args, "_"), func(t *testing.T) {
+			r := runRelay(t, relayEnv(t), args...)
+			require.Equal(t, 0, r.code, "stderr: %s", r.stderr)
+			require.Contains(t, r.stdout, "usage:")
+			require.Empty(t, r.stderr)
+			if slices.Contains(args, "serve") {
+				require.Contains(t, r.stdout, "--ping-interval")
+			}
+			if slices.Contains(args, "attack") {
+				require.Contains(t, r.stdout, "-target")
+			}
+		})
+	}
 }
 
 func TestVersion_Exit0(t *testing.T) {

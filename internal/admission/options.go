@@ -2,11 +2,13 @@ package admission
 
 import (
 	"errors"
-	"fmt"
+	"math"
 	"net/netip"
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/pyrycode/relay/internal/fielderr"
 )
 
 // Options configures a Controller. Every limit is per relay process.
@@ -134,12 +136,13 @@ func DefaultOptions() Options {
 	}
 }
 
-// Option validation errors. New wraps them with %w and the offending field,
-// so callers (config validation, exit 2) can test with errors.Is.
+// Option validation errors. Validate returns a *fielderr.Error naming the
+// field and wrapping one of these, so callers (config validation, exit 2)
+// can render it as a flag and test it with errors.Is.
 var (
 	// ErrInvalidLimit: a count (MaxConns, MaxConnsPerIP, UpgradeBurst,
-	// MaxTrackedIPs) is below 1, or UpgradeRate is not positive.
-	ErrInvalidLimit = errors.New("relay: admission: limit must be positive")
+	// MaxTrackedIPs) is below 1, or UpgradeRate is not a positive number.
+	ErrInvalidLimit = errors.New("relay: admission: invalid limit")
 	// ErrTableTooSmall: MaxTrackedIPs does not exceed MaxConns, so open
 	// connections could pin every entry and lock out new addresses.
 	ErrTableTooSmall = errors.New("relay: admission: max tracked IPs must exceed max conns")
@@ -153,8 +156,19 @@ var (
 	ErrInvalidTrustedProxy = errors.New("relay: admission: invalid trusted proxy prefix")
 )
 
+// Validate reports the first unusable value as a *fielderr.Error wrapping
+// one of the Err* sentinels above. Options must start from DefaultOptions:
+// a zero count or duration is refused, not read as a default.
+func (o Options) Validate() error {
+	_, err := o.validate()
+	return err
+}
+
 // validate checks o and returns the normalised trusted prefixes.
 func (o *Options) validate() ([]netip.Prefix, error) {
+	bad := func(field string, v any, want string, sentinel error) error {
+		return &fielderr.Error{Field: field, Value: v, Want: want, Err: sentinel}
+	}
 	for _, c := range []struct {
 		name string
 		v    int
@@ -165,23 +179,23 @@ func (o *Options) validate() ([]netip.Prefix, error) {
 		{"MaxTrackedIPs", o.MaxTrackedIPs},
 	} {
 		if c.v < 1 {
-			return nil, fmt.Errorf("%w: %s", ErrInvalidLimit, c.name)
+			return nil, bad(c.name, c.v, "at least 1", ErrInvalidLimit)
 		}
 	}
-	if !(o.UpgradeRate > 0) { // also catches NaN
-		return nil, fmt.Errorf("%w: UpgradeRate", ErrInvalidLimit)
+	if !(o.UpgradeRate > 0) || math.IsInf(float64(o.UpgradeRate), 1) { // NaN fails every comparison
+		return nil, bad("UpgradeRate", float64(o.UpgradeRate), "a positive number", ErrInvalidLimit)
 	}
 	if o.MaxTrackedIPs <= o.MaxConns {
-		return nil, ErrTableTooSmall
+		return nil, &fielderr.Error{Field: "MaxTrackedIPs", Value: o.MaxTrackedIPs, Want: "more than", Than: "MaxConns", ThanValue: o.MaxConns, Err: ErrTableTooSmall}
 	}
 	if o.IdleTTL <= 0 {
-		return nil, fmt.Errorf("%w: IdleTTL", ErrInvalidDuration)
+		return nil, bad("IdleTTL", o.IdleTTL, "positive", ErrInvalidDuration)
 	}
 	if o.CapRetryAfter <= 0 {
-		return nil, fmt.Errorf("%w: CapRetryAfter", ErrInvalidDuration)
+		return nil, bad("CapRetryAfter", o.CapRetryAfter, "positive", ErrInvalidDuration)
 	}
 	if o.IPv6PrefixLen < 32 || o.IPv6PrefixLen > 128 {
-		return nil, ErrInvalidIPv6PrefixLen
+		return nil, bad("IPv6PrefixLen", o.IPv6PrefixLen, "32..128", ErrInvalidIPv6PrefixLen)
 	}
 	return normalizePrefixes(o.TrustedProxies)
 }
@@ -192,13 +206,13 @@ func normalizePrefixes(in []netip.Prefix) ([]netip.Prefix, error) {
 	out := make([]netip.Prefix, 0, len(in))
 	for _, p := range in {
 		if !p.IsValid() {
-			return nil, ErrInvalidTrustedProxy
+			return nil, &fielderr.Error{Field: "TrustedProxies", Value: p, Want: "a valid prefix", Err: ErrInvalidTrustedProxy}
 		}
 		if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
 			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
 		}
 		if p.Bits() == 0 {
-			return nil, fmt.Errorf("%w: %s trusts every address", ErrInvalidTrustedProxy, p)
+			return nil, &fielderr.Error{Field: "TrustedProxies", Value: p, Want: "narrower than /0 (it would trust every address)", Err: ErrInvalidTrustedProxy}
 		}
 		out = append(out, p.Masked())
 	}

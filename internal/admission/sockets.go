@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+
+	"github.com/pyrycode/relay/internal/fielderr"
 )
 
 // SocketLimits caps TCP connections at accept time, before a byte is read.
@@ -37,15 +39,46 @@ const (
 	ReasonSocketPerIP Reason = "socket_per_ip_cap"
 )
 
-// ErrInvalidSocketLimits reports unusable SocketLimits.
+// Socket cap defaults. Sockets are counted before any byte is read (idle
+// keep-alives, slow headers, TLS handshakes, /healthz): twice the WebSocket
+// caps leaves room for those while one host still cannot hold the
+// process's file descriptors.
+const (
+	DefaultMaxSockets      = 2 * DefaultMaxConns
+	DefaultMaxSocketsPerIP = 2 * DefaultMaxConnsPerIP
+)
+
+// DefaultSocketLimits returns the defaults above, with no trusted proxies.
+func DefaultSocketLimits() SocketLimits {
+	return SocketLimits{Max: DefaultMaxSockets, MaxPerIP: DefaultMaxSocketsPerIP, IPv6PrefixLen: DefaultIPv6PrefixLen}
+}
+
+// ErrInvalidSocketLimits reports unusable SocketLimits; Validate wraps it in
+// a *fielderr.Error naming the field.
 var ErrInvalidSocketLimits = errors.New("relay: admission: invalid socket limits")
+
+// Validate reports the first unusable limit. A zero IPv6PrefixLen means
+// DefaultIPv6PrefixLen (LimitListener fills it in).
+func (l SocketLimits) Validate() error {
+	switch {
+	case l.Max < 1:
+		return &fielderr.Error{Field: "Max", Value: l.Max, Want: "at least 1", Err: ErrInvalidSocketLimits}
+	case l.MaxPerIP < 1:
+		return &fielderr.Error{Field: "MaxPerIP", Value: l.MaxPerIP, Want: "at least 1", Err: ErrInvalidSocketLimits}
+	case l.MaxPerIP > l.Max:
+		return &fielderr.Error{Field: "MaxPerIP", Value: l.MaxPerIP, Want: "at most", Than: "Max", ThanValue: l.Max, Err: ErrInvalidSocketLimits}
+	case l.IPv6PrefixLen != 0 && (l.IPv6PrefixLen < 32 || l.IPv6PrefixLen > 128):
+		return &fielderr.Error{Field: "IPv6PrefixLen", Value: l.IPv6PrefixLen, Want: "32..128", Err: ErrInvalidSocketLimits}
+	}
+	return nil
+}
 
 // LimitListener wraps ln so that Accept enforces l. It must wrap the raw
 // TCP listener, inside any PROXY-protocol or TLS wrapper: it keys on the
 // socket peer and must never read from the connection.
 func LimitListener(ln net.Listener, l SocketLimits) (net.Listener, error) {
-	if l.Max < 1 || l.MaxPerIP < 1 || l.MaxPerIP > l.Max {
-		return nil, ErrInvalidSocketLimits
+	if err := l.Validate(); err != nil {
+		return nil, err
 	}
 	if l.IPv6PrefixLen == 0 {
 		l.IPv6PrefixLen = DefaultIPv6PrefixLen

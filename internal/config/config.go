@@ -1,32 +1,32 @@
 // Package config turns `relay serve` flags and RELAY_* environment variables
 // into a validated Config. Anything invalid is refused before a port is
-// bound (exit 2).
+// bound (exit 2) with one line that names the flag, or the RELAY_* variable
+// the value came from, and says what a valid value looks like.
 package config
 
 import (
-	"bytes"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/pyrycode/relay/internal/admission"
 	"github.com/pyrycode/relay/internal/push"
 	"github.com/pyrycode/relay/internal/relay"
 )
 
 // ErrInvalidConfig reports a configuration the relay refuses to start with.
-// Its message is one line, fit for stderr.
+// Every refusal Parse and Validate return is an *Error that matches it with
+// errors.Is; its message is one line, fit for stderr.
 var ErrInvalidConfig = errors.New("relay: invalid configuration")
 
-// ErrHelp is returned for -h/--help after the usage has been printed.
+// ErrHelp is returned for -h/--help/help after the usage has been printed.
 var ErrHelp = flag.ErrHelp
 
 // Mode is how the public listener is served.
@@ -38,7 +38,9 @@ const (
 	ModeAutocert Mode = "autocert" // TLS with ACME (Let's Encrypt) certificates
 )
 
-// Config is everything `relay serve` needs.
+// Config is everything `relay serve` needs. The routing core's and the
+// admission layer's options are embedded as their packages define them, so
+// their defaults and validation live in one place.
 type Config struct {
 	Mode Mode
 
@@ -57,76 +59,58 @@ type Config struct {
 
 	ReadHeaderTimeout time.Duration
 	MaxHeaderBytes    int
+	IdleTimeout       time.Duration // keep-alive between plain HTTP requests
 	ShutdownTimeout   time.Duration
 
+	// Relay is the routing core's options (--ping-interval ... --max-phones).
 	Relay relay.Options
-
+	// Admission is the HTTP-level admission control (--max-conns,
+	// --max-conns-per-ip, --upgrade-rate, --upgrade-burst, --max-tracked-ips;
+	// TrustedProxies is --trust-proxy).
+	Admission admission.Options
+	// Sockets caps TCP connections at accept (--max-sockets,
+	// --max-sockets-per-ip; Trusted is --trust-proxy).
+	Sockets admission.SocketLimits
 	// Push wakes through FCM (internal/push); off without --fcm-credentials.
 	Push push.Options
 
-	// Admission control (internal/admission).
-	MaxConns           int
-	MaxConnsPerIP      int
-	MaxSockets         int // TCP sockets per public listener, counted at accept
-	MaxSocketsPerIP    int
-	IdleTimeout        time.Duration // keep-alive between plain HTTP requests
-	UpgradeRate        float64       // upgrades per second per IP
-	UpgradeBurst       int
-	MaxTrackedIPs      int
-	TrustProxy         []netip.Prefix
 	ProxyProtocol      bool
 	ProxyHeaderTimeout time.Duration
 
 	LogLevel   string
 	Production bool // RELAY_PRODUCTION=1: refuse plain HTTP and running as root
+
+	// fromEnv names the flags whose value came from a RELAY_* variable (and
+	// not the command line), so a refusal names the variable.
+	fromEnv map[string]bool
 }
 
-// Defaults for the non-relay settings.
+// Defaults for the settings config owns; the routing core's and the
+// admission layer's are relay.Defaults and admission.DefaultOptions.
 const (
 	DefaultReadHeaderTimeout  = 5 * time.Second
 	DefaultMaxHeaderBytes     = 16 << 10 // the protocol's headers fit in a few hundred bytes
 	DefaultShutdownTimeout    = 10 * time.Second
 	DefaultProxyHeaderTimeout = 5 * time.Second
-	// Admission defaults sized for a small VPS (1–2 vCPU, 1–2 GiB): see docs/deploy.md.
-	DefaultMaxConns      = 4096
-	DefaultMaxConnsPerIP = 64
-	// Sockets are counted before any byte is read (idle keep-alives, slow
-	// headers, TLS handshakes, /healthz): twice the WebSocket caps leaves
-	// room for those while one host still cannot hold the process's fds.
-	DefaultMaxSockets      = 2 * DefaultMaxConns
-	DefaultMaxSocketsPerIP = 2 * DefaultMaxConnsPerIP
-	DefaultIdleTimeout     = 30 * time.Second
-	DefaultUpgradeRate     = 2.0
-	DefaultUpgradeBurst    = 20
-	DefaultMaxTrackedIPs   = 65536
+	DefaultIdleTimeout        = 30 * time.Second
 )
 
 // Env reads one environment variable; os.Getenv in production, a map in tests.
 type Env func(string) string
 
-// envName maps a flag name to its environment variable: max-conns -> RELAY_MAX_CONNS.
-func envName(flagName string) string {
+// EnvName maps a flag name to its environment variable: max-conns -> RELAY_MAX_CONNS.
+func EnvName(flagName string) string {
 	return "RELAY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// Parse parses `relay serve` arguments. Each flag may also be set through
-// its RELAY_* environment variable; the command line wins.
-func Parse(args []string, env Env, usage io.Writer) (Config, error) {
-	if env == nil {
-		env = func(string) string { return "" }
-	}
-	c := Config{Relay: relay.Defaults(), Push: push.Defaults()}
+// newFlagSet binds every `relay serve` flag to c, whose defaults it sets.
+func newFlagSet(c *Config, env Env, trust *string, sink *flagSink) *flag.FlagSet {
+	c.Relay = relay.Defaults()
+	c.Admission = admission.DefaultOptions()
+	c.Sockets = admission.DefaultSocketLimits()
+	c.Push = push.Defaults()
 	fs := flag.NewFlagSet("relay serve", flag.ContinueOnError)
-	// The flag package prints a parse error followed by the whole usage,
-	// which would bury the one refusal line the caller prints. Buffer it and
-	// show the usage for -h/--help only; the error itself is returned.
-	var flagOut bytes.Buffer
-	fs.SetOutput(&flagOut)
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: relay serve (--domain NAME | --tls-cert FILE --tls-key FILE | --insecure-listen ADDR) [flags]")
-		fmt.Fprintln(fs.Output(), "Every flag can also be set through the environment: --max-conns=N as RELAY_MAX_CONNS=N (the command line wins).")
-		fs.PrintDefaults()
-	}
+	fs.SetOutput(io.Discard) // errors are returned, usage printed by Parse
 
 	fs.StringVar(&c.InsecureListen, "insecure-listen", "", "plain-HTTP listen address (local use, or behind a TLS-terminating proxy)")
 	fs.StringVar(&c.HTTPSListen, "https-listen", ":443", "HTTPS listen address (TLS modes)")
@@ -142,6 +126,7 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 
 	fs.DurationVar(&c.ReadHeaderTimeout, "read-header-timeout", DefaultReadHeaderTimeout, "time allowed to read request headers (slow-loris bound; also the TLS handshake deadline)")
 	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", DefaultMaxHeaderBytes, "largest accepted request header block (431 beyond)")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", DefaultIdleTimeout, "how long an idle keep-alive HTTP connection is kept")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "drain deadline on SIGINT/SIGTERM (every connection gets 1001)")
 
 	o := &c.Relay
@@ -159,16 +144,15 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 	fs.IntVar(&o.MaxPhones, "max-phones", o.MaxPhones, "phones per server-id (4429 beyond)")
 	fs.BoolVar(&o.ForwardV1Token, "forward-v1-token", false, "add the phone's token to its first envelope for v1 daemons (see the threat model)")
 
-	fs.IntVar(&c.MaxConns, "max-conns", DefaultMaxConns, "global cap on concurrent WebSocket connections (503 beyond)")
-	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", DefaultMaxConnsPerIP, "cap on concurrent connections per client IP (429 beyond)")
-	fs.IntVar(&c.MaxSockets, "max-sockets", DefaultMaxSockets, "TCP connections per public listener, counted at accept before any byte is read (closed beyond)")
-	fs.IntVar(&c.MaxSocketsPerIP, "max-sockets-per-ip", DefaultMaxSocketsPerIP, "TCP connections per client address at accept (trusted proxies exempt; closed beyond)")
-	fs.DurationVar(&c.IdleTimeout, "idle-timeout", DefaultIdleTimeout, "how long an idle keep-alive HTTP connection is kept")
-	fs.Float64Var(&c.UpgradeRate, "upgrade-rate", DefaultUpgradeRate, "sustained upgrade requests per second per client IP (429 beyond)")
-	fs.IntVar(&c.UpgradeBurst, "upgrade-burst", DefaultUpgradeBurst, "upgrade requests a client IP may make in a burst")
-	fs.IntVar(&c.MaxTrackedIPs, "max-tracked-ips", DefaultMaxTrackedIPs, "client IPs the limiter tracks at once (bounds its memory)")
-	var trust string
-	fs.StringVar(&trust, "trust-proxy", "", "comma-separated CIDRs of proxies whose X-Forwarded-For / PROXY header is believed")
+	a := &c.Admission
+	fs.IntVar(&a.MaxConns, "max-conns", a.MaxConns, "global cap on concurrent WebSocket connections (503 beyond)")
+	fs.IntVar(&a.MaxConnsPerIP, "max-conns-per-ip", a.MaxConnsPerIP, "cap on concurrent connections per client IP (429 beyond)")
+	fs.Float64Var((*float64)(&a.UpgradeRate), "upgrade-rate", float64(a.UpgradeRate), "sustained upgrade requests per second per client IP (429 beyond)")
+	fs.IntVar(&a.UpgradeBurst, "upgrade-burst", a.UpgradeBurst, "upgrade requests a client IP may make in a burst")
+	fs.IntVar(&a.MaxTrackedIPs, "max-tracked-ips", a.MaxTrackedIPs, "client IPs the limiter tracks at once (bounds its memory; above --max-conns)")
+	fs.IntVar(&c.Sockets.Max, "max-sockets", c.Sockets.Max, "TCP connections per public listener, counted at accept before any byte is read (closed beyond)")
+	fs.IntVar(&c.Sockets.MaxPerIP, "max-sockets-per-ip", c.Sockets.MaxPerIP, "TCP connections per client address at accept (trusted proxies exempt; closed beyond)")
+	fs.StringVar(trust, "trust-proxy", "", "comma-separated CIDRs of proxies whose X-Forwarded-For / PROXY header is believed")
 	fs.BoolVar(&c.ProxyProtocol, "proxy-protocol", false, "expect a PROXY protocol header from --trust-proxy peers on the public listener")
 	fs.DurationVar(&c.ProxyHeaderTimeout, "proxy-header-timeout", DefaultProxyHeaderTimeout, "time allowed for a PROXY protocol header")
 
@@ -176,44 +160,68 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 
-	// Environment first, so that the command line overrides it.
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if v := env(envName(f.Name)); v != "" && envErr == nil {
-			if err := f.Value.Set(v); err != nil {
-				envErr = fmt.Errorf("%w: %s: %s", ErrInvalidConfig, envName(f.Name), oneLine(err.Error()))
-			}
-		}
-	})
-	if envErr != nil {
-		return Config{}, envErr
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			if usage == nil {
-				usage = os.Stderr
-			}
-			_, _ = usage.Write(flagOut.Bytes())
-			return Config{}, ErrHelp
-		}
-		return Config{}, fmt.Errorf("%w: %s", ErrInvalidConfig, oneLine(err.Error()))
-	}
-	if fs.NArg() > 0 {
-		return Config{}, fmt.Errorf("%w: unexpected argument %q", ErrInvalidConfig, fs.Arg(0))
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	fs.VisitAll(func(f *flag.Flag) {
-		if env(envName(f.Name)) != "" {
-			set[f.Name] = true
-		}
-	})
+	// Every value goes through hinted, so a value that does not parse is
+	// refused with what a valid one looks like.
+	fs.VisitAll(func(f *flag.Flag) { f.Value = &hinted{Value: f.Value, name: f.Name, def: f.DefValue, sink: sink} })
+	return fs
+}
 
-	prefixes, err := parseCIDRs(trust)
+// Parse parses `relay serve` arguments. Each flag may also be set through
+// its RELAY_* environment variable; the command line wins. For -h, --help
+// or a lone "help" argument it prints the usage to usage and returns ErrHelp.
+func Parse(args []string, env Env, usage io.Writer) (Config, error) {
+	if env == nil {
+		env = func(string) string { return "" }
+	}
+	var c Config
+	var trust string
+	sink := new(flagSink)
+	fs := newFlagSet(&c, env, &trust, sink)
+
+	// Environment first, so that the command line overrides it.
+	c.fromEnv = map[string]bool{}
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v := env(EnvName(f.Name)); v != "" && err == nil {
+			c.fromEnv[f.Name] = true
+			if serr := f.Value.Set(v); serr != nil {
+				err = withEnv(serr)
+			}
+		}
+	})
 	if err != nil {
 		return Config{}, err
 	}
-	c.TrustProxy = prefixes
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(fs, usage)
+			return Config{}, ErrHelp
+		}
+		if sink.err != nil { // a value hinted refused; the flag package flattened it
+			return Config{}, sink.err
+		}
+		// Unknown flag or missing argument: the flag package's text names it.
+		return Config{}, &Error{Problem: oneLine(err.Error()) + " (relay serve -h lists the flags)"}
+	}
+	if fs.NArg() == 1 && fs.Arg(0) == "help" {
+		printUsage(fs, usage)
+		return Config{}, ErrHelp
+	}
+	if fs.NArg() > 0 {
+		return Config{}, &Error{Problem: fmt.Sprintf("unexpected argument %s", show(fs.Arg(0)))}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true; delete(c.fromEnv, f.Name) })
+	for name := range c.fromEnv {
+		set[name] = true
+	}
+
+	prefixes, err := c.parseCIDRs(trust)
+	if err != nil {
+		return Config{}, err
+	}
+	c.Admission.TrustedProxies = prefixes
+	c.Sockets.Trusted = prefixes
 	c.Production = env("RELAY_PRODUCTION") == "1"
 	if err := c.resolveMode(set); err != nil {
 		return Config{}, err
@@ -224,11 +232,27 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 	return c, nil
 }
 
-// oneLine escapes control characters so that a refusal built from input
-// (an unknown flag's name) stays one line on stderr.
-func oneLine(s string) string {
-	q := strconv.Quote(s)
-	return q[1 : len(q)-1]
+// printUsage writes the usage with every flag as --name TYPE, its help and
+// its default.
+func printUsage(fs *flag.FlagSet, w io.Writer) {
+	if w == nil {
+		w = os.Stdout
+	}
+	fmt.Fprintln(w, "usage: relay serve (--domain NAME | --tls-cert FILE --tls-key FILE | --insecure-listen ADDR) [flags]")
+	fmt.Fprintln(w, "Every flag can also be set through the environment: --max-conns=N as RELAY_MAX_CONNS=N (the command line wins).")
+	fmt.Fprintln(w)
+	fs.VisitAll(func(f *flag.Flag) {
+		h := f.Value.(*hinted)
+		line := "  --" + f.Name
+		if k := h.kind(); k != "bool" {
+			line += " " + k
+		}
+		line += "\n    \t" + f.Usage
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			line += " (default " + f.DefValue + ")"
+		}
+		fmt.Fprintln(w, line)
+	})
 }
 
 func defaultCertCache(env Env) string {
@@ -244,7 +268,7 @@ func defaultCertCache(env Env) string {
 	return filepath.Join(home, ".pyrycode-relay", "certs")
 }
 
-func parseCIDRs(s string) ([]netip.Prefix, error) {
+func (c *Config) parseCIDRs(s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, part := range strings.Split(s, ",") {
 		part = strings.TrimSpace(part)
@@ -256,7 +280,7 @@ func parseCIDRs(s string) ([]netip.Prefix, error) {
 			// A bare address means just that host.
 			a, aerr := netip.ParseAddr(part)
 			if aerr != nil {
-				return nil, fmt.Errorf("%w: --trust-proxy: %q is not a CIDR or address", ErrInvalidConfig, part)
+				return nil, c.refuse("trust-proxy", part, "is not a CIDR or address: use e.g. 10.0.0.5/32 or 192.168.0.0/16")
 			}
 			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
 		}
@@ -282,35 +306,29 @@ func (c *Config) resolveMode(set map[string]bool) error {
 	}
 	switch len(modes) {
 	case 0:
-		return fmt.Errorf("%w: choose one mode: --domain NAME, --tls-cert FILE --tls-key FILE, or --insecure-listen ADDR", ErrInvalidConfig)
+		return &Error{Problem: "choose one mode: --domain NAME, --tls-cert FILE --tls-key FILE, or --insecure-listen ADDR"}
 	case 1:
 	default:
-		return fmt.Errorf("%w: %s are mutually exclusive", ErrInvalidConfig, strings.Join(modes, " and "))
+		return &Error{Problem: strings.Join(modes, " and ") + " are mutually exclusive"}
 	}
 	if c.Mode == ModeStatic && (c.TLSCert == "" || c.TLSKey == "") {
-		return fmt.Errorf("%w: --tls-cert and --tls-key go together", ErrInvalidConfig)
+		return &Error{Problem: "--tls-cert and --tls-key go together"}
 	}
 	if c.Mode != ModeAutocert {
 		for _, name := range []string{"http-listen", "cert-cache", "acme-directory", "acme-ca", "acme-email"} {
 			if set[name] {
-				return fmt.Errorf("%w: --%s needs --domain", ErrInvalidConfig, name)
+				return &Error{Problem: c.subject(name) + " needs --domain"}
 			}
 		}
 	}
 	if c.Mode == ModeInsecure && set["https-listen"] {
-		return fmt.Errorf("%w: --https-listen needs --domain or --tls-cert", ErrInvalidConfig)
+		return &Error{Problem: c.subject("https-listen") + " needs --domain or --tls-cert"}
 	}
 	return nil
 }
 
-// Validate checks values and the production policy.
+// Validate checks values and the production policy. Refusals are *Error.
 func (c *Config) Validate() error {
-	if err := c.Relay.Validate(); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidConfig, strings.TrimPrefix(err.Error(), relay.ErrInvalidOptions.Error()+": "))
-	}
-	if err := validatePush(c.Push); err != nil {
-		return err
-	}
 	for _, l := range []struct{ name, addr string }{
 		{"insecure-listen", c.InsecureListen}, {"https-listen", c.HTTPSListen},
 		{"http-listen", c.HTTPListen}, {"metrics-listen", c.MetricsListen},
@@ -319,53 +337,59 @@ func (c *Config) Validate() error {
 			continue
 		}
 		if _, _, err := net.SplitHostPort(l.addr); err != nil {
-			return fmt.Errorf("%w: --%s %q is not host:port", ErrInvalidConfig, l.name, l.addr)
+			return c.refuse(l.name, l.addr, "is not host:port: use e.g. 127.0.0.1:8080 or :443")
 		}
 	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"read-header-timeout", c.ReadHeaderTimeout}, {"idle-timeout", c.IdleTimeout},
+		{"shutdown-timeout", c.ShutdownTimeout}, {"proxy-header-timeout", c.ProxyHeaderTimeout},
+	} {
+		if d.v <= 0 {
+			return c.must(d.name, d.v, "positive")
+		}
+	}
+	if c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20 {
+		return c.must("max-header-bytes", c.MaxHeaderBytes, "1024..1048576")
+	}
+	if err := c.Relay.Validate(); err != nil {
+		return c.fieldError(err, relayFlags)
+	}
+	if err := c.Admission.Validate(); err != nil {
+		return c.fieldError(err, admissionFlags)
+	}
+	if err := c.Sockets.Validate(); err != nil {
+		return c.fieldError(err, socketFlags)
+	}
+	if err := validatePush(c.Push); err != nil {
+		return err
+	}
 	switch {
-	case c.ReadHeaderTimeout <= 0:
-		return fmt.Errorf("%w: --read-header-timeout must be positive", ErrInvalidConfig)
-	case c.ShutdownTimeout <= 0:
-		return fmt.Errorf("%w: --shutdown-timeout must be positive", ErrInvalidConfig)
-	case c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20:
-		return fmt.Errorf("%w: --max-header-bytes must be 1024..1048576", ErrInvalidConfig)
-	case c.MaxConns < 1:
-		return fmt.Errorf("%w: --max-conns must be at least 1", ErrInvalidConfig)
-	case c.MaxConnsPerIP < 1 || c.MaxConnsPerIP > c.MaxConns:
-		return fmt.Errorf("%w: --max-conns-per-ip must be 1..--max-conns", ErrInvalidConfig)
-	case c.MaxSockets < c.MaxConns:
-		return fmt.Errorf("%w: --max-sockets must be at least --max-conns", ErrInvalidConfig)
-	case c.MaxSocketsPerIP < c.MaxConnsPerIP || c.MaxSocketsPerIP > c.MaxSockets:
-		return fmt.Errorf("%w: --max-sockets-per-ip must be between --max-conns-per-ip and --max-sockets", ErrInvalidConfig)
-	case c.IdleTimeout <= 0:
-		return fmt.Errorf("%w: --idle-timeout must be positive", ErrInvalidConfig)
-	case !(c.UpgradeRate > 0) || math.IsInf(c.UpgradeRate, 1): // NaN fails every comparison
-		return fmt.Errorf("%w: --upgrade-rate must be a positive number", ErrInvalidConfig)
-	case c.UpgradeBurst < 1:
-		return fmt.Errorf("%w: --upgrade-burst must be at least 1", ErrInvalidConfig)
-	case c.MaxTrackedIPs < 1:
-		return fmt.Errorf("%w: --max-tracked-ips must be at least 1", ErrInvalidConfig)
-	case c.ProxyHeaderTimeout <= 0:
-		return fmt.Errorf("%w: --proxy-header-timeout must be positive", ErrInvalidConfig)
-	case c.ProxyProtocol && len(c.TrustProxy) == 0:
-		return fmt.Errorf("%w: --proxy-protocol needs --trust-proxy", ErrInvalidConfig)
+	case c.Admission.MaxConnsPerIP > c.Admission.MaxConns: // harmless to admission, but not what anyone means
+		return c.mustThan("max-conns-per-ip", c.Admission.MaxConnsPerIP, "at most", "max-conns", c.Admission.MaxConns)
+	case c.Sockets.Max < c.Admission.MaxConns:
+		return c.mustThan("max-sockets", c.Sockets.Max, "at least", "max-conns", c.Admission.MaxConns)
+	case c.Sockets.MaxPerIP < c.Admission.MaxConnsPerIP:
+		return c.mustThan("max-sockets-per-ip", c.Sockets.MaxPerIP, "at least", "max-conns-per-ip", c.Admission.MaxConnsPerIP)
+	case c.ProxyProtocol && len(c.Admission.TrustedProxies) == 0:
+		return &Error{Problem: "--proxy-protocol needs --trust-proxy"}
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		return fmt.Errorf("%w: --log-level must be debug, info, warn or error", ErrInvalidConfig)
+		return c.refuse("log-level", c.LogLevel, "is not a level: use debug, info, warn or error")
 	}
-	if c.Mode == ModeAutocert { // the domain itself is checked by tlsconf.NewAutocertManager
-		if c.CertCache == "" {
-			return fmt.Errorf("%w: --cert-cache is required (no home directory to default to)", ErrInvalidConfig)
-		}
+	if c.Mode == ModeAutocert && c.CertCache == "" { // the domain itself is checked by tlsconf.NewAutocertManager
+		return &Error{Problem: "--cert-cache is required (no home directory to default to)"}
 	}
 	if c.Production {
 		if c.Mode == ModeInsecure {
-			return fmt.Errorf("%w: RELAY_PRODUCTION=1 refuses plain HTTP (--insecure-listen)", ErrInvalidConfig)
+			return &Error{Problem: "RELAY_PRODUCTION=1 refuses plain HTTP (--insecure-listen)"}
 		}
 		if os.Geteuid() == 0 {
-			return fmt.Errorf("%w: RELAY_PRODUCTION=1 refuses to run as root (grant CAP_NET_BIND_SERVICE instead; see docs/deploy.md)", ErrInvalidConfig)
+			return &Error{Problem: "RELAY_PRODUCTION=1 refuses to run as root (grant CAP_NET_BIND_SERVICE instead; see docs/deploy.md)"}
 		}
 	}
 	return nil

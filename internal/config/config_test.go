@@ -4,11 +4,14 @@ import (
 	"errors"
 	"io"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pyrycode/relay/internal/admission"
 	"github.com/pyrycode/relay/internal/relay"
 )
 
@@ -51,7 +54,8 @@ func TestTrustProxy_CIDRsAndBareAddresses(t *testing.T) {
 		netip.MustParsePrefix("192.168.0.0/16"),
 		netip.MustParsePrefix("10.0.0.9/32"),
 		netip.MustParsePrefix("2001:db8::/32"),
-	}, c.TrustProxy)
+	}, c.Admission.TrustedProxies)
+	require.Equal(t, c.Admission.TrustedProxies, c.Sockets.Trusted, "one --trust-proxy for both layers")
 }
 
 func TestRefusals_WrapErrInvalidConfig(t *testing.T) {
@@ -78,5 +82,84 @@ func TestRelayOptionErrors_ComeBackAsOneConfigLine(t *testing.T) {
 	require.ErrorIs(t, err, ErrInvalidConfig)
 	require.NotContains(t, err.Error(), "\n")
 	require.Contains(t, err.Error(), "--max-phones")
-	require.NotContains(t, err.Error(), relay.ErrInvalidOptions.Error(), "one error prefix, not two")
+	require.NotContains(t, err.Error(), "relay:", "the caller adds the one prefix")
+}
+
+func TestDefaults_AreThePackagesOwn(t *testing.T) {
+	c, err := Parse([]string{"--insecure-listen", "127.0.0.1:8080"}, nil, io.Discard)
+	require.NoError(t, err)
+	// config re-declares no limit: what the packages call default is what runs.
+	want := admission.DefaultOptions()
+	require.Equal(t, want.MaxConns, c.Admission.MaxConns)
+	require.Equal(t, want.MaxConnsPerIP, c.Admission.MaxConnsPerIP)
+	require.Equal(t, want.UpgradeRate, c.Admission.UpgradeRate)
+	require.Equal(t, want.UpgradeBurst, c.Admission.UpgradeBurst)
+	require.Equal(t, want.MaxTrackedIPs, c.Admission.MaxTrackedIPs)
+	require.Equal(t, want.IdleTTL, c.Admission.IdleTTL)
+	require.Equal(t, want.CapRetryAfter, c.Admission.CapRetryAfter)
+	require.Equal(t, want.IPv6PrefixLen, c.Admission.IPv6PrefixLen)
+	require.Equal(t, admission.DefaultSocketLimits(), c.Sockets)
+	require.Equal(t, relay.Defaults(), c.Relay)
+}
+
+// The refusal line for each kind of bad value: the flag (or the RELAY_*
+// variable), the value as given, and what a valid value looks like.
+func TestRefusals_NameTheSourceAndAValidValue(t *testing.T) {
+	plain := []string{"--insecure-listen", "127.0.0.1:0"}
+	for name, tc := range map[string]struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		"duration without unit":    {[]string{"--ping-interval", "30"}, nil, "--ping-interval 30 is not a duration: use a number with a unit, e.g. 30s"},
+		"duration from env":        {nil, map[string]string{"RELAY_PING_INTERVAL": "30"}, "RELAY_PING_INTERVAL=30 is not a duration: use a number with a unit, e.g. 30s"},
+		"zero duration":            {[]string{"--pong-timeout", "0s"}, nil, "--pong-timeout 0s must be positive, e.g. 30s"},
+		"zero duration from env":   {nil, map[string]string{"RELAY_PONG_TIMEOUT": "0s"}, "RELAY_PONG_TIMEOUT=0s must be positive, e.g. 30s"},
+		"size with a suffix":       {[]string{"--max-message-bytes", "256KiB"}, nil, "--max-message-bytes 256KiB is not a whole number of bytes, e.g. 262144"},
+		"size too small":           {[]string{"--max-message-bytes", "10"}, nil, "--max-message-bytes 10 must be at least 1024, e.g. 262144"},
+		"size below another":       {[]string{"--phone-queue-bytes", "2048"}, nil, "--phone-queue-bytes 2048 must be at least --max-message-bytes (262144)"},
+		"admission field":          {[]string{"--upgrade-burst", "0"}, nil, "--upgrade-burst 0 must be at least 1, e.g. 20"},
+		"admission field from env": {nil, map[string]string{"RELAY_MAX_CONNS": "100000"}, "--max-tracked-ips 65536 must be more than --max-conns (100000)"},
+		"socket limits":            {[]string{"--max-sockets-per-ip", "0"}, nil, "--max-sockets-per-ip 0 must be at least 1, e.g. 128"},
+		"count from env":           {nil, map[string]string{"RELAY_MAX_PHONES": "abc"}, "RELAY_MAX_PHONES=abc is not a whole number, e.g. 16"},
+		"quoted when not plain":    {[]string{"--max-phones", "1 2"}, nil, `--max-phones "1 2" is not a whole number`},
+		"needs --domain from env":  {nil, map[string]string{"RELAY_ACME_EMAIL": "a@b.c"}, "RELAY_ACME_EMAIL needs --domain"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			env := map[string]string{}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			if tc.args == nil {
+				env["RELAY_INSECURE_LISTEN"] = "127.0.0.1:0"
+			}
+			_, err := Parse(append(slices.Clone(tc.args), plainIf(tc.args == nil, plain)...), envOf(env), io.Discard)
+			require.ErrorIs(t, err, ErrInvalidConfig)
+			var ce *Error
+			require.ErrorAs(t, err, &ce, "typed, not a string to trim")
+			require.Contains(t, err.Error(), tc.want)
+			require.NotContains(t, err.Error(), "relay:", "the caller adds the one prefix")
+			require.NotContains(t, err.Error(), `\"`, "no escaped quotes")
+		})
+	}
+}
+
+func plainIf(cond bool, plain []string) []string {
+	if cond {
+		return nil
+	}
+	return plain
+}
+
+func TestHelp_PrintsEveryFlagToTheGivenWriter(t *testing.T) {
+	for _, args := range [][]string{{"-h"}, {"--help"}, {"help"}} {
+		var out strings.Builder
+		_, err := Parse(args, nil, &out)
+		require.ErrorIs(t, err, ErrHelp)
+		require.Contains(t, out.String(), "usage: relay serve")
+		require.Contains(t, out.String(), "  --ping-interval duration\n")
+		require.Contains(t, out.String(), "  --max-message-bytes bytes\n")
+		require.Contains(t, out.String(), "  --forward-v1-token\n")
+		require.Contains(t, out.String(), "(default 30s)")
+	}
 }

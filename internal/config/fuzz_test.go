@@ -6,6 +6,8 @@ import (
 	"math"
 	"strings"
 	"testing"
+
+	"github.com/pyrycode/relay/internal/admission"
 )
 
 // FuzzConfigParse feeds Parse arbitrary arguments (NUL-separated, as argv
@@ -32,6 +34,10 @@ func FuzzConfigParse(f *testing.F) {
 		if err != nil {
 			if !errors.Is(err, ErrInvalidConfig) && !errors.Is(err, ErrHelp) {
 				t.Fatalf("Parse(%q, %q): error %v is neither ErrInvalidConfig nor ErrHelp", args, envv, err)
+			}
+			var ce *Error
+			if !errors.Is(err, ErrHelp) && !errors.As(err, &ce) {
+				t.Fatalf("Parse(%q): refusal %T is not a *config.Error", args, err)
 			}
 			if strings.Contains(err.Error(), "\n") {
 				t.Fatalf("Parse(%q): refusal is not one line: %q", args, err)
@@ -65,10 +71,13 @@ func checkUsable(t *testing.T, c Config) {
 		"phone-queue-bytes":    c.Relay.PhoneQueueBytes,
 		"max-phones":           int64(c.Relay.MaxPhones),
 		"max-header-bytes":     int64(c.MaxHeaderBytes),
-		"max-conns":            int64(c.MaxConns),
-		"max-conns-per-ip":     int64(c.MaxConnsPerIP),
-		"upgrade-burst":        int64(c.UpgradeBurst),
-		"max-tracked-ips":      int64(c.MaxTrackedIPs),
+		"max-conns":            int64(c.Admission.MaxConns),
+		"max-conns-per-ip":     int64(c.Admission.MaxConnsPerIP),
+		"upgrade-burst":        int64(c.Admission.UpgradeBurst),
+		"max-tracked-ips":      int64(c.Admission.MaxTrackedIPs),
+		"max-sockets":          int64(c.Sockets.Max),
+		"max-sockets-per-ip":   int64(c.Sockets.MaxPerIP),
+		"idle-timeout":         int64(c.IdleTimeout),
 	} {
 		if d <= 0 {
 			t.Fatalf("--%s = %d accepted", name, d)
@@ -77,11 +86,20 @@ func checkUsable(t *testing.T, c Config) {
 	if c.Relay.MaxQueuedBytes < 0 {
 		t.Fatalf("--max-queued-bytes = %d accepted", c.Relay.MaxQueuedBytes)
 	}
-	if !(c.UpgradeRate > 0) || math.IsNaN(c.UpgradeRate) {
-		t.Fatalf("--upgrade-rate = %v accepted", c.UpgradeRate)
+	if r := float64(c.Admission.UpgradeRate); !(r > 0) || math.IsInf(r, 1) {
+		t.Fatalf("--upgrade-rate = %v accepted", r)
 	}
-	if c.MaxConnsPerIP > c.MaxConns {
-		t.Fatalf("--max-conns-per-ip %d above --max-conns %d", c.MaxConnsPerIP, c.MaxConns)
+	if c.Admission.MaxConnsPerIP > c.Admission.MaxConns {
+		t.Fatalf("--max-conns-per-ip %d above --max-conns %d", c.Admission.MaxConnsPerIP, c.Admission.MaxConns)
+	}
+	if c.Admission.MaxTrackedIPs <= c.Admission.MaxConns {
+		t.Fatalf("--max-tracked-ips %d not above --max-conns %d", c.Admission.MaxTrackedIPs, c.Admission.MaxConns)
+	}
+	if _, err := admission.New(c.Admission); err != nil {
+		t.Fatalf("admission options invalid after a successful parse: %v", err)
+	}
+	if err := c.Sockets.Validate(); err != nil || c.Sockets.Max < c.Admission.MaxConns {
+		t.Fatalf("socket limits %+v invalid after a successful parse: %v", c.Sockets, err)
 	}
 	switch c.Mode {
 	case ModeInsecure:
@@ -99,10 +117,10 @@ func checkUsable(t *testing.T, c Config) {
 	default:
 		t.Fatalf("no mode: %q", c.Mode)
 	}
-	if c.ProxyProtocol && len(c.TrustProxy) == 0 {
+	if c.ProxyProtocol && len(c.Admission.TrustedProxies) == 0 {
 		t.Fatalf("--proxy-protocol without --trust-proxy accepted")
 	}
-	for _, p := range c.TrustProxy {
+	for _, p := range c.Admission.TrustedProxies {
 		if !p.IsValid() || p != p.Masked() {
 			t.Fatalf("--trust-proxy kept %v", p)
 		}

@@ -2,7 +2,6 @@ package config
 
 import (
 	"flag"
-	"fmt"
 	"strings"
 
 	"github.com/pyrycode/relay/internal/push"
@@ -25,7 +24,7 @@ func pushFlags(fs *flag.FlagSet, o *push.Options) {
 // validatePush renders push.Options' refusals as configuration errors.
 func validatePush(o push.Options) error {
 	if err := o.Validate(); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidConfig, strings.TrimPrefix(err.Error(), push.ErrInvalidOptions.Error()+": "))
+		return &Error{Problem: oneLine(strings.TrimPrefix(err.Error(), push.ErrInvalidOptions.Error()+": "))}
 	}
 	return nil
 }

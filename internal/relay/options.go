@@ -2,12 +2,16 @@ package relay
 
 import (
 	"errors"
-	"fmt"
 	"time"
+
+	"github.com/pyrycode/relay/internal/fielderr"
 )
 
-// Options configures the routing core. Every field is a flag of `relay serve`;
-// the zero value of a field means "use the protocol default" (see Defaults).
+// Options configures the routing core. Every field is a flag of `relay serve`.
+// Start from Defaults: a zero timer or count is refused by Validate rather
+// than read as "no limit" or "the default", so a field forgotten by a caller
+// fails loudly at start. MaxQueuedBytes and SocketSendBuffer are the two
+// fields whose zero has a meaning, stated on each.
 type Options struct {
 	// PingInterval is how often the relay pings every connection. Shorter
 	// finds dead peers sooner at the cost of a few bytes per connection.
@@ -102,38 +106,45 @@ func Defaults() Options {
 	}
 }
 
-// Validate reports the first unusable value, wrapped in ErrInvalidOptions.
+// Validate reports the first unusable value as a *fielderr.Error that wraps
+// ErrInvalidOptions.
 func (o Options) Validate() error {
+	bad := func(field string, v any, want string) error {
+		return &fielderr.Error{Field: field, Value: v, Want: want, Err: ErrInvalidOptions}
+	}
+	below := func(field string, v any, than string, tv any) error {
+		return &fielderr.Error{Field: field, Value: v, Want: "at least", Than: than, ThanValue: tv, Err: ErrInvalidOptions}
+	}
 	positive := []struct {
 		name string
 		d    time.Duration
 	}{
-		{"ping-interval", o.PingInterval},
-		{"pong-timeout", o.PongTimeout},
-		{"read-timeout", o.ReadTimeout},
-		{"write-timeout", o.WriteTimeout},
-		{"close-timeout", o.CloseTimeout},
-		{"grace-period", o.GracePeriod},
-		{"probe-timeout", o.ProbeTimeout},
+		{"PingInterval", o.PingInterval},
+		{"PongTimeout", o.PongTimeout},
+		{"ReadTimeout", o.ReadTimeout},
+		{"WriteTimeout", o.WriteTimeout},
+		{"CloseTimeout", o.CloseTimeout},
+		{"GracePeriod", o.GracePeriod},
+		{"ProbeTimeout", o.ProbeTimeout},
 	}
 	for _, p := range positive {
 		if p.d <= 0 {
-			return fmt.Errorf("%w: --%s must be positive, got %v", ErrInvalidOptions, p.name, p.d)
+			return bad(p.name, p.d, "positive")
 		}
 	}
 	switch {
 	case o.MaxMessageBytes < 1024:
-		return fmt.Errorf("%w: --max-message-bytes must be at least 1024, got %d", ErrInvalidOptions, o.MaxMessageBytes)
+		return bad("MaxMessageBytes", o.MaxMessageBytes, "at least 1024")
 	case o.PhoneQueueBytes < o.MaxMessageBytes:
-		return fmt.Errorf("%w: --phone-queue-bytes (%d) must be at least --max-message-bytes (%d)", ErrInvalidOptions, o.PhoneQueueBytes, o.MaxMessageBytes)
-	case o.MaxQueuedBytes != 0 && o.MaxQueuedBytes < o.PhoneQueueBytes:
-		return fmt.Errorf("%w: --max-queued-bytes (%d) must be 0 or at least --phone-queue-bytes (%d)", ErrInvalidOptions, o.MaxQueuedBytes, o.PhoneQueueBytes)
+		return below("PhoneQueueBytes", o.PhoneQueueBytes, "MaxMessageBytes", o.MaxMessageBytes)
 	case o.MaxQueuedBytes < 0:
-		return fmt.Errorf("%w: --max-queued-bytes must not be negative", ErrInvalidOptions)
+		return bad("MaxQueuedBytes", o.MaxQueuedBytes, "0 (no ceiling) or positive")
+	case o.MaxQueuedBytes != 0 && o.MaxQueuedBytes < o.PhoneQueueBytes:
+		return &fielderr.Error{Field: "MaxQueuedBytes", Value: o.MaxQueuedBytes, Want: "0 (no ceiling) or at least", Than: "PhoneQueueBytes", ThanValue: o.PhoneQueueBytes, Err: ErrInvalidOptions}
 	case o.SocketSendBuffer < 0 || (o.SocketSendBuffer > 0 && o.SocketSendBuffer < 4096):
-		return fmt.Errorf("%w: --socket-send-buffer must be 0 (OS default) or at least 4096, got %d", ErrInvalidOptions, o.SocketSendBuffer)
+		return bad("SocketSendBuffer", o.SocketSendBuffer, "0 (OS default) or at least 4096")
 	case o.MaxPhones < 1 || o.MaxPhones > 1024:
-		return fmt.Errorf("%w: --max-phones must be 1..1024, got %d", ErrInvalidOptions, o.MaxPhones)
+		return bad("MaxPhones", o.MaxPhones, "1..1024")
 	}
 	return nil
 }

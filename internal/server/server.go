@@ -15,8 +15,6 @@ import (
 	"net/http"
 	"sync"
 
-	"golang.org/x/time/rate"
-
 	"github.com/pyrycode/relay/internal/admission"
 	"github.com/pyrycode/relay/internal/config"
 	"github.com/pyrycode/relay/internal/metrics"
@@ -60,20 +58,14 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	if err := s.setupTLS(); err != nil {
 		return nil, err
 	}
-	ao := admission.DefaultOptions()
-	ao.MaxConns = cfg.MaxConns
-	ao.MaxConnsPerIP = cfg.MaxConnsPerIP
-	ao.UpgradeRate = rate.Limit(cfg.UpgradeRate)
-	ao.UpgradeBurst = cfg.UpgradeBurst
-	ao.MaxTrackedIPs = cfg.MaxTrackedIPs
-	ao.TrustedProxies = cfg.TrustProxy
+	ao := cfg.Admission
 	ao.OnReject = func(r admission.Reason) { s.metrics.Rejected.WithLabelValues(string(r)).Inc() }
 	for _, r := range admission.AllReasons {
 		s.metrics.Rejected.WithLabelValues(string(r))
 	}
-	adm, err := admission.New(ao)
+	adm, err := admission.New(ao) // config.Validate checked the options
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", config.ErrInvalidConfig, err)
+		return nil, err
 	}
 	s.admit = adm
 	// The credentials file is checked here, before any port is bound.
@@ -261,18 +253,15 @@ func (s *Server) wrapListener(name string, raw net.Listener) (net.Listener, erro
 	if name == "metrics" {
 		return raw, nil // loopback, operator-only
 	}
-	ln, err := admission.LimitListener(raw, admission.SocketLimits{
-		Max:      s.cfg.MaxSockets,
-		MaxPerIP: s.cfg.MaxSocketsPerIP,
-		Trusted:  s.cfg.TrustProxy,
-		OnReject: func(r admission.Reason) { s.metrics.Rejected.WithLabelValues(string(r)).Inc() },
-	})
+	sl := s.cfg.Sockets
+	sl.OnReject = func(r admission.Reason) { s.metrics.Rejected.WithLabelValues(string(r)).Inc() }
+	ln, err := admission.LimitListener(raw, sl) // config.Validate checked the limits
 	if err != nil {
 		_ = raw.Close()
-		return nil, fmt.Errorf("%w: %v", config.ErrInvalidConfig, err)
+		return nil, err
 	}
 	if name == "public" && s.cfg.ProxyProtocol {
-		ln = admission.WrapListener(ln, s.cfg.TrustProxy, s.cfg.ProxyHeaderTimeout)
+		ln = admission.WrapListener(ln, s.cfg.Admission.TrustedProxies, s.cfg.ProxyHeaderTimeout)
 	}
 	return ln, nil
 }
