@@ -72,13 +72,17 @@ func usage(w io.Writer) {
 `)
 }
 
-// refuse prints one line and returns the refused-to-start code. Errors of
-// every package carry their own "relay: ..." prefix (sentinels are read on
-// their own too); the line keeps exactly one.
+// refuse prints one line and returns the refused-to-start code. Sentinel
+// errors carry their package's prefix ("relay: ", "tlsconf: ") so that they
+// read on their own; an operator needs none of them, and the line keeps
+// exactly one "relay:".
 func refuse(stderr io.Writer, err error) int {
-	fmt.Fprintf(stderr, "relay: refusing to start: %s\n", strings.ReplaceAll(err.Error(), "relay: ", ""))
+	fmt.Fprintf(stderr, "relay: refusing to start: %s\n", packagePrefixes.Replace(err.Error()))
 	return exitRefused
 }
+
+// packagePrefixes removes the internal packages' error prefixes.
+var packagePrefixes = strings.NewReplacer("relay: ", "", "tlsconf: ", "", "admission: ", "", "push: ", "", "cluster: ", "")
 
 func serve(args []string, stdout, stderr io.Writer) int {
 	cfg, err := config.Parse(args, os.Getenv, stdout)

@@ -115,6 +115,7 @@ func requireRefusal(t *testing.T, r result, want ...string) {
 	require.NotContains(t, line, "\n", "want one line on stderr, got:\n%s", r.stderr)
 	require.True(t, strings.HasPrefix(line, "relay: "), "stderr line %q", line)
 	require.Equal(t, 1, strings.Count(line, "relay:"), "one relay: prefix, got %q", line)
+	require.NotRegexp(t, `\b(tlsconf|admission|push|cluster): `, line, "no internal package prefix")
 	for _, w := range want {
 		require.Contains(t, line, w)
 	}
@@ -463,7 +464,7 @@ func TestCacheDir_GroupOrWorldBits_Refused_BeforeAnyPort(t *testing.T) {
 			require.NoError(t, os.Mkdir(cache, 0o700))
 			require.NoError(t, os.Chmod(cache, mode)) // Mkdir's mode is narrowed by umask
 			r := runRelay(t, relayEnv(t), cacheArgs(cache, holdPort(t), holdPort(t))...)
-			requireRefusal(t, r, tlsconf.ErrCacheDirInsecure.Error(), cache, fmt.Sprintf("%#o", mode))
+			requireRefusal(t, r, strings.TrimPrefix(tlsconf.ErrCacheDirInsecure.Error(), "tlsconf: "), cache, fmt.Sprintf("%#o", mode))
 			require.NotContains(t, r.stderr, "listen")
 			require.NotContains(t, r.stderr, "address already in use")
 			fi, err := os.Stat(cache)
@@ -482,14 +483,14 @@ func TestCacheDir_SymlinkOrFileOrLooseEntry_Refused(t *testing.T) {
 		link := filepath.Join(dir, "certs")
 		require.NoError(t, os.Symlink(real, link))
 		r := runRelay(t, relayEnv(t), cacheArgs(link, holdPort(t), holdPort(t))...)
-		requireRefusal(t, r, tlsconf.ErrCacheDirInsecure.Error(), "symlink")
+		requireRefusal(t, r, strings.TrimPrefix(tlsconf.ErrCacheDirInsecure.Error(), "tlsconf: "), "symlink")
 	})
 	t.Run("not_a_directory", func(t *testing.T) {
 		t.Parallel()
 		file := filepath.Join(t.TempDir(), "certs")
 		require.NoError(t, os.WriteFile(file, nil, 0o600))
 		r := runRelay(t, relayEnv(t), cacheArgs(file, holdPort(t), holdPort(t))...)
-		requireRefusal(t, r, tlsconf.ErrCacheDirNotDir.Error())
+		requireRefusal(t, r, strings.TrimPrefix(tlsconf.ErrCacheDirNotDir.Error(), "tlsconf: "))
 	})
 	t.Run("entry_0644", func(t *testing.T) {
 		t.Parallel()
@@ -499,7 +500,7 @@ func TestCacheDir_SymlinkOrFileOrLooseEntry_Refused(t *testing.T) {
 		require.NoError(t, os.WriteFile(entry, []byte("x"), 0o600))
 		require.NoError(t, os.Chmod(entry, 0o644))
 		r := runRelay(t, relayEnv(t), cacheArgs(cache, holdPort(t), holdPort(t))...)
-		requireRefusal(t, r, tlsconf.ErrCacheDirInsecure.Error(), entry)
+		requireRefusal(t, r, strings.TrimPrefix(tlsconf.ErrCacheDirInsecure.Error(), "tlsconf: "), entry)
 	})
 }
 
