@@ -8,16 +8,17 @@
 // same scenarios run in `go test ./attacks` against a freshly built binary
 // and, through `relay attack --target URL`, against a deployed relay.
 //
-// Adding a scenario is one file (scenario_NAME.go holding a func returning
-// a Scenario) plus one line in Catalog.
+// Adding a scenario is one file named after its ID (ATK-PER-IP-FLOOD lives
+// in scenario_peripflood.go) holding a func returning a Scenario, plus one
+// line in Catalog. Reach the target through target.go, set up "a relay + a
+// binary + phones" with newStage (stage.go), and give the threat a
+// **Defence** line and a mutant (attacks/mutants/README.md); the tests in
+// coverage_test.go say what is missing.
 package attacks
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
-	"net/http"
-	"net/url"
 	"time"
 )
 
@@ -111,20 +112,6 @@ type Scenario struct {
 	// against a relay in static-certificate mode.
 	TLSOnly bool
 	Run     func(ctx context.Context, t *Target) Result
-}
-
-// Target is the relay under attack.
-type Target struct {
-	// Base is http://host:port or https://host:port; ws(s) URLs are derived.
-	Base *url.URL
-	// RootCAs verifies the relay's certificate (nil: system roots).
-	RootCAs *x509.CertPool
-	// ServerName overrides the TLS server name (empty: Base's host).
-	ServerName string
-	// Local is nil against a remote deployment.
-	Local *Local
-
-	client *http.Client // overrides the WebSocket dialer's HTTP client
 }
 
 // Result is what a scenario observed.

@@ -1,17 +1,14 @@
 package attacks
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -60,53 +57,6 @@ func newServerID() string {
 // (responses) or appear in its log.
 func canary(label string) string { return "pyrycanary" + label + randHex(8) }
 
-func (t *Target) tlsConfig() *tls.Config {
-	if t.Base.Scheme != "https" {
-		return nil
-	}
-	name := t.ServerName
-	if name == "" {
-		name = t.Base.Hostname()
-	}
-	return &tls.Config{RootCAs: t.RootCAs, ServerName: name, MinVersion: tls.VersionTLS12}
-}
-
-func (t *Target) wsURL(path string) string {
-	u := *t.Base
-	if u.Scheme == "https" {
-		u.Scheme = "wss"
-	} else {
-		u.Scheme = "ws"
-	}
-	u.Path = path
-	return u.String()
-}
-
-func (t *Target) httpURL(path string) string {
-	u := *t.Base
-	u.Path = path
-	return u.String()
-}
-
-// wsHTTPClient carries the TLS settings; coder/websocket wants no Timeout.
-func (t *Target) wsHTTPClient() *http.Client {
-	if t.client != nil {
-		return t.client
-	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: t.tlsConfig(), Proxy: nil}}
-}
-
-// withClient is a copy of t whose WebSocket dials use hc.
-func (t *Target) withClient(hc *http.Client) *Target {
-	c := *t
-	c.client = hc
-	return &c
-}
-
-func (t *Target) httpClient() *http.Client {
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: t.tlsConfig(), Proxy: nil, DisableKeepAlives: true}}
-}
-
 // binaryHeaders are a valid /v1/server header set.
 func binaryHeaders(serverID string) http.Header {
 	h := http.Header{}
@@ -151,14 +101,23 @@ func (t *Target) dial(ctx context.Context, path string, h http.Header) (*websock
 const maxThrottleWait = 30 * time.Second
 
 // throttled reports whether resp is an admission refusal (429, 503) worth
-// retrying, after sleeping its Retry-After (1 s when absent or odd, at
-// most 10 s). It gives up once *waited would exceed maxThrottleWait.
+// retrying, after waiting it out (see waitRetryAfter).
 func throttled(ctx context.Context, resp *http.Response, waited *time.Duration) bool {
-	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
+	if resp == nil {
+		return false
+	}
+	return waitRetryAfter(ctx, resp.StatusCode, resp.Header.Get("Retry-After"), waited)
+}
+
+// waitRetryAfter reports whether status is an admission refusal (429, 503)
+// worth retrying, after sleeping retryAfter (1 s when absent or odd, at
+// most 10 s). It gives up once *waited would exceed maxThrottleWait.
+func waitRetryAfter(ctx context.Context, status int, retryAfter string, waited *time.Duration) bool {
+	if status != http.StatusTooManyRequests && status != http.StatusServiceUnavailable {
 		return false
 	}
 	d := time.Second
-	if n, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get("Retry-After"))); err == nil && n > 0 {
+	if n, err := strconv.Atoi(strings.TrimSpace(retryAfter)); err == nil && n > 0 {
 		d = min(time.Duration(n)*time.Second, 10*time.Second)
 	}
 	if *waited+d > maxThrottleWait {
@@ -456,83 +415,6 @@ func pollUntil(ctx context.Context, d, interval time.Duration, cond func() bool)
 	}
 }
 
-// dialRaw opens a TCP (or TLS) connection to the target.
-func (t *Target) dialRaw(ctx context.Context) (net.Conn, error) {
-	d := &net.Dialer{Timeout: 10 * time.Second}
-	host := t.Base.Host
-	if t.Base.Port() == "" {
-		if t.Base.Scheme == "https" {
-			host = net.JoinHostPort(t.Base.Hostname(), "443")
-		} else {
-			host = net.JoinHostPort(t.Base.Hostname(), "80")
-		}
-	}
-	if cfg := t.tlsConfig(); cfg != nil {
-		return (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(ctx, "tcp", host)
-	}
-	return d.DialContext(ctx, "tcp", host)
-}
-
-// rawResponse is what came back for a raw request: the parsed response (nil
-// if unparseable), its body, and every byte received (headers included) so
-// a canary check covers the whole answer.
-type rawResponse struct {
-	Resp *http.Response
-	Body []byte
-	All  []byte
-}
-
-// rawRequest writes req verbatim (concurrently with reading, so a server
-// that answers early, as with 431, is still heard) and reads one response.
-// Admission refusals (429, 503) are waited out and the request resent.
-func (t *Target) rawRequest(ctx context.Context, req []byte) (rawResponse, error) {
-	var waited time.Duration
-	for {
-		rr, err := t.rawRequestOnce(ctx, req)
-		if err != nil || !throttled(ctx, rr.Resp, &waited) {
-			return rr, err
-		}
-	}
-}
-
-func (t *Target) rawRequestOnce(ctx context.Context, req []byte) (rawResponse, error) {
-	c, err := t.dialRaw(ctx)
-	if err != nil {
-		return rawResponse{}, err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	go func() { _, _ = c.Write(req) }()
-	var all bytes.Buffer
-	br := bufio.NewReader(io.TeeReader(c, &all))
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		return rawResponse{All: all.Bytes()}, err
-	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	resp.Body.Close()
-	return rawResponse{Resp: resp, Body: body, All: all.Bytes()}, nil
-}
-
-// hostHeader is the Host value a raw request should carry.
-func (t *Target) hostHeader() string { return t.vhost() }
-
-// buildRequest renders an HTTP/1.1 request with Connection: close added
-// unless the headers name a Connection themselves.
-func (t *Target) buildRequest(method, path string, headers [][2]string) []byte {
-	return requestWithHost(method, path, t.hostHeader(), headers)
-}
-
-// wsUpgradeHeaders are the headers of a valid WebSocket upgrade request.
-func wsUpgradeHeaders() [][2]string {
-	return [][2]string{
-		{"Upgrade", "websocket"},
-		{"Connection", "Upgrade"},
-		{"Sec-WebSocket-Version", "13"},
-		{"Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="},
-	}
-}
-
 // genericBody reports whether body is empty or a short fixed phrase (no
 // path, stack or detail). The canary check is separate and stricter.
 func genericBody(body []byte) bool {
@@ -549,33 +431,6 @@ func genericBody(body []byte) bool {
 		}
 	}
 	return true
-}
-
-// localOrSkip returns the local handles or a Skip result.
-func localOrSkip(t *Target) (*Local, *Result) {
-	if t.Local == nil {
-		r := Skipf("local-only: needs the relay's process")
-		return nil, &r
-	}
-	return t.Local, nil
-}
-
-// dedicated starts a relay of its own for a scenario that needs tuned
-// flags, or returns the target as is when running remotely. The returned
-// stop func is never nil.
-func dedicated(ctx context.Context, t *Target, flags ...string) (*Target, *Process, func(), error) {
-	if t.Local == nil {
-		return t, nil, func() {}, nil
-	}
-	p, err := t.Local.Start(ctx, flags...)
-	if err != nil {
-		if p != nil {
-			return nil, p, func() {}, fmt.Errorf("start relay %v: %w; log: %s", flags, err, tail(p.LogText(), 400))
-		}
-		return nil, nil, func() {}, fmt.Errorf("start relay %v: %w", flags, err)
-	}
-	nt := &Target{Base: p.URL, Local: t.Local}
-	return nt, p, func() { p.Stop() }, nil
 }
 
 func tail(s string, n int) string {

@@ -2,6 +2,9 @@ package attacks
 
 import (
 	"bufio"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -18,13 +21,15 @@ type docThreat struct {
 	Status              Status
 	Note                string   // Not executable / Not yet verified text
 	VerifiedBy          []string // scenario IDs
+	Defence             string   // the **Defence:** line's text
+	Mutants             []string // the **Mutants:** line's mutant names
 	statusLines         int
 }
 
 var (
 	anchorRE  = regexp.MustCompile(`^<a id="(TM-[A-Z]+-\d+)"></a>$`)
 	headingRE = regexp.MustCompile(`^### (TM-[A-Z]+-\d+) (.+)$`)
-	fieldRE   = regexp.MustCompile(`^- \*\*(Severity|Verified by|Not executable|Not yet verified):\*\* ?(.*)$`)
+	fieldRE   = regexp.MustCompile(`^- \*\*(Severity|Verified by|Not executable|Not yet verified|Defence|Mutants):\*\* ?(.*)$`)
 )
 
 func parseThreatModel(t *testing.T) (threats []docThreat, text string) {
@@ -74,6 +79,12 @@ func parseThreatModel(t *testing.T) (threats []docThreat, text string) {
 			cur.Status, cur.Note, cur.statusLines = NotExecutable, m[2], cur.statusLines+1
 		case "Not yet verified":
 			cur.Status, cur.Note, cur.statusLines = Pending, m[2], cur.statusLines+1
+		case "Defence":
+			cur.Defence = m[2]
+		case "Mutants":
+			for _, n := range strings.Split(m[2], ",") {
+				cur.Mutants = append(cur.Mutants, strings.Trim(strings.TrimSpace(n), "`"))
+			}
 		}
 	}
 	require.NotEmpty(t, threats, "no threats parsed")
@@ -199,4 +210,206 @@ func TestLogAllowlistMatchesSource(t *testing.T) {
 	}
 	require.Greater(t, len(src), 5, "parsed too few keys from internal/logging/keys.go")
 	require.Equal(t, src, allowedLogKeys)
+}
+
+// defenceRefRE is one `file` `symbol` pair of a **Defence:** line.
+var defenceRefRE = regexp.MustCompile("`([A-Za-z0-9_./-]+\\.go)` `([A-Za-z_][A-Za-z0-9_]*(?:\\.[A-Za-z_][A-Za-z0-9_]*)?)`")
+
+// declaredSymbols lists what a Go file declares at top level: functions
+// and types by name, methods as Type.Method, vars and consts by name.
+func declaredSymbols(path string) (map[string]bool, error) {
+	f, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.SkipObjectResolution)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, d := range f.Decls {
+		switch d := d.(type) {
+		case *ast.FuncDecl:
+			if d.Recv == nil || len(d.Recv.List) == 0 {
+				out[d.Name.Name] = true
+				continue
+			}
+			rt := d.Recv.List[0].Type
+			if s, ok := rt.(*ast.StarExpr); ok {
+				rt = s.X
+			}
+			if ix, ok := rt.(*ast.IndexExpr); ok { // generic receiver T[K]
+				rt = ix.X
+			}
+			if id, ok := rt.(*ast.Ident); ok {
+				out[id.Name+"."+d.Name.Name] = true
+			}
+		case *ast.GenDecl:
+			for _, sp := range d.Specs {
+				switch sp := sp.(type) {
+				case *ast.TypeSpec:
+					out[sp.Name.Name] = true
+				case *ast.ValueSpec:
+					for _, n := range sp.Names {
+						out[n.Name] = true
+					}
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// TestThreatModel_DefenceNamesCode: every verified threat names the code
+// that enforces it, one hop from the threat: a **Defence:** line of
+// `file` `symbol` pairs, each symbol declared in that file. A flag is not a
+// defence; the function, method or type that enforces it is.
+func TestThreatModel_DefenceNamesCode(t *testing.T) {
+	doc, _ := parseThreatModel(t)
+	for _, d := range doc {
+		if d.Status != Verified {
+			continue
+		}
+		refs := defenceRefRE.FindAllStringSubmatch(d.Defence, -1)
+		require.NotEmpty(t, refs, "%s is verified but has no Defence line naming the code that enforces it.\n"+
+			"Add, on one line just above its **Verified by:** line in docs/threat-model.md:\n"+
+			"  - **Defence:** `internal/PKG/FILE.go` `Func` (or `Type.Method`); more pairs separated by '; '", d.ID)
+		for _, r := range refs {
+			file, sym := r[1], r[2]
+			require.False(t, strings.HasPrefix(file, "attacks/") || strings.HasSuffix(file, "_test.go"),
+				"%s: Defence names %s, a test; name the relay code that enforces the defence", d.ID, file)
+			syms, err := declaredSymbols(filepath.Join("..", file))
+			require.NoError(t, err, "%s: Defence names %s, which does not parse or exist (moved? update the Defence line)", d.ID, file)
+			require.True(t, syms[sym], "%s: Defence names `%s` in %s, which declares no such function, method (Type.Method), type, var or const (renamed or moved? update the Defence line)", d.ID, sym, file)
+		}
+	}
+}
+
+// scenarioFile is the file that must host a scenario: ATK-PER-IP-FLOOD is
+// in attacks/scenario_peripflood.go (lower case, hyphens dropped).
+func scenarioFile(id string) string {
+	return "scenario_" + strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(id, "ATK-"), "-", "")) + ".go"
+}
+
+// TestScenarioFiles_NamedAfterIDs: a reader finds a scenario's code from
+// its ID without searching, and each scenario file hosts the ID it is
+// named after.
+func TestScenarioFiles_NamedAfterIDs(t *testing.T) {
+	want := map[string]bool{}
+	for _, sc := range Catalog() {
+		f := scenarioFile(sc.ID)
+		want[f] = true
+		b, err := os.ReadFile(f)
+		require.NoError(t, err, "%s must live in attacks/%s (the ID in lower case, hyphens dropped)", sc.ID, f)
+		require.Contains(t, string(b), `"`+sc.ID+`"`, "attacks/%s must declare %s", f, sc.ID)
+	}
+	files, err := filepath.Glob("scenario_*.go")
+	require.NoError(t, err)
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		require.True(t, want[f], "attacks/%s is named like a scenario file but hosts no scenario of Catalog(); rename it for what it holds", f)
+	}
+}
+
+// mutantsPending lists verified threats whose mutant is not written yet.
+// It may only shrink: TestMutants_EveryVerifiedThreat fails when a listed
+// threat has a mutant (remove it here) and when a threat not listed has
+// none. New threats are never added to it.
+var mutantsPending = map[string]bool{
+	"TM-DOS-1":   true,
+	"TM-DOS-2":   true,
+	"TM-DOS-3":   true,
+	"TM-DOS-4":   true,
+	"TM-DOS-5":   true,
+	"TM-DOS-6":   true,
+	"TM-DOS-7":   true,
+	"TM-DOS-8":   true,
+	"TM-DOS-9":   true,
+	"TM-DOS-10":  true,
+	"TM-LOG-1":   true,
+	"TM-LOG-2":   true,
+	"TM-CERT-1":  true,
+	"TM-TLS-1":   true,
+	"TM-TLS-2":   true,
+	"TM-LEAK-1":  true,
+	"TM-LEAK-2":  true,
+	"TM-LEAK-3":  true,
+	"TM-ROUTE-1": true,
+	"TM-ROUTE-2": true,
+	"TM-ROUTE-3": true,
+	"TM-ROUTE-4": true,
+	"TM-NET-1":   true,
+	"TM-HOST-1":  true,
+}
+
+// TestMutants_EveryVerifiedThreat: attacks/mutants/ (format in its
+// README.md) holds at least one mutant per verified threat, each naming
+// real threats and real checks, and the threat model lists, per verified
+// threat, exactly the mutants that prove its scenarios (**Mutants:**).
+// That the mutants are caught is `make mutate`'s job.
+func TestMutants_EveryVerifiedThreat(t *testing.T) {
+	doc, _ := parseThreatModel(t)
+	mutants, err := LoadMutants("mutants")
+	require.NoError(t, err)
+	scenarios := map[string]Scenario{}
+	for _, sc := range Catalog() {
+		scenarios[sc.ID] = sc
+	}
+	status := map[string]Status{}
+	for _, d := range doc {
+		status[d.ID] = d.Status
+	}
+	byThreat := map[string][]string{}
+	for _, m := range mutants {
+		for _, th := range m.Threats {
+			st, ok := status[th]
+			require.True(t, ok, "mutant %s: Threat %s is not in docs/threat-model.md", m.Name, th)
+			require.Equal(t, Verified, st, "mutant %s: Threat %s is not verified; mutants prove verified threats' scenarios", m.Name, th)
+			byThreat[th] = append(byThreat[th], m.Name)
+		}
+		for _, c := range m.CaughtBy {
+			if IsWhiteBox(c) {
+				dir, name, _ := strings.Cut(c, ":")
+				found := false
+				tests, _ := filepath.Glob(filepath.Join("..", dir, "*_test.go"))
+				for _, f := range tests {
+					if syms, err := declaredSymbols(f); err == nil && syms[name] {
+						found = true
+					}
+				}
+				require.True(t, found, "mutant %s: Caught-by %s: no %s in %s/*_test.go", m.Name, c, name, dir)
+				continue
+			}
+			sc, ok := scenarios[c]
+			require.True(t, ok, "mutant %s: Caught-by %s is not a scenario in Catalog()", m.Name, c)
+			overlap := false
+			for _, th := range sc.Threats {
+				for _, mt := range m.Threats {
+					overlap = overlap || th == mt
+				}
+			}
+			require.True(t, overlap, "mutant %s: %s verifies %v, none of the mutant's threats %v", m.Name, c, sc.Threats, m.Threats)
+		}
+		for _, f := range m.Files {
+			_, err := os.Stat(filepath.Join("..", f))
+			require.NoError(t, err, "mutant %s patches %s, which does not exist (moved? regenerate the diff)", m.Name, f)
+		}
+	}
+	for _, d := range doc {
+		if d.Status != Verified {
+			continue
+		}
+		have := byThreat[d.ID]
+		if mutantsPending[d.ID] {
+			require.Empty(t, have, "%s now has mutants %v: remove it from mutantsPending in attacks/coverage_test.go", d.ID, have)
+			continue
+		}
+		require.NotEmpty(t, have, "%s is verified but no mutant in attacks/mutants/ weakens its defence.\n"+
+			"Add attacks/mutants/<name>.patch (format: attacks/mutants/README.md): a header\n"+
+			"  Threat: %s\n  Caught-by: %s\n  Weakens: <one line: what the diff does to the defence>\n"+
+			"a blank line, then `git diff` of the weakened defence (%s); check that `make mutate MUTANTS=<name>` catches it,\n"+
+			"and list it on the threat's **Mutants:** line in docs/threat-model.md.", d.ID, d.ID, strings.Join(d.VerifiedBy, ", "), d.Defence)
+		got := append([]string(nil), d.Mutants...)
+		sort.Strings(got)
+		sort.Strings(have)
+		require.Equal(t, have, got, "%s: the **Mutants:** line in docs/threat-model.md must list exactly the mutants whose Threat names it", d.ID)
+	}
 }

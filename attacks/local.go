@@ -48,6 +48,24 @@ func (l *Local) Started() []*Process {
 	return append([]*Process(nil), l.started...)
 }
 
+// budgetsSettled is the end-of-scenario budget conservation check: every
+// relay started since the index since was stopped with its queued bytes at
+// zero (Process.Stop), and the shared main relay, still running, comes
+// back to zero now that the scenario's clients are gone.
+func (l *Local) budgetsSettled(since int) error {
+	for _, p := range l.Started()[since:] {
+		if err := p.BudgetErr(); err != nil {
+			return fmt.Errorf("relay %s: %w", p.Addr, err)
+		}
+	}
+	if l.Main != nil && !l.Main.Exited() {
+		if err := l.Main.queuedBytesSettle(); err != nil {
+			return fmt.Errorf("main relay %s: %w", l.Main.Addr, err)
+		}
+	}
+	return nil
+}
+
 // Start launches another relay from the shipped binary:
 // `relay serve --insecure-listen 127.0.0.1:0 FLAGS... ExtraFlags...`.
 func (l *Local) Start(ctx context.Context, flags ...string) (*Process, error) {
@@ -56,7 +74,7 @@ func (l *Local) Start(ctx context.Context, flags ...string) (*Process, error) {
 
 // StartBinary is Start with another build of the relay.
 func (l *Local) StartBinary(ctx context.Context, bin string, flags ...string) (*Process, error) {
-	args := append([]string{"serve", "--insecure-listen", "127.0.0.1:0"}, flags...)
+	args := append([]string{"serve", "--insecure-listen", "127.0.0.1:0"}, withMetrics(flags)...)
 	args = append(args, l.ExtraFlags...)
 	p, err := StartProcess(ctx, bin, args...)
 	if p != nil {
@@ -76,7 +94,7 @@ func (l *Local) StartTLS(ctx context.Context, env []string, flags ...string) (*P
 		return nil, errNoTLSFlags
 	}
 	args := append([]string{"serve"}, l.TLSFlags...)
-	args = append(append(append(args, "--https-listen", "127.0.0.1:0"), flags...), l.ExtraFlags...)
+	args = append(append(append(args, "--https-listen", "127.0.0.1:0"), withMetrics(flags)...), l.ExtraFlags...)
 	p, err := StartProcessEnv(ctx, env, l.Binary, args...)
 	if p != nil {
 		l.mu.Lock()
@@ -84,6 +102,18 @@ func (l *Local) StartTLS(ctx context.Context, env []string, flags ...string) (*P
 		l.mu.Unlock()
 	}
 	return p, err
+}
+
+// withMetrics adds a loopback metrics listener to flags unless they name
+// one: every relay this package starts can then be read for the budget
+// conservation check (Process.Stop) and by scenarios that count drops.
+func withMetrics(flags []string) []string {
+	for _, f := range flags {
+		if f == "--metrics-listen" || strings.HasPrefix(f, "--metrics-listen=") {
+			return flags
+		}
+	}
+	return append(append([]string(nil), flags...), "--metrics-listen", "127.0.0.1:0")
 }
 
 // errNoTLSFlags: StartTLS was called on a Local without a certificate.
@@ -104,6 +134,9 @@ type Process struct {
 	lines    []string
 	waitErr  error
 	exitCode int
+	// budgetErr is what the budget conservation check in Stop found
+	// (nil: it held, or it did not run).
+	budgetErr error
 }
 
 // ErrNoListenLine reports that a started relay exited or timed out before
@@ -231,9 +264,19 @@ func (p *Process) ExitCode() int {
 
 // Stop sends SIGTERM and waits up to 10 s for a clean exit, then kills.
 // It returns the exit code (-1 if it had to be killed).
+//
+// First, on a relay with a metrics listener, it runs the budget
+// conservation check (TM-DOS-8): whoever stops a relay has closed its
+// clients, so relay_queued_bytes must come back to exactly zero; what
+// the check found is BudgetErr.
 func (p *Process) Stop() int {
 	if p.Exited() {
 		return p.ExitCode()
+	}
+	if err := p.queuedBytesSettle(); err != nil {
+		p.mu.Lock()
+		p.budgetErr = err
+		p.mu.Unlock()
 	}
 	_ = p.Signal(syscall.SIGTERM)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -252,3 +295,42 @@ func (p *Process) Kill() {
 
 // LogText is the captured log joined by newlines.
 func (p *Process) LogText() string { return strings.Join(p.Log(), "\n") }
+
+// BudgetErr is what the budget conservation check of Stop found: nil when
+// relay_queued_bytes came back to zero, or when the check did not run.
+func (p *Process) BudgetErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.budgetErr
+}
+
+// budgetSettle bounds how long the queued bytes may take to reach zero
+// once the clients are gone: each closing phone's writer finishes its
+// write (its socket is closed, so it fails at once) and releases the
+// charge. Polled, so a healthy relay passes in a few milliseconds.
+const budgetSettle = 5 * time.Second
+
+// queuedBytesSettle polls relay_queued_bytes on p's metrics listener until
+// it reads exactly 0. A relay without a metrics listener is not checked.
+func (p *Process) queuedBytesSettle() error {
+	if _, ok := metricsAddr(p); !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), budgetSettle+5*time.Second)
+	defer cancel()
+	m, err := newMetricsScraper(ctx, p)
+	if err != nil {
+		return nil
+	}
+	last, lastErr := -1.0, error(nil)
+	if pollUntil(ctx, budgetSettle, 10*time.Millisecond, func() bool {
+		last, lastErr = m.value(ctx, mQueuedBytes)
+		return lastErr == nil && last == 0
+	}) {
+		return nil
+	}
+	if lastErr != nil {
+		return fmt.Errorf("budget conservation (TM-DOS-8): %s unreadable: %w", mQueuedBytes, lastErr)
+	}
+	return fmt.Errorf("budget conservation (TM-DOS-8, byteBudget in internal/relay/outbox.go): %s = %v, not 0, %v after the scenario's clients were gone: a queued item's charge was never released", mQueuedBytes, last, budgetSettle)
+}

@@ -2,14 +2,10 @@ package attacks
 
 import (
 	"bufio"
-	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"time"
 )
 
 // rawWS is a hand-driven WebSocket client for what a well-behaved library
@@ -17,42 +13,6 @@ import (
 type rawWS struct {
 	c  net.Conn
 	br *bufio.Reader
-}
-
-// dialRawWS upgrades a raw connection to path with headers h.
-func (t *Target) dialRawWS(ctx context.Context, path string, h http.Header) (*rawWS, error) {
-	var waited time.Duration
-	for {
-		c, err := t.dialRaw(ctx)
-		if err != nil {
-			return nil, err
-		}
-		hdr := wsUpgradeHeaders()
-		for k, vs := range h {
-			for _, v := range vs {
-				hdr = append(hdr, [2]string{k, v})
-			}
-		}
-		if _, err := c.Write(t.buildRequest("GET", path, hdr)); err != nil {
-			c.Close()
-			return nil, err
-		}
-		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		br := bufio.NewReader(c)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		_ = c.SetReadDeadline(time.Time{})
-		if resp.StatusCode == http.StatusSwitchingProtocols {
-			return &rawWS{c: c, br: br}, nil
-		}
-		c.Close()
-		if !throttled(ctx, resp, &waited) {
-			return nil, fmt.Errorf("upgrade answered %d", resp.StatusCode)
-		}
-	}
 }
 
 // frameHeader is a masked client frame header (RFC 6455 §5.2):

@@ -59,9 +59,18 @@ func RunOne(ctx context.Context, target *Target, sc Scenario) (rep Report) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, ScenarioTimeout)
 	defer cancel()
+	since := 0
+	if target.Local != nil {
+		since = len(target.Local.Started())
+	}
 	rep.Result = sc.Run(sctx, target)
 	if sctx.Err() != nil && rep.Result.Verdict == Pass {
 		rep.Result = Failf("timed out after %v", ScenarioTimeout)
+	}
+	if target.Local != nil && rep.Result.Verdict == Pass {
+		if err := target.Local.budgetsSettled(since); err != nil {
+			rep.Result = Failf("%v (the attack itself held: %s)", err, rep.Result.Evidence)
+		}
 	}
 	return rep
 }

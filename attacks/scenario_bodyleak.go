@@ -54,7 +54,7 @@ func runBodyLeak(ctx context.Context, t *Target) Result {
 		return h
 	}
 	key := "dGhlIHNhbXBsZSBub25jZQ=="
-	host := t.hostHeader()
+	host := t.vhost()
 	cases := []leakCase{
 		{"unknown path", t.buildRequest("GET", "/"+c, nil), is(404), true},
 		{"unknown path with query", t.buildRequest("GET", "/v1/"+c+"?q="+c, [][2]string{{"X-Any", c}}), is(404), true},

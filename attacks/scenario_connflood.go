@@ -36,12 +36,12 @@ func runConnFlood(ctx context.Context, t *Target) Result {
 		return *skip
 	}
 	// The legitimate pair connects first (from 127.0.0.1): 2 connections.
-	b, err := newLocalBench(ctx, t, "--max-conns", fmt.Sprint(connFloodMaxConns), "--max-conns-per-ip", "64")
+	b, err := newStage(ctx, t, 1, "--max-conns", fmt.Sprint(connFloodMaxConns), "--max-conns-per-ip", "64")
 	if err != nil {
 		return Failf("%v", err)
 	}
-	defer b.stop()
-	tgt, m, s, ph := b.tgt, b.m, b.pair, b.phone
+	defer b.Close()
+	tgt, m, s, ph := b.tgt, b.m, b.s, b.phones[0]
 
 	// /healthz is polled throughout from yet another address.
 	hctx, hcancel := context.WithCancel(ctx)

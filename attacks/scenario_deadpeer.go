@@ -44,24 +44,12 @@ func runDeadPeer(ctx context.Context, t *Target) Result {
 	if _, skip := localOrSkip(t); skip != nil {
 		return *skip
 	}
-	tgt, _, stop, err := dedicated(ctx, t, "--ping-interval", deadPeerPing.String(), "--pong-timeout", deadPeerPong.String())
+	st, err := newStage(ctx, t, 2, "--ping-interval", deadPeerPing.String(), "--pong-timeout", deadPeerPong.String())
 	if err != nil {
 		return Failf("%v", err)
 	}
-	defer stop()
-	s, err := newSession(ctx, tgt)
-	if err != nil {
-		return Failf("setup: %v", err)
-	}
-	defer s.Close()
-	dead, err := s.addPhone(nil) // never reads, so never answers a ping
-	if err != nil {
-		return Failf("setup: %v", err)
-	}
-	live, err := s.addPhone(nil)
-	if err != nil {
-		return Failf("setup: %v", err)
-	}
+	defer st.Close()
+	s, dead, live := st.s, st.phones[0], st.phones[1] // dead never reads, so never answers a ping
 	live.StartReading()
 	start := time.Now()
 	budget := deadPeerPing + deadPeerPong + deadPeerSlack

@@ -34,29 +34,23 @@ func runHostMismatch(ctx context.Context, t *Target) Result {
 	}
 	name := strings.ToLower(t.tlsName())
 	right := t.vhost()
-	withPort := func(h string) string {
-		if p := t.Base.Port(); p != "" {
-			return net.JoinHostPort(h, p)
-		}
-		return h
-	}
 
 	// The address the relay is reached at, as a client would type it.
 	c, err := t.dialRaw(ctx)
 	if err != nil {
-		return Failf("TLS dial %s (verifying %q): %v", t.tlsHostPort(), name, err)
+		return Failf("TLS dial %s (verifying %q): %v", t.hostPort(), name, err)
 	}
 	ip := c.RemoteAddr().(*net.TCPAddr).IP.String()
 	_ = c.Close()
 
 	wrong := []string{
-		withPort("other.example.test"),
-		withPort("attacker-" + name),         // ends with the name
-		withPort(name + ".attacker.example"), // starts with the name
-		withPort("sub." + name),              // a subdomain of the name
+		t.withPort("other.example.test"),
+		t.withPort("attacker-" + name),         // ends with the name
+		t.withPort(name + ".attacker.example"), // starts with the name
+		t.withPort("sub." + name),              // a subdomain of the name
 	}
 	if ip != name {
-		wrong = append(wrong, withPort(ip))
+		wrong = append(wrong, t.withPort(ip))
 	}
 
 	var before health
@@ -140,25 +134,6 @@ func runHostMismatch(ctx context.Context, t *Target) Result {
 	}
 	return Passf("%d requests with SNI %q and Host %s: all 421, empty body, no upgrade, nothing echoed or registered; Host %q relayed a binary<->phone round trip",
 		n, name, strings.Join(quoteAll(wrong), ", "), right)
-}
-
-// requestWithHost renders an HTTP/1.1 request with the given Host and
-// Connection: close unless the headers name a Connection.
-func requestWithHost(method, path, host string, headers [][2]string) []byte {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, path, host)
-	hasConn := false
-	for _, h := range headers {
-		if strings.EqualFold(h[0], "Connection") {
-			hasConn = true
-		}
-		fmt.Fprintf(&b, "%s: %s\r\n", h[0], h[1])
-	}
-	if !hasConn {
-		b.WriteString("Connection: close\r\n")
-	}
-	b.WriteString("\r\n")
-	return []byte(b.String())
 }
 
 func quoteAll(ss []string) []string {

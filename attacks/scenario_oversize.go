@@ -46,26 +46,13 @@ func runOversize(ctx context.Context, t *Target) Result {
 	if t.Local != nil {
 		limit = oversizeCapLocal
 	}
-	tgt, _, stop, err := dedicated(ctx, t, "--max-message-bytes", fmt.Sprint(limit))
+	st, err := newStage(ctx, t, 2, "--max-message-bytes", fmt.Sprint(limit))
 	if err != nil {
 		return Failf("%v", err)
 	}
-	defer stop()
-
+	defer st.Close()
 	// Phone leg.
-	s, err := newSession(ctx, tgt)
-	if err != nil {
-		return Failf("setup: %v", err)
-	}
-	defer s.Close()
-	big, err := s.addPhone(nil)
-	if err != nil {
-		return Failf("setup: %v", err)
-	}
-	sib, err := s.addPhone(nil)
-	if err != nil {
-		return Failf("setup: %v", err)
-	}
+	tgt, s, big, sib := st.tgt, st.s, st.phones[0], st.phones[1]
 	if _, err := s.roundTrip(sib, 3*time.Second); err != nil {
 		return Failf("setup round trip: %v", err)
 	}

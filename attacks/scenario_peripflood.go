@@ -49,7 +49,7 @@ func runPerIPFlood(ctx context.Context, t *Target) Result {
 		return perIPFloodRemote(ctx, t)
 	}
 	tgt, p, stop, err := dedicated(ctx, t, "--max-conns-per-ip", fmt.Sprint(perIPCapLocal), "--upgrade-burst", fmt.Sprint(perIPBurstLocal),
-		"--upgrade-rate", perIPRateLocal, "--metrics-listen", "127.0.0.1:0")
+		"--upgrade-rate", perIPRateLocal)
 	if err != nil {
 		return Failf("%v", err)
 	}

@@ -98,14 +98,14 @@ func runQueueCeiling(ctx context.Context, t *Target) Result {
 func runQueueFlood(ctx context.Context, t *Target) Result {
 	// A long heartbeat and write timeout: only the queue caps may close
 	// the stalled phones here.
-	b, err := newLocalBench(ctx, t, "--phone-queue-bytes", fmt.Sprint(queueCeilingPerPhone), "--max-queued-bytes", fmt.Sprint(queueCeilingMax),
+	b, err := newStage(ctx, t, 1, "--phone-queue-bytes", fmt.Sprint(queueCeilingPerPhone), "--max-queued-bytes", fmt.Sprint(queueCeilingMax),
 		"--ping-interval", "1m", "--pong-timeout", "1m", "--write-timeout", "1m",
 		"--socket-send-buffer", fmt.Sprint(queueSocketBuffer))
 	if err != nil {
 		return Failf("%v", err)
 	}
-	defer b.stop()
-	tgt, m, pair, legit := b.tgt, b.m, b.pair, b.phone
+	defer b.Close()
+	tgt, m, pair, legit := b.tgt, b.m, b.s, b.phones[0]
 
 	att, err := newSession(ctx, tgt)
 	if err != nil {
@@ -254,7 +254,7 @@ func runQueueFlood(ctx context.Context, t *Target) Result {
 func runQueueIsolation(ctx context.Context, t *Target) Result {
 	tgt, p, stop, err := dedicated(ctx, t, "--phone-queue-bytes", fmt.Sprint(queueIsoPerPhone), "--max-queued-bytes", fmt.Sprint(queueIsoMax),
 		"--max-message-bytes", fmt.Sprint(queueIsoMaxMsg), "--socket-send-buffer", fmt.Sprint(queueSocketBuffer),
-		"--ping-interval", "1m", "--pong-timeout", "1m", "--write-timeout", "1m", "--metrics-listen", "127.0.0.1:0")
+		"--ping-interval", "1m", "--pong-timeout", "1m", "--write-timeout", "1m")
 	if err != nil {
 		return Failf("isolation: %v", err)
 	}

@@ -59,13 +59,13 @@ func runRetryStorm(ctx context.Context, t *Target) Result {
 	}
 	// The legitimate pair, a held server-id (its binary answers the
 	// relay's probes) and a full one (binary plus --max-phones phones).
-	b, err := newLocalBench(ctx, t, "--max-phones", "2",
+	b, err := newStage(ctx, t, 1, "--max-phones", "2",
 		"--upgrade-burst", fmt.Sprint(retryStormBurst), "--upgrade-rate", fmt.Sprint(retryStormRate))
 	if err != nil {
 		return Failf("%v", err)
 	}
-	defer b.stop()
-	tgt, m, pair, ph := b.tgt, b.m, b.pair, b.phone
+	defer b.Close()
+	tgt, m, pair, ph := b.tgt, b.m, b.s, b.phones[0]
 	heldID, err := newSession(ctx, tgt)
 	if err != nil {
 		return Failf("setup: %v", err)

@@ -96,7 +96,7 @@ func runSlowLoris(ctx context.Context, t *Target) Result {
 		go func(c net.Conn) {
 			defer wg.Done()
 			defer c.Close()
-			req := fmt.Sprintf("GET /healthz HTTP/1.1\r\nHost: %s\r\nUser-Agent: slowloris\r\n", tgt.hostHeader())
+			req := fmt.Sprintf("GET /healthz HTTP/1.1\r\nHost: %s\r\nUser-Agent: slowloris\r\n", tgt.vhost())
 			for j := 0; ; j++ {
 				var b []byte
 				if j < len(req) {

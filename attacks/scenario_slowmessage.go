@@ -34,16 +34,12 @@ func runSlowMessage(ctx context.Context, t *Target) Result {
 		rt = slowMsgLocalTimeout
 	}
 	// A long heartbeat, so the pong deadline does not cut the trickle first.
-	tgt, _, stop, err := dedicated(ctx, t, "--read-timeout", rt.String(), "--ping-interval", "1m", "--pong-timeout", "1m")
+	st, err := newStage(ctx, t, 0, "--read-timeout", rt.String(), "--ping-interval", "1m", "--pong-timeout", "1m")
 	if err != nil {
 		return Failf("%v", err)
 	}
-	defer stop()
-	s, err := newSession(ctx, tgt)
-	if err != nil {
-		return Failf("setup: %v", err)
-	}
-	defer s.Close()
+	defer st.Close()
+	tgt, s := st.tgt, st.s
 	var ws *rawWS
 	var connID string
 	for attempt := 0; attempt < 5 && connID == ""; attempt++ {

@@ -121,7 +121,7 @@ type keepAlive struct {
 func (k *keepAlive) get(t *Target) (int, error) {
 	_ = k.c.SetDeadline(time.Now().Add(5 * time.Second))
 	defer k.c.SetDeadline(time.Time{})
-	req := fmt.Sprintf("GET /healthz HTTP/1.1\r\nHost: %s\r\nUser-Agent: relay-attacks/1\r\n\r\n", t.hostHeader())
+	req := fmt.Sprintf("GET /healthz HTTP/1.1\r\nHost: %s\r\nUser-Agent: relay-attacks/1\r\n\r\n", t.vhost())
 	if _, err := k.c.Write([]byte(req)); err != nil {
 		return 0, err
 	}
@@ -142,7 +142,7 @@ func runSocketFlood(ctx context.Context, t *Target) Result {
 		return *skip
 	}
 	tgt, p, stop, err := dedicated(ctx, t, "--max-sockets", fmt.Sprint(sockFloodMax), "--max-sockets-per-ip", fmt.Sprint(sockFloodPerIP),
-		"--max-conns", "16", "--max-conns-per-ip", "4", "--read-header-timeout", "30s", "--metrics-listen", "127.0.0.1:0")
+		"--max-conns", "16", "--max-conns-per-ip", "4", "--read-header-timeout", "30s")
 	if err != nil {
 		return Failf("%v", err)
 	}

@@ -65,7 +65,7 @@ func runSpoofIP(ctx context.Context, t *Target) Result {
 // of tokens claim other addresses in headers.
 func spoofForwardedFor(ctx context.Context, t *Target) (string, error) {
 	tgt, p, stop, err := dedicated(ctx, t, "--max-conns-per-ip", fmt.Sprint(spoofCap), "--upgrade-burst", fmt.Sprint(spoofBurst),
-		"--upgrade-rate", "0.2", "--metrics-listen", "127.0.0.1:0")
+		"--upgrade-rate", "0.2")
 	if err != nil {
 		return "", err
 	}

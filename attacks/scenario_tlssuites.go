@@ -60,7 +60,7 @@ func runTLSSuites(ctx context.Context, t *Target) Result {
 	good.CipherSuites = []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}
 	o, err := t.probeTLS(ctx, good)
 	if err != nil {
-		return Failf("dial %s: %v", t.tlsHostPort(), err)
+		return Failf("dial %s: %v", t.hostPort(), err)
 	}
 	if !o.Completed || o.Version != tls.VersionTLS12 {
 		return Failf("TLS 1.2 ECDHE-AES128-GCM handshake (verifying %q): %s", t.tlsName(), o)
@@ -74,7 +74,7 @@ func runTLSSuites(ctx context.Context, t *Target) Result {
 			ServerName: t.tlsName(), InsecureSkipVerify: true}
 		o, err := t.probeTLS(ctx, cfg)
 		if err != nil {
-			return Failf("dial %s: %v", t.tlsHostPort(), err)
+			return Failf("dial %s: %v", t.hostPort(), err)
 		}
 		if !o.refusedWith(-1) {
 			return Failf("TLS 1.2 offer of only %s: %s, want an alert before any ServerHello", w.name, o)

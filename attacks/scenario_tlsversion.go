@@ -48,7 +48,7 @@ func runTLSVersion(ctx context.Context, t *Target) Result {
 
 	o, err := t.probeSSLv3(ctx)
 	if err != nil {
-		return Failf("dial %s: %v", t.tlsHostPort(), err)
+		return Failf("dial %s: %v", t.hostPort(), err)
 	}
 	if !o.refusedWith(alertProtocolVersion) {
 		return Failf("SSL 3.0 ClientHello: %s, want a protocol_version alert", o)
@@ -62,7 +62,7 @@ func runTLSVersion(ctx context.Context, t *Target) Result {
 			ServerName: t.tlsName(), InsecureSkipVerify: true}
 		o, err := t.probeTLS(ctx, cfg)
 		if err != nil {
-			return Failf("dial %s: %v", t.tlsHostPort(), err)
+			return Failf("dial %s: %v", t.hostPort(), err)
 		}
 		if !o.refusedWith(alertProtocolVersion) {
 			return Failf("%s ClientHello: %s, want a protocol_version alert before any ServerHello", tls.VersionName(v), o)
@@ -76,7 +76,7 @@ func runTLSVersion(ctx context.Context, t *Target) Result {
 		cfg.MinVersion, cfg.MaxVersion = v, v
 		o, err := t.probeTLS(ctx, cfg)
 		if err != nil {
-			return Failf("dial %s: %v", t.tlsHostPort(), err)
+			return Failf("dial %s: %v", t.hostPort(), err)
 		}
 		if !o.Completed || o.Version != v {
 			return Failf("%s handshake (verifying %q): %s", tls.VersionName(v), t.tlsName(), o)

@@ -58,7 +58,7 @@ func sslscanCrossCheck(ctx context.Context, t *Target) (summary string, ran bool
 	}
 	sctx, cancel := context.WithTimeout(ctx, sslscanTimeout)
 	defer cancel()
-	args := append(append([]string(nil), sslscanArgs...), "--sni-name="+t.tlsName(), t.tlsHostPort())
+	args := append(append([]string(nil), sslscanArgs...), "--sni-name="+t.tlsName(), t.hostPort())
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(sctx, bin, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

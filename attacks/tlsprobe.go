@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 )
 
@@ -85,34 +86,6 @@ func (o handshakeOutcome) refusedWith(want int) bool {
 	return !o.ServerHello && o.Alert >= 0 && (want < 0 || o.Alert == want)
 }
 
-// tlsHostPort is the target's address, port 443 when the URL has none.
-func (t *Target) tlsHostPort() string {
-	if t.Base.Port() != "" {
-		return t.Base.Host
-	}
-	return net.JoinHostPort(t.Base.Hostname(), "443")
-}
-
-// tlsName is the name the relay's certificate must carry: --server-name,
-// else the URL's host.
-func (t *Target) tlsName() string {
-	if t.ServerName != "" {
-		return t.ServerName
-	}
-	return t.Base.Hostname()
-}
-
-// vhost is the Host header a client of the relay sends: its TLS name, with
-// the URL's port when it has one. In TLS modes the relay answers only its
-// own names (421 otherwise), so a target given by IP address with
-// --server-name must still say the name here.
-func (t *Target) vhost() string {
-	if p := t.Base.Port(); p != "" {
-		return net.JoinHostPort(t.tlsName(), p)
-	}
-	return t.tlsName()
-}
-
 // recordingConn keeps the first bytes the server sends.
 type recordingConn struct {
 	net.Conn
@@ -130,8 +103,7 @@ func (r *recordingConn) Read(p []byte) (int, error) {
 // probeTLS runs one handshake with cfg. The error is for a failed TCP dial
 // only; everything the server did is in the outcome.
 func (t *Target) probeTLS(ctx context.Context, cfg *tls.Config) (handshakeOutcome, error) {
-	d := &net.Dialer{Timeout: probeTimeout}
-	c, err := d.DialContext(ctx, "tcp", t.tlsHostPort())
+	c, err := t.dialTCP(ctx, netip.Addr{})
 	if err != nil {
 		return handshakeOutcome{Alert: -1}, err
 	}
@@ -212,8 +184,7 @@ func sslv3ClientHello() []byte {
 
 // probeSSLv3 sends sslv3ClientHello and classifies the answer.
 func (t *Target) probeSSLv3(ctx context.Context) (handshakeOutcome, error) {
-	d := &net.Dialer{Timeout: probeTimeout}
-	c, err := d.DialContext(ctx, "tcp", t.tlsHostPort())
+	c, err := t.dialTCP(ctx, netip.Addr{})
 	if err != nil {
 		return handshakeOutcome{Alert: -1}, err
 	}
