@@ -3,6 +3,7 @@ package attacks
 import (
 	"context"
 	"fmt"
+	"time"
 )
 
 // The shared prologue of a scenario, "a relay + a binary + phones":
@@ -16,8 +17,9 @@ import (
 //
 // Locally the relay is one of the scenario's own, started with flags (and a
 // metrics listener, st.m); remotely it is the target as is and flags are
-// ignored. Close ends the phones, the binary and then the relay, which is
-// when the budget conservation check of Process.Stop runs.
+// ignored. Close ends the phones as a real daemon refuses one (a close-only
+// directive), then the binary, then the relay, which is when the budget
+// conservation check of Process.Stop runs.
 
 // localOrSkip returns the local handles or a Skip result.
 func localOrSkip(t *Target) (*Local, *Result) {
@@ -86,11 +88,32 @@ func newStage(ctx context.Context, t *Target, nPhones int, flags ...string) (*st
 	return st, nil
 }
 
-// Close closes the phones, the binary and then the relay, which is when
-// the budget conservation check of Process.Stop runs.
+// daemonCloseCode is what a real pyry daemon sends to refuse a phone
+// (4421, a failed handshake): a close-only directive, no frame.
+const daemonCloseCode = 4421
+
+// Close ends the stage. Each phone of the session that is still open is
+// first refused by its binary with a close-only directive, as a real
+// daemon does, and given a moment to see the close: those directives are
+// the work that must leave the relay's queued-bytes budget at zero
+// (TM-DOS-8), which Process.Stop then checks.
 func (st *stage) Close() {
-	if st.s != nil {
-		st.s.Close()
+	s := st.s
+	if s != nil {
+		var waiting []*reader
+		for _, ph := range s.Phones {
+			r := ph.StartReading()
+			if r.closeCode(0) != 0 {
+				continue
+			}
+			if writeJSON(s.ctx, s.Bin, envelope{ConnID: ph.ConnID, CloseCode: daemonCloseCode}) == nil {
+				waiting = append(waiting, r)
+			}
+		}
+		for _, r := range waiting {
+			r.closeCode(2 * time.Second)
+		}
+		s.Close()
 	}
 	st.stop()
 }
