@@ -9,8 +9,13 @@ BIN       ?= bin/relay
 ADDR      ?= 127.0.0.1:8080
 FUZZTIME  ?= 30s
 TARGET    ?=
-VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -X main.version=$(VERSION)
+# Build identity (relay version, /healthz, relay_build_info). Stamped from git
+# here because CI builds with -buildvcs=false; outside a checkout both stay
+# empty and the binary reports what the go command recorded instead.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+REVISION  ?= $(shell r=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null && echo $$r || echo $$r+dirty; })
+BUILDINFO := github.com/pyrycode/relay/internal/buildinfo
+LDFLAGS   := -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).revision=$(REVISION)
 # The vulnerability gate's pins (see vulncheck below). VULNDB_VERSION is a
 # golang.org/x/vulndb pseudo-version: its date is how new the records are.
 VULNDB_VERSION ?= v0.0.0-20261105234957-e22db6528018

@@ -2,7 +2,7 @@
 //
 //	relay serve [flags]   run the relay (see relay serve -h)
 //	relay attack [flags]  run the remote-safe attack suite against a deployment
-//	relay version         print the version
+//	relay version         print the version, VCS revision and Go version
 //
 // Exit codes: 0 clean shutdown, 1 runtime failure, 2 refused to start.
 package main
@@ -19,13 +19,11 @@ import (
 	"syscall"
 
 	"github.com/pyrycode/relay/attacks"
+	"github.com/pyrycode/relay/internal/buildinfo"
 	"github.com/pyrycode/relay/internal/config"
 	"github.com/pyrycode/relay/internal/logging"
 	"github.com/pyrycode/relay/internal/server"
 )
-
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
 
 const (
 	exitOK      = 0
@@ -48,7 +46,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "attack":
 		return attacks.Main(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
-		fmt.Fprintf(stdout, "relay %s\n", version)
+		fmt.Fprintln(stdout, buildinfo.Get())
 		return exitOK
 	case "help", "-h", "-help", "--help":
 		// relay help serve|attack is their -h.
@@ -104,7 +102,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	srv.Serve()
-	log.Info("relay started", "event", "started", "version", version, "mode", string(cfg.Mode))
+	log.Info("relay started", "event", "started", "version", buildinfo.Get().Version, "mode", string(cfg.Mode))
 
 	code := exitOK
 	select {

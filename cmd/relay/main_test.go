@@ -25,6 +25,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -249,11 +251,31 @@ func TestHelp_StdoutExit0_Everywhere(t *testing.T) {
 	}
 }
 
+// relay version names the release, the commit and the toolchain. Built
+// without -ldflags (as TestMain builds it), it falls back to what the go
+// command recorded and says why a field is unknown: never a bare "dev".
 func TestVersion_Exit0(t *testing.T) {
 	r := runRelay(t, relayEnv(t), "version")
 	require.Equal(t, 0, r.code)
-	require.Regexp(t, `^relay \S+\n$`, r.stdout)
 	require.Empty(t, r.stderr)
+	goVersion := regexp.QuoteMeta(runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH)
+	require.Regexp(t, `^relay \S+ \(revision ([0-9a-f]{40}(\+dirty)?|unknown - [^,]+), `+goVersion+`\)\n$`, r.stdout)
+	require.NotRegexp(t, `^relay dev\b`, r.stdout)
+}
+
+// With the Makefile's -ldflags, the stamped version and revision are what it
+// prints. (Same build flags as TestMain otherwise, so only the link reruns.)
+func TestVersion_LdflagsStamp(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "relay")
+	const pkg = "github.com/pyrycode/relay/internal/buildinfo"
+	build := exec.Command("go", "build", "-o", bin,
+		"-ldflags", "-X "+pkg+".version=v9.8.7-test -X "+pkg+".revision=0123456789abcdef0123456789abcdef01234567", ".")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, string(out))
+	got, err := exec.Command(bin, "version").Output()
+	require.NoError(t, err)
+	require.Equal(t, "relay v9.8.7-test (revision 0123456789abcdef0123456789abcdef01234567, "+
+		runtime.Version()+" "+runtime.GOOS+"/"+runtime.GOARCH+")\n", string(got))
 }
 
 func TestUnknownSubcommand_Exit2(t *testing.T) {

@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pyrycode/relay/internal/buildinfo"
 )
 
 // Metrics is the set of collectors the relay updates. Use New; the zero
@@ -105,6 +107,15 @@ func New() *Metrics {
 		}
 		return 0
 	}))
+	// relay_build_info is 1 with the build's own version and toolchain as
+	// labels (one series, values fixed at build time, never client input),
+	// so dashboards can tell which release and Go every instance runs.
+	bi := buildinfo.Get()
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "relay_build_info", Help: "Always 1; the running build's version and Go toolchain as labels.",
+	}, []string{"version", "goversion"})
+	build.WithLabelValues(bi.Version, bi.GoVersion).Set(1)
+	f(build)
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -14,8 +14,10 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/pyrycode/relay/internal/admission"
+	"github.com/pyrycode/relay/internal/buildinfo"
 	"github.com/pyrycode/relay/internal/config"
 	"github.com/pyrycode/relay/internal/metrics"
 	"github.com/pyrycode/relay/internal/push"
@@ -39,6 +41,8 @@ type Server struct {
 	hosts       hostPolicy   // nil: any Host accepted
 	acmeHandler http.Handler // autocert mode: the port-80 handler
 
+	started time.Time // for /healthz uptime_seconds
+
 	servers []*listenerServer
 	wg      sync.WaitGroup
 	errc    chan error
@@ -54,7 +58,7 @@ type listenerServer struct {
 // New validates what can be validated before binding any port (TLS
 // material, the certificate cache) and builds the handler chain.
 func New(cfg config.Config, log *slog.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, metrics: metrics.New(), errc: make(chan error, 4)}
+	s := &Server{cfg: cfg, log: log, metrics: metrics.New(), errc: make(chan error, 4), started: time.Now()}
 	if err := s.setupTLS(); err != nil {
 		return nil, err
 	}
@@ -129,9 +133,10 @@ func onlyGET(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// healthz reports counts only: never a server-id, address or token. While
-// the relay drains it answers 503, so a load balancer stops sending clients
-// to a relay that is closing every connection.
+// healthz reports counts, the build's version and the uptime: never a
+// server-id, address or token. While the relay drains it answers 503, so a
+// load balancer stops sending clients to a relay that is closing every
+// connection. no-store: a cache in front must not answer for a dead relay.
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	if s.relay.Draining() {
 		w.Header().Set("Retry-After", "5")
@@ -142,7 +147,9 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	body, _ := json.Marshal(struct {
 		Status string `json:"status"`
 		relay.RegistryStats
-	}{"ok", st})
+		Version       string `json:"version"`
+		UptimeSeconds int64  `json:"uptime_seconds"`
+	}{"ok", st, buildinfo.Get().Version, int64(time.Since(s.started) / time.Second)})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(append(body, '\n'))

@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pyrycode/relay/internal/buildinfo"
 	"github.com/pyrycode/relay/internal/config"
 	"github.com/pyrycode/relay/internal/logging"
 )
@@ -188,8 +189,38 @@ func TestHealthz_NotRateLimited_CountsOnly(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		require.Equal(t, 200, resp.StatusCode)
-		require.JSONEq(t, `{"status":"ok","binaries":0,"phones":0,"grace":0}`, string(body))
+		var got map[string]any
+		require.NoError(t, jsonUnmarshal(body, &got))
+		require.Contains(t, got, "uptime_seconds")
+		delete(got, "uptime_seconds")
+		require.Equal(t, map[string]any{"status": "ok", "binaries": 0.0, "phones": 0.0, "grace": 0.0, "version": buildinfo.Get().Version}, got,
+			"counts and build identity only")
 	}
+}
+
+// /healthz names the running build and its uptime, and forbids caches in
+// front of it from answering for a relay that has since died or restarted.
+func TestHealthz_VersionUptimeNoStore(t *testing.T) {
+	cfg, err := config.Parse([]string{"--insecure-listen", "127.0.0.1:0"}, nil, io.Discard)
+	require.NoError(t, err)
+	srv, err := New(cfg, logging.New(io.Discard, 0))
+	require.NoError(t, err)
+	srv.started = time.Now().Add(-90 * time.Second) // as if up for 90 s
+
+	w := newRecorder()
+	srv.healthz(w, mustRequest(t, "GET", "/healthz"))
+	require.Equal(t, http.StatusOK, w.Code)
+	require.Equal(t, "no-store", w.Header().Get("Cache-Control"))
+	var got struct {
+		Version       string `json:"version"`
+		UptimeSeconds *int64 `json:"uptime_seconds"`
+	}
+	require.NoError(t, jsonUnmarshal(w.Body.Bytes(), &got))
+	require.Equal(t, buildinfo.Get().Version, got.Version)
+	require.NotEmpty(t, got.Version)
+	require.NotNil(t, got.UptimeSeconds, "uptime_seconds missing: %s", w.Body.String())
+	require.GreaterOrEqual(t, *got.UptimeSeconds, int64(90))
+	require.Less(t, *got.UptimeSeconds, int64(120))
 }
 
 // One host opening idle keep-alive sockets (never an upgrade, so the HTTP
