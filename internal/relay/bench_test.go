@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
@@ -109,25 +110,118 @@ func echoBinary(c *websocket.Conn) {
 	}
 }
 
-// The binary leg's codec, per message.
-func BenchmarkDecodeBinaryEnvelope(b *testing.B) {
-	msg := []byte(`{"conn_id":"client-0f3a9c2e7b1d4e55","frame":{"v":2,"type":"noise_msg","data":"` + strings.Repeat("A", 200) + `"}}`)
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := decodeBinaryEnvelope(msg); err != nil {
-			b.Fatal(err)
-		}
+// benchFrame is a phone frame of about size bytes: a noise_msg whose data
+// is base64-like, the shape real traffic has.
+func benchFrame(size int) []byte {
+	const head, tail = `{"v":2,"type":"noise_msg","data":"`, `"}`
+	return []byte(head + strings.Repeat("A", max(size-len(head)-len(tail), 0)) + tail)
+}
+
+var benchSizes = []int{128, 512, 16 << 10, 64 << 10}
+
+// The binary leg, binary -> phone: scanning one envelope. The encoding/json
+// sub-benchmark is the map-based reading the scanner replaced (the fuzz
+// oracle's), measured in the same run as the baseline.
+func BenchmarkEnvelopeScan_BinaryToPhone(b *testing.B) {
+	for _, size := range benchSizes {
+		msg := []byte(`{"conn_id":"client-0f3a9c2e7b1d4e55","frame":` + string(benchFrame(size)) + `}`)
+		b.Run(fmt.Sprintf("scanner/%d", size), func(b *testing.B) {
+			b.SetBytes(int64(len(msg)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, ok := scanBinaryEnvelope(msg); !ok {
+					b.Fatal("rejected")
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("encoding_json/%d", size), func(b *testing.B) {
+			b.SetBytes(int64(len(msg)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, ok := oracleEnvelope(msg); !ok {
+					b.Fatal("rejected")
+				}
+			}
+		})
 	}
 }
 
-func BenchmarkPhoneFrameToEnvelope(b *testing.B) {
-	frame := []byte(`{"v":2,"type":"noise_msg","data":"` + strings.Repeat("A", 200) + `"}`)
-	buf := make([]byte, 0, 512)
+// The phone leg, phone -> binary: validating one frame and wrapping it.
+func BenchmarkEnvelopeScan_PhoneToBinary(b *testing.B) {
+	for _, size := range benchSizes {
+		frame := benchFrame(size)
+		buf := make([]byte, 0, size+64)
+		b.Run(fmt.Sprintf("scanner/%d", size), func(b *testing.B) {
+			b.SetBytes(int64(len(frame)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if !validPhoneFrame(frame) {
+					b.Fatal("invalid")
+				}
+				buf = appendPhoneEnvelope(buf[:0], "client-0f3a9c2e7b1d4e55", "", frame)
+			}
+		})
+		b.Run(fmt.Sprintf("encoding_json/%d", size), func(b *testing.B) {
+			b.SetBytes(int64(len(frame)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if !utf8.Valid(frame) || !json.Valid(frame) {
+					b.Fatal("invalid")
+				}
+				buf = appendPhoneEnvelope(buf[:0], "client-0f3a9c2e7b1d4e55", "", frame)
+			}
+		})
+	}
+}
+
+// The registry lookup every binary -> phone message makes, in a registry
+// holding 1,000 server-ids of 16 phones each.
+func BenchmarkPhoneLookup(b *testing.B) {
+	reg := newRegistry(DefaultGracePeriod, DefaultMaxPhones, manualNever, nil)
+	var target *binaryConn
+	var ids [][]byte
+	for i := range 1000 {
+		bc := &binaryConn{serverID: fmt.Sprintf("server-%d", i)}
+		if !reg.claim(bc).ok {
+			b.Fatal("claim")
+		}
+		for range DefaultMaxPhones {
+			p := &phoneConn{serverID: bc.serverID}
+			if err := reg.join(p); err != nil {
+				b.Fatal(err)
+			}
+			if i == 500 {
+				ids = append(ids, []byte(p.connID))
+			}
+		}
+		if i == 500 {
+			target = bc
+		}
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if reg.lookupPhone(target, ids[i%len(ids)]) == nil {
+			b.Fatal("not found")
+		}
+		i++
+	}
+}
+
+// One frame through a phone's outbox: push by the binary's reader, next and
+// done by the phone's writer, with the relay-wide budget charged.
+func BenchmarkOutbox(b *testing.B) {
+	frame := benchFrame(512)
+	o := newOutbox(DefaultPhoneQueueBytes, &byteBudget{limit: DefaultMaxQueuedBytes})
 	b.ReportAllocs()
 	for b.Loop() {
-		if !validPhoneFrame(frame) {
-			b.Fatal("invalid")
+		if r := o.push(outItem{frame: frame}); r != "" {
+			b.Fatal(r)
 		}
-		buf = appendPhoneEnvelope(buf[:0], "client-0f3a9c2e7b1d4e55", "", frame)
+		it, ok := o.next()
+		if !ok {
+			b.Fatal("stopped")
+		}
+		o.done(it)
 	}
 }

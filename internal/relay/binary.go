@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"sync/atomic"
 
 	"github.com/coder/websocket"
@@ -18,6 +17,21 @@ type binaryConn struct {
 	// holding is true while this connection holds its server-id's slot. The
 	// registry sets it under its lock; phone read loops read it lock-free.
 	holding atomic.Bool
+
+	rd msgReader
+	wr writer // every phone's read loop writes through it
+}
+
+// initIO sets up the reused reader and writer; run calls it before any I/O.
+func (b *binaryConn) initIO() {
+	opts := &b.rl.opts
+	b.rd = msgReader{ws: b.ws, timeout: opts.ReadTimeout, onTimeout: func() {
+		b.end(closeCause{code: CodeInternal, reason: reasonReadTimeout})
+	}}
+	b.wr = writer{ws: b.ws, timeout: opts.WriteTimeout, onTimeout: func() {
+		b.end(closeCause{code: CodeInternal, reason: reasonWriteFailed})
+		b.dropSocket() // a binary that stopped reading never answers a close frame
+	}}
 }
 
 func (b *binaryConn) logAttrs(event string) []any {
@@ -27,6 +41,7 @@ func (b *binaryConn) logAttrs(event string) []any {
 // run claims the slot and serves the binary until its connection ends.
 func (b *binaryConn) run() {
 	rl := b.rl
+	b.initIO()
 	if !b.claim() {
 		<-b.gone
 		rl.closed("binary", b.cause)
@@ -82,9 +97,7 @@ func (b *binaryConn) claim() bool {
 func (b *binaryConn) readLoop() {
 	rl := b.rl
 	for {
-		typ, data, err := readMessage(b.ws, rl.opts.ReadTimeout, func() {
-			b.end(closeCause{code: CodeInternal, reason: reasonReadTimeout})
-		})
+		typ, data, err := b.rd.read()
 		if err != nil {
 			b.end(peerCause(err))
 			return
@@ -93,21 +106,21 @@ func (b *binaryConn) readLoop() {
 			rl.drop(DropMalformedEnvelope)
 			continue
 		}
-		env, err := decodeBinaryEnvelope(data)
-		if err != nil {
+		env, ok := scanBinaryEnvelope(data)
+		if !ok {
 			rl.drop(DropMalformedEnvelope)
 			continue
 		}
-		if env.Kind == kindPushWake {
-			rl.wake(b.serverID, env)
+		if env.kind == kindPushWake {
+			rl.wake(b.serverID, env.owned())
 			continue
 		}
-		p := rl.reg.lookupPhone(b, env.ConnID)
+		p := rl.reg.lookupPhone(b, env.connID)
 		if p == nil {
 			rl.drop(DropUnknownConnID)
 			continue
 		}
-		p.deliver(env)
+		p.deliver(env.frame, env.closeCode)
 	}
 }
 
@@ -115,9 +128,7 @@ func (b *binaryConn) readLoop() {
 // WebSocket library; a binary that does not take a write within
 // WriteTimeout is closed 1011. It reports whether the write succeeded.
 func (b *binaryConn) send(msg []byte) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), b.rl.opts.WriteTimeout)
-	defer cancel()
-	if err := b.ws.Write(ctx, websocket.MessageText, msg); err != nil {
+	if err := b.wr.write(msg); err != nil {
 		b.end(closeCause{code: CodeInternal, reason: reasonWriteFailed})
 		return false
 	}

@@ -120,19 +120,91 @@ func peerCause(err error) closeCause {
 	return closeCause{code: code, byPeer: true, notify: true}
 }
 
-// readMessage reads one whole message. The read timeout starts when the
-// message's first frame header arrives, so an idle connection is left to the
-// heartbeat while a slow sender cannot hold a reader and its buffer forever;
-// onTimeout closes the connection, which unblocks the read.
-func readMessage(ws *websocket.Conn, timeout time.Duration, onTimeout func()) (websocket.MessageType, []byte, error) {
-	typ, r, err := ws.Reader(context.Background())
+// msgReader reads whole messages into one buffer reused from message to
+// message. The read timeout starts when the message's first frame header
+// arrives, so an idle connection is left to the heartbeat while a slow
+// sender cannot hold a reader and its buffer forever; onTimeout closes the
+// connection, which unblocks the read. One timer serves every message
+// (re-armed, never re-allocated), and it and the buffer are made on the
+// first message, so an idle connection holds neither.
+type msgReader struct {
+	ws        *websocket.Conn
+	timeout   time.Duration
+	onTimeout func()
+	timer     *time.Timer
+	buf       []byte
+}
+
+// maxKeptReadBuffer is the largest read buffer kept between messages: a
+// connection that once received a 256 KiB message does not pin 256 KiB
+// for the rest of its life.
+const maxKeptReadBuffer = 64 << 10
+
+// minReadBuffer is the first buffer's size; it grows by doubling.
+const minReadBuffer = 1 << 10
+
+// read returns the next message. data is valid until the next call.
+func (m *msgReader) read() (typ websocket.MessageType, data []byte, err error) {
+	typ, r, err := m.ws.Reader(context.Background())
 	if err != nil {
 		return 0, nil, err
 	}
-	t := time.AfterFunc(timeout, onTimeout)
-	defer t.Stop()
-	data, err := io.ReadAll(r)
-	return typ, data, err
+	if m.timer == nil {
+		m.timer = time.AfterFunc(m.timeout, m.onTimeout)
+	} else {
+		m.timer.Reset(m.timeout)
+	}
+	if cap(m.buf) > maxKeptReadBuffer {
+		m.buf = nil
+	}
+	if m.buf == nil {
+		m.buf = make([]byte, 0, minReadBuffer)
+	}
+	buf := m.buf[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)] // grow (doubling)
+		}
+		n, rerr := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			err = rerr
+			break
+		}
+	}
+	m.timer.Stop()
+	m.buf = buf
+	return typ, buf, err
+}
+
+// writer serialises one connection's data writes and bounds each with one
+// reused timer instead of a context and timer per message. A write that
+// does not finish within the timeout calls onTimeout, which records the
+// cause and drops the socket, which fails the write; writers queued behind
+// it then fail at once on the closed connection.
+type writer struct {
+	ws        *websocket.Conn
+	timeout   time.Duration
+	onTimeout func()
+
+	mu    sync.Mutex
+	timer *time.Timer
+}
+
+func (w *writer) write(msg []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.timer == nil {
+		w.timer = time.AfterFunc(w.timeout, w.onTimeout)
+	} else {
+		w.timer.Reset(w.timeout)
+	}
+	err := w.ws.Write(context.Background(), websocket.MessageText, msg)
+	w.timer.Stop()
+	return err
 }
 
 // heartbeat pings every interval and calls onDead when a pong does not come

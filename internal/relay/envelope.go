@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
-	"unicode/utf8"
 )
 
 // The routing envelope exists on the binary leg only (protocol §5); phones
@@ -59,75 +58,200 @@ func validDirectiveCode(code int) bool {
 	return code == 0 || code == 1000 || code == 1001 || (code >= 4000 && code <= 4999)
 }
 
-// decodeBinaryEnvelope parses one binary message. Keys match exactly (not
-// encoding/json's case-insensitive struct matching) and unknown keys are
-// ignored, so a future field never breaks routing and "Conn_Id" is not an
-// alias for conn_id.
+// envelopeView is a scanned binary message. Its byte fields alias the
+// message (or, for an escaped conn_id, a fresh copy), so the read loop can
+// route without allocating; whatever outlives the read must be copied.
+type envelopeView struct {
+	kind      envelopeKind
+	connID    []byte // unescaped
+	frame     []byte // raw inner object; nil when none
+	closeCode int
+	platform  []byte // unescaped; kindPushWake only
+	token     []byte // unescaped; kindPushWake only (a secret: never logged)
+}
+
+// scanBinaryEnvelope reads one binary message in a single pass, without a
+// map: the whole message is validated (JSON and UTF-8) and the four
+// envelope keys picked out as it goes. Keys match exactly after JSON
+// unescaping (encoding/json's map semantics: "conn\u005fid" is conn_id,
+// "Conn_Id" is an unknown key and ignored), and a repeated key's last value
+// wins, as in the map-based reading the fuzz oracle keeps.
+func scanBinaryEnvelope(data []byte) (envelopeView, bool) {
+	i := skipWS(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return envelopeView{}, false // null, arrays, scalars: not an envelope
+	}
+	var rawConnID, rawWake, rawCode, rawFrame []byte // nil: key absent
+	it := newMemberIter(data, i, 1)
+	for {
+		k, v, ok := it.next()
+		if !ok {
+			break
+		}
+		switch envelopeKey(k) {
+		case "conn_id":
+			rawConnID = v
+		case "push_wake":
+			rawWake = v
+		case "close_code":
+			rawCode = v
+		case "frame":
+			rawFrame = v
+		}
+	}
+	if it.err || skipWS(data, it.i) != len(data) {
+		return envelopeView{}, false
+	}
+
+	if rawWake != nil {
+		if rawConnID != nil {
+			return envelopeView{}, false // ambiguous: a wake is addressed to the relay
+		}
+		if rawWake[0] != '{' {
+			return envelopeView{}, false
+		}
+		var rawPlatform, rawToken []byte
+		w := newMemberIter(rawWake, 0, 2)
+		for {
+			k, v, ok := w.next()
+			if !ok {
+				break
+			}
+			switch envelopeKey(k) { // exact keys: "PLATFORM" is not platform
+			case "platform":
+				rawPlatform = v
+			case "token":
+				rawToken = v
+			}
+		}
+		if w.err || !nonEmptyString(rawPlatform) || !nonEmptyString(rawToken) {
+			return envelopeView{}, false
+		}
+		return envelopeView{kind: kindPushWake, platform: jsonUnquote(rawPlatform), token: jsonUnquote(rawToken)}, true
+	}
+
+	if !nonEmptyString(rawConnID) {
+		return envelopeView{}, false // absent, null, "", or not a string
+	}
+	v := envelopeView{kind: kindRoute, connID: jsonUnquote(rawConnID)}
+	if rawCode != nil && !isNull(rawCode) {
+		code, ok := parseCloseCode(rawCode)
+		if !ok {
+			return envelopeView{}, false
+		}
+		v.closeCode = code
+	}
+	if rawFrame != nil && !isNull(rawFrame) {
+		if rawFrame[0] != '{' {
+			return envelopeView{}, false // application frames are JSON objects
+		}
+		v.frame = rawFrame
+	}
+	if v.frame == nil && v.closeCode == 0 {
+		return envelopeView{}, false // nothing to do
+	}
+	return v, true
+}
+
+// decodeBinaryEnvelope is scanBinaryEnvelope with owned fields: the form
+// the fuzz oracle and tests compare against.
 func decodeBinaryEnvelope(data []byte) (binaryEnvelope, error) {
-	if !utf8.Valid(data) {
+	v, ok := scanBinaryEnvelope(data)
+	if !ok {
 		return binaryEnvelope{}, ErrMalformedEnvelope
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(data, &fields); err != nil || fields == nil {
-		return binaryEnvelope{}, ErrMalformedEnvelope
-	}
-	rawConnID, hasConnID := fields["conn_id"]
-	rawWake, hasWake := fields["push_wake"]
-
-	if hasWake {
-		if hasConnID {
-			return binaryEnvelope{}, ErrMalformedEnvelope // ambiguous: a wake is addressed to the relay
-		}
-		// A map, not a struct: struct decoding would match "PLATFORM" or
-		// "plAtform" too, and let a later case variant override the field.
-		var w map[string]json.RawMessage
-		var platform, token string
-		if json.Unmarshal(rawWake, &w) != nil || w == nil ||
-			json.Unmarshal(w["platform"], &platform) != nil || platform == "" ||
-			json.Unmarshal(w["token"], &token) != nil || token == "" {
-			return binaryEnvelope{}, ErrMalformedEnvelope
-		}
-		return binaryEnvelope{Kind: kindPushWake, PushPlatform: platform, PushToken: token}, nil
-	}
-
-	if !hasConnID {
-		return binaryEnvelope{}, ErrMalformedEnvelope
-	}
-	var env binaryEnvelope
-	if err := json.Unmarshal(rawConnID, &env.ConnID); err != nil || env.ConnID == "" {
-		return binaryEnvelope{}, ErrMalformedEnvelope
-	}
-	if raw, ok := fields["close_code"]; ok && !isNull(raw) {
-		code, err := strconv.Atoi(string(raw)) // integers only: 4401.0 or "4401" are malformed
-		if err != nil || !validDirectiveCode(code) {
-			return binaryEnvelope{}, ErrMalformedEnvelope
-		}
-		env.CloseCode = code
-	}
-	if raw, ok := fields["frame"]; ok && !isNull(raw) {
-		if !isObject(raw) {
-			return binaryEnvelope{}, ErrMalformedEnvelope // application frames are JSON objects
-		}
-		env.Frame = raw
-	}
-	if env.Frame == nil && env.CloseCode == 0 {
-		return binaryEnvelope{}, ErrMalformedEnvelope // nothing to do
-	}
-	return env, nil
+	return v.owned(), nil
 }
 
-func isNull(raw json.RawMessage) bool { return bytes.Equal(raw, []byte("null")) }
-
-func isObject(raw []byte) bool {
-	raw = bytes.TrimLeft(raw, " \t\r\n")
-	return len(raw) > 0 && raw[0] == '{'
+// owned copies v's string fields out of the message (Frame still aliases it).
+func (v envelopeView) owned() binaryEnvelope {
+	return binaryEnvelope{Kind: v.kind, ConnID: string(v.connID), Frame: v.frame,
+		CloseCode: v.closeCode, PushPlatform: string(v.platform), PushToken: string(v.token)}
 }
+
+// maxEnvelopeKeyRaw bounds the raw (quoted, escaped) length of a key that
+// can unescape to one of the envelope's names (10 bytes at most): every
+// escape sequence yields at least one byte per six raw bytes, so a longer
+// raw key is an unknown key and needs no decoding.
+const maxEnvelopeKeyRaw = 2 + 6*len("close_code")
+
+// envelopeKey returns the envelope name the raw key k (quotes included)
+// spells after unescaping, or "" for any other key. Only an escaped key
+// allocates.
+func envelopeKey(k []byte) string {
+	inner := k[1 : len(k)-1]
+	if bytes.IndexByte(inner, '\\') >= 0 {
+		if len(k) > maxEnvelopeKeyRaw {
+			return ""
+		}
+		var s string
+		if json.Unmarshal(k, &s) != nil {
+			return ""
+		}
+		inner = []byte(s)
+	}
+	switch string(inner) {
+	case "conn_id":
+		return "conn_id"
+	case "push_wake":
+		return "push_wake"
+	case "close_code":
+		return "close_code"
+	case "frame":
+		return "frame"
+	case "platform":
+		return "platform"
+	case "token":
+		return "token"
+	}
+	return ""
+}
+
+// nonEmptyString reports whether raw is a JSON string with at least one
+// character (every escape decodes to at least one byte).
+func nonEmptyString(raw []byte) bool { return len(raw) > 2 && raw[0] == '"' }
+
+// jsonUnquote decodes a validated JSON string token. Without escapes it is
+// the token's inside, uncopied.
+func jsonUnquote(raw []byte) []byte {
+	inner := raw[1 : len(raw)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return inner
+	}
+	var s string
+	_ = json.Unmarshal(raw, &s) // a validated string token always decodes
+	return []byte(s)
+}
+
+// parseCloseCode reads close_code: a JSON integer (4401.0, 4.401e3 and
+// "4401" are malformed) that is a valid directive code.
+func parseCloseCode(raw []byte) (int, bool) {
+	digits := raw
+	neg := raw[0] == '-'
+	if neg {
+		digits = raw[1:]
+	}
+	if len(digits) == 0 || len(digits) > 9 {
+		return 0, false // no valid code has more digits
+	}
+	n := 0
+	for _, c := range digits {
+		if !isDigit(c) {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	if neg {
+		n = -n
+	}
+	return n, validDirectiveCode(n)
+}
+
+func isNull(raw []byte) bool { return string(raw) == "null" }
 
 // validPhoneFrame reports whether a phone message is one JSON object in
 // valid UTF-8. Anything else closes the phone 1007.
-func validPhoneFrame(data []byte) bool {
-	return utf8.Valid(data) && json.Valid(data) && isObject(data)
-}
+func validPhoneFrame(data []byte) bool { return validJSONObject(data) }
 
 // appendPhoneEnvelope wraps a validated phone frame for the binary. The
 // frame is embedded verbatim; token is added only when non-empty.

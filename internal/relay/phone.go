@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"errors"
 	"net"
 
@@ -24,6 +23,21 @@ type phoneConn struct {
 	slot        *slot       // set by registry.join
 	joinedUnder *binaryConn // binary holding the slot at join; nil in grace
 	out         *outbox
+
+	rd msgReader
+	wr writer // used by the writer goroutine only
+}
+
+// initIO sets up the reused reader and writer; run calls it before any I/O.
+func (p *phoneConn) initIO() {
+	opts := &p.rl.opts
+	p.rd = msgReader{ws: p.ws, timeout: opts.ReadTimeout, onTimeout: func() {
+		p.end(closeCause{code: CodeInternal, reason: reasonReadTimeout, notify: true})
+	}}
+	p.wr = writer{ws: p.ws, timeout: opts.WriteTimeout, onTimeout: func() {
+		p.end(closeCause{code: CodeInternal, reason: reasonWriteFailed, notify: true})
+		p.dropSocket() // a phone that stopped reading never answers a close frame
+	}}
 }
 
 func (p *phoneConn) logAttrs(event string) []any {
@@ -33,6 +47,7 @@ func (p *phoneConn) logAttrs(event string) []any {
 // run serves an accepted phone until its connection ends.
 func (p *phoneConn) run() {
 	rl := p.rl
+	p.initIO()
 	if err := rl.reg.join(p); err != nil {
 		code, reason := CodeNoBinary, reasonNoBinary
 		if err == ErrTooManyPhones {
@@ -75,9 +90,7 @@ func (p *phoneConn) readLoop() {
 	rl := p.rl
 	var buf []byte
 	for {
-		typ, data, err := readMessage(p.ws, rl.opts.ReadTimeout, func() {
-			p.end(closeCause{code: CodeInternal, reason: reasonReadTimeout, notify: true})
-		})
+		typ, data, err := p.rd.read()
 		if err != nil {
 			p.end(peerCause(err))
 			return
@@ -111,11 +124,12 @@ func (p *phoneConn) writeLoop() {
 			return
 		}
 		if err != nil {
-			// net.ErrClosed (not a timeout): the connection was already
-			// closing, by the phone's own close frame or by the relay,
-			// and the reader records why. Claiming 1011 here would tell
-			// the binary "write failed" for a phone that closed cleanly.
-			if !errors.Is(err, net.ErrClosed) || errors.Is(err, context.DeadlineExceeded) {
+			// net.ErrClosed: the connection was already closing, by the
+			// phone's own close frame, by the relay, or by the write timer
+			// (which recorded 1011 itself), and whoever closed it recorded
+			// why. Claiming 1011 here would tell the binary "write failed"
+			// for a phone that closed cleanly.
+			if !errors.Is(err, net.ErrClosed) {
 				p.end(closeCause{code: CodeInternal, reason: reasonWriteFailed, notify: true})
 			}
 			return
@@ -130,9 +144,7 @@ func (p *phoneConn) writeLoop() {
 
 // writeFrame writes one frame within the write timeout.
 func (p *phoneConn) writeFrame(frame []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), p.rl.opts.WriteTimeout)
-	defer cancel()
-	if err := p.ws.Write(ctx, websocket.MessageText, frame); err != nil {
+	if err := p.wr.write(frame); err != nil {
 		return err
 	}
 	p.rl.routedToPhone.Inc()
@@ -144,8 +156,13 @@ func (p *phoneConn) writeFrame(frame []byte) error {
 // relay-wide ceiling the phone furthest behind is closed first, so a tenant
 // that parks its phones just under the ceiling cannot get another tenant's
 // phone closed by the next frame that happens to cross it.
-func (p *phoneConn) deliver(env binaryEnvelope) {
-	it := outItem{frame: env.Frame, closeCode: env.CloseCode}
+//
+// frame may alias the binary's read buffer: it is copied before it is queued.
+func (p *phoneConn) deliver(frame []byte, closeCode int) {
+	it := outItem{closeCode: closeCode}
+	if frame != nil {
+		it.frame = append(make([]byte, 0, len(frame)), frame...)
+	}
 	reason := p.out.push(it)
 	if reason == DropRelayBacklog && p.rl.shedLargestBacklog(p) {
 		reason = p.out.push(it) // once: the shed phone's queue was released

@@ -237,14 +237,14 @@ func (r *registry) leave(p *phoneConn) (notify *binaryConn) {
 // lookupPhone finds connID among the phones of the slot b holds. A binary
 // that no longer holds its slot reaches nobody; a conn_id of another
 // server-id is simply not in b's slot.
-func (r *registry) lookupPhone(b *binaryConn, connID string) *phoneConn {
+func (r *registry) lookupPhone(b *binaryConn, connID []byte) *phoneConn {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.slots[b.serverID]
 	if s == nil || s.binary != b {
 		return nil
 	}
-	return s.phones[connID]
+	return s.phones[string(connID)] // no allocation: the conversion only keys the lookup
 }
 
 // largestBacklog returns the phone with the most bytes queued, or nil. It

@@ -323,7 +323,7 @@ func (m *registryModel) route(t *rapid.T) {
 	}
 	b := rapid.SampledFrom(m.binaries).Draw(t, "binary")
 	p := rapid.SampledFrom(m.phones).Draw(t, "phone")
-	got := m.reg.lookupPhone(b, p.connID)
+	got := m.reg.lookupPhone(b, []byte(p.connID))
 	var want *phoneConn
 	if s := m.slots[b.serverID]; s != nil && s.holder == b {
 		if _, ok := s.phones[p]; ok {
@@ -344,7 +344,7 @@ func (m *registryModel) deliver(t *rapid.T) {
 		t.Skip("nothing to route between")
 	}
 	b := rapid.SampledFrom(m.binaries).Draw(t, "binary")
-	p := m.reg.lookupPhone(b, rapid.SampledFrom(m.phones).Draw(t, "phone").connID)
+	p := m.reg.lookupPhone(b, []byte(rapid.SampledFrom(m.phones).Draw(t, "phone").connID))
 	if p == nil {
 		return
 	}
