@@ -25,7 +25,7 @@ VULNDB_DIR     ?= $(CURDIR)/bin/vulndb-$(VULNDB_VERSION)
 TOOLS          := $(CURDIR)/bin/tools
 GOVULNCHECK    := $(TOOLS)/govulncheck-$(GOVULNCHECK_VERSION)/govulncheck
 
-.PHONY: build test run vet lint fuzz attack attack-local load bench sbom vulncheck vulndb clean
+.PHONY: build test run vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/relay
@@ -72,8 +72,16 @@ attack-local:
 load: build
 	$(GO) run ./attacks/cmd/relay-load --relay $(BIN) $(LOAD_FLAGS)
 
+## bench: micro-benchmarks with -benchmem (envelope scan both ways, phone lookup, outbox, heartbeat
+## scheduler, round trip against a direct echo), six counts each for benchstat.
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -count=6 ./... | tee bench.txt
+
+## perf: the load harness (cmd/relay-bench): the relay against the baseline forwarder in the same run,
+## paired and pinned, on 127.0.0.1 only; the table of docs/performance.md, its JSON and plots in docs/perf/.
+## About 12 minutes on 2 cores. PERF_FLAGS="--suite table --cycles 5" etc.; needs `ulimit -n` >= 10100.
+perf: build
+	$(GO) run ./cmd/relay-bench --relay $(BIN) --suite all --json docs/perf/report.json --plots docs/perf $(PERF_FLAGS)
 
 ## sbom: CycloneDX SBOM of the module (go install github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@v1.10.0).
 sbom:

@@ -1,0 +1,456 @@
+package loadbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is one harness invocation.
+type Config struct {
+	// RelayBin is the relay binary to start; empty builds ./cmd/relay of
+	// the module the working directory is in.
+	RelayBin string
+	// Target is a running relay's ws:// or wss:// base URL instead of one
+	// the harness starts. Its CPU and memory cannot be read, so only
+	// throughput and round trips are reported for it.
+	Target string
+	// ForwarderArgv starts the baseline forwarder process (the harness
+	// re-executes itself; see ForwarderEnv).
+	ForwarderArgv []string
+	Suite         string        // table, sizes, conns, all, smoke
+	Cycles        int           // paired relay/forwarder repetitions
+	Warmup, Run   time.Duration // per traffic run
+	Idle          time.Duration // idle window per idle run
+	Settle        time.Duration // idle runs: pause between connecting and the first RSS reading (0: 2 s)
+	PingInterval  time.Duration // the relay's --ping-interval for idle runs
+	Pin           bool          // pin servers to the last CPU and the load to the first
+	GOMAXPROCS    int           // for the server processes (0: leave)
+	Conns         []int         // idle sweep (conns suite)
+	Sizes         []int         // size sweep (sizes suite)
+	Progress      io.Writer     // one line per run; nil discards
+	Command       string        // the command line, recorded in the report
+}
+
+// ForwarderEnv, set to a listen address in a process's environment, makes
+// the harness's command (or test binary) serve the baseline forwarder.
+const ForwarderEnv = "RELAY_BENCH_FORWARDER"
+
+// Report is everything one invocation measured.
+type Report struct {
+	Command     string       `json:"command"`
+	Started     time.Time    `json:"started"`
+	Machine     Machine      `json:"machine"`
+	LoadBefore  float64      `json:"loadavg_before"`
+	LoadAfter   float64      `json:"loadavg_after"`
+	Results     []Result     `json:"results"`
+	Comparisons []Comparison `json:"comparisons"`
+	Notes       []string     `json:"notes,omitempty"`
+}
+
+// Machine describes where the figures were taken.
+type Machine struct {
+	CPUModel   string `json:"cpu_model"`
+	CPUs       int    `json:"cpus"`
+	GoVersion  string `json:"go_version"`
+	Kernel     string `json:"kernel"`
+	Pinned     bool   `json:"pinned"`
+	GOMAXPROCS int    `json:"server_gomaxprocs"`
+	FileLimit  uint64 `json:"file_limit"`
+}
+
+// Suites.
+func tableWorkloads() []Workload {
+	return []Workload{
+		{Kind: StreamP2B, Size: 512, Binaries: 1, PhonesPer: 16, InFlight: 8},
+		{Kind: StreamB2P, Size: 512, Binaries: 1, PhonesPer: 16, InFlight: 8},
+		{Kind: StreamP2B, Size: 16 << 10, Binaries: 1, PhonesPer: 16, InFlight: 8},
+		{Kind: StreamB2P, Size: 16 << 10, Binaries: 1, PhonesPer: 16, InFlight: 8},
+		{Kind: PingPong, Size: 512, Binaries: 4, PhonesPer: 16},
+	}
+}
+
+func sizeWorkloads(sizes []int) []Workload {
+	var ws []Workload
+	for _, kind := range []string{StreamP2B, StreamB2P} {
+		for _, s := range sizes {
+			ws = append(ws, Workload{Kind: kind, Size: s, Binaries: 1, PhonesPer: 16, InFlight: 8})
+		}
+	}
+	return ws
+}
+
+// DefaultSizes and DefaultConns are the sweeps of docs/performance.md.
+var (
+	DefaultSizes = []int{128, 512, 2 << 10, 8 << 10, 16 << 10, 64 << 10}
+	DefaultConns = []int{1000, 5000, 10000}
+)
+
+// Run executes cfg's suite and returns the report.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if cfg.Cycles < 1 {
+		cfg.Cycles = 1
+	}
+	progress := cfg.Progress
+	if progress == nil {
+		progress = io.Discard
+	}
+	rep := &Report{Command: cfg.Command, Started: time.Now().UTC(), LoadBefore: loadAvg()}
+	rep.Machine = Machine{CPUModel: cpuModel(), CPUs: runtime.NumCPU(), GoVersion: runtime.Version(),
+		Kernel: kernel(), GOMAXPROCS: cfg.GOMAXPROCS, FileLimit: raiseFileLimit()}
+
+	serverCPU, loadCPU := -1, -1
+	if cfg.Pin && runtime.NumCPU() >= 2 {
+		serverCPU, loadCPU = runtime.NumCPU()-1, 0
+		rep.Machine.Pinned = true
+	}
+	env := []string{}
+	if cfg.GOMAXPROCS > 0 {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(cfg.GOMAXPROCS))
+	}
+	if loadCPU >= 0 {
+		pinProcess(os.Getpid(), loadCPU)
+	}
+
+	relayBin := cfg.RelayBin
+	if relayBin == "" && cfg.Target == "" {
+		root, err := moduleRoot()
+		if err != nil {
+			return nil, err
+		}
+		dir, err := os.MkdirTemp("", "relay-bench-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		relayBin = filepath.Join(dir, "relay")
+		fmt.Fprintf(progress, "building %s/cmd/relay\n", root)
+		if err := buildRelay(ctx, root, relayBin); err != nil {
+			return nil, err
+		}
+	}
+	startRelay := func(ping time.Duration) (*proc, error) {
+		addr, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		return startProc(ctx, kindRelay, addr, serverCPU, env, relayBin, "serve", "--insecure-listen", addr,
+			"--log-level", "warn", "--ping-interval", ping.String(),
+			"--max-conns", "200000", "--max-conns-per-ip", "200000", "--max-sockets", "200000",
+			"--max-sockets-per-ip", "200000", "--upgrade-rate", "1000000", "--upgrade-burst", "1000000",
+			"--max-tracked-ips", "400000")
+	}
+	startForwarder := func() (*proc, error) {
+		addr, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		return startProc(ctx, kindForwarder, addr, serverCPU, append(env, ForwarderEnv+"="+addr), cfg.ForwarderArgv...)
+	}
+	d := newDialer(64)
+
+	// Traffic workloads share one relay and one forwarder process.
+	var traffic []Workload
+	var idle []Workload
+	switch cfg.Suite {
+	case "table":
+		traffic = tableWorkloads()
+		idle = []Workload{{Kind: Idle, Conns: 10000, PhonesPer: 16}}
+	case "sizes":
+		traffic = sizeWorkloads(orDefault(cfg.Sizes, DefaultSizes))
+	case "conns":
+		for _, n := range orDefault(cfg.Conns, DefaultConns) {
+			idle = append(idle, Workload{Kind: Idle, Conns: n, PhonesPer: 16})
+		}
+	case "all":
+		traffic = tableWorkloads()
+		for _, w := range sizeWorkloads(orDefault(cfg.Sizes, DefaultSizes)) {
+			if !slices.Contains(traffic, w) {
+				traffic = append(traffic, w)
+			}
+		}
+		for _, n := range orDefault(cfg.Conns, DefaultConns) {
+			idle = append(idle, Workload{Kind: Idle, Conns: n, PhonesPer: 16})
+		}
+	case "smoke":
+		traffic = []Workload{
+			{Kind: StreamP2B, Size: 512, Binaries: 1, PhonesPer: 2, InFlight: 4},
+			{Kind: StreamB2P, Size: 512, Binaries: 1, PhonesPer: 2, InFlight: 4},
+			{Kind: PingPong, Size: 512, Binaries: 1, PhonesPer: 2},
+		}
+		idle = []Workload{{Kind: Idle, Conns: 20, PhonesPer: 4}}
+	default:
+		return nil, fmt.Errorf("unknown suite %q (table, sizes, conns, all, smoke)", cfg.Suite)
+	}
+
+	if len(traffic) > 0 {
+		var relay *proc
+		rt := target{kind: kindRelay, base: cfg.Target}
+		if cfg.Target == "" {
+			var err error
+			if relay, err = startRelay(30 * time.Second); err != nil {
+				return nil, err
+			}
+			defer relay.stop()
+			rt = target{kind: kindRelay, base: "ws://" + relay.addr, pid: relay.pid}
+		}
+		fwd, err := startForwarder()
+		if err != nil {
+			return nil, err
+		}
+		defer fwd.stop()
+		ft := target{kind: kindForwarder, base: "ws://" + fwd.addr, pid: fwd.pid}
+		seq := 0
+		for cycle := 1; cycle <= cfg.Cycles; cycle++ {
+			for _, w := range traffic {
+				// Back to back, alternating which goes first, so drift in
+				// the machine's other load falls on both alike.
+				order := []target{ft, rt}
+				if cycle%2 == 0 {
+					order = []target{rt, ft}
+				}
+				for _, t := range order {
+					seq++
+					r, err := runTraffic(ctx, d, t, w, fmt.Sprintf("c%d-%d", cycle, seq), cfg.Warmup, cfg.Run)
+					if err != nil {
+						return rep, fmt.Errorf("%s, %s, cycle %d: %w", w.Name(), t.kind, cycle, err)
+					}
+					r.Cycle = cycle
+					rep.Results = append(rep.Results, r)
+					fmt.Fprintln(progress, progressLine(r))
+					sleepCtx(ctx, 100*time.Millisecond) // closes settle
+				}
+			}
+		}
+	}
+
+	settle := cfg.Settle
+	if settle <= 0 {
+		settle = 2 * time.Second
+	}
+	if cfg.Target != "" && len(idle) > 0 {
+		rep.Notes = append(rep.Notes, "idle runs need a local relay process and were skipped for --target")
+		idle = nil
+	}
+	for cycle := 1; cycle <= cfg.Cycles && len(idle) > 0; cycle++ {
+		for _, w := range idle {
+			// The forwarder first: it has no heartbeat, so its window only
+			// needs to show the memory is flat.
+			fr, err := runIdle(ctx, d, w, kindForwarder, min(cfg.Idle, 10*time.Second), settle, startForwarder)
+			if err != nil {
+				return rep, fmt.Errorf("%s, forwarder: %w", w.Name(), err)
+			}
+			fr.Cycle = cycle
+			rep.Results = append(rep.Results, fr)
+			fmt.Fprintln(progress, progressLine(fr))
+			rr, err := runIdle(ctx, d, w, kindRelay, cfg.Idle, settle, func() (*proc, error) { return startRelay(cfg.PingInterval) })
+			if err != nil {
+				return rep, fmt.Errorf("%s, relay: %w", w.Name(), err)
+			}
+			rr.Cycle = cycle
+			rep.Results = append(rep.Results, rr)
+			fmt.Fprintln(progress, progressLine(rr))
+		}
+		if cfg.Suite == "table" || cfg.Suite == "smoke" {
+			break // one idle cycle: each takes the idle window twice
+		}
+	}
+	rep.LoadAfter = loadAvg()
+	rep.Comparisons = compare(rep.Results)
+	return rep, ctx.Err()
+}
+
+func orDefault(v, def []int) []int {
+	if len(v) > 0 {
+		return v
+	}
+	return def
+}
+
+func progressLine(r Result) string {
+	busy := make([]string, len(r.MachineBusy))
+	for i, b := range r.MachineBusy {
+		busy[i] = fmt.Sprintf("%.0f%%", b*100)
+	}
+	load := "machine busy " + strings.Join(busy, "/")
+	if r.Workload.Kind == Idle {
+		return fmt.Sprintf("cycle %d  %-26s %-9s  %5.1f KiB/conn  %+.2f KiB/conn over %.0fs  %.3f%% of a core  %.0f conns/s set-up  (%s)",
+			r.Cycle, r.Workload.Name(), r.Server, r.RSSPerConnKiB, r.RSSGrowthKiB, r.IdleSeconds, r.IdleCPUPercent, r.SetupPerSec, load)
+	}
+	line := fmt.Sprintf("cycle %d  %-26s %-9s  %8.0f msg/s  %7.1f MB/s  %6.2f µs/msg  %.2f cores",
+		r.Cycle, r.Workload.Name(), r.Server, r.MsgPerSec, r.MBPerSec, r.CPUPerMsgUS, r.ServerCPU)
+	if r.RTTP99MS > 0 {
+		line += fmt.Sprintf("  rtt p50 %.2f p95 %.2f p99 %.2f ms", r.RTTP50MS, r.RTTP95MS, r.RTTP99MS)
+	}
+	return line + "  (" + load + ")"
+}
+
+// Comparison pairs the relay's and the forwarder's results for one
+// workload: medians over cycles and the per-cycle ratios' median and range.
+type Comparison struct {
+	Workload  Workload `json:"workload"`
+	Relay     Result   `json:"relay_median"`
+	Forwarder Result   `json:"forwarder_median"`
+	// CPURatio is forwarder CPU per message ÷ relay CPU per message (1 is
+	// as cheap as the forwarder; the issue's targets are floors on it).
+	CPURatio Ratio `json:"cpu_ratio"`
+	// ThroughputRatio is relay msg/s ÷ forwarder msg/s.
+	ThroughputRatio Ratio `json:"throughput_ratio"`
+	// P99Ratio is relay p99 round trip ÷ forwarder p99 (ping-pong).
+	P99Ratio Ratio `json:"p99_ratio"`
+	// RSSRatio is relay RSS per connection ÷ forwarder's (idle).
+	RSSRatio Ratio `json:"rss_ratio"`
+}
+
+// Ratio is a median over paired cycles, with the smallest and largest.
+type Ratio struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	N      int     `json:"n"`
+}
+
+func ratioOf(vs []float64) Ratio {
+	var clean []float64
+	for _, v := range vs {
+		if v > 0 && !isInf(v) {
+			clean = append(clean, v)
+		}
+	}
+	if len(clean) == 0 {
+		return Ratio{}
+	}
+	sort.Float64s(clean)
+	return Ratio{Median: median(clean), Min: clean[0], Max: clean[len(clean)-1], N: len(clean)}
+}
+
+func isInf(v float64) bool { return v > 1e300 }
+
+func median(sorted []float64) float64 {
+	n := len(sorted)
+	if n%2 == 1 {
+		return sorted[n/2]
+	}
+	return (sorted[n/2-1] + sorted[n/2]) / 2
+}
+
+func compare(results []Result) []Comparison {
+	type key struct {
+		w     string
+		cycle int
+	}
+	byKey := map[key]map[string]Result{}
+	var order []Workload
+	seen := map[string]bool{}
+	for _, r := range results {
+		name := r.Workload.Name()
+		if r.Workload.Kind == Idle {
+			name = fmt.Sprintf("idle %d", r.Workload.Conns)
+		}
+		k := key{name, r.Cycle}
+		if byKey[k] == nil {
+			byKey[k] = map[string]Result{}
+		}
+		byKey[k][r.Server] = r
+		if !seen[name] {
+			seen[name] = true
+			order = append(order, r.Workload)
+		}
+	}
+	var out []Comparison
+	for _, w := range order {
+		name := w.Name()
+		if w.Kind == Idle {
+			name = fmt.Sprintf("idle %d", w.Conns)
+		}
+		var cpu, thr, p99, rss []float64
+		var rel, fwd []Result
+		for k, m := range byKey {
+			if k.w != name {
+				continue
+			}
+			r, okR := m[kindRelay]
+			f, okF := m[kindForwarder]
+			if okR {
+				rel = append(rel, r)
+			}
+			if okF {
+				fwd = append(fwd, f)
+			}
+			if !okR || !okF {
+				continue
+			}
+			cpu = append(cpu, safeDiv(f.CPUPerMsgUS, r.CPUPerMsgUS))
+			thr = append(thr, safeDiv(r.MsgPerSec, f.MsgPerSec))
+			p99 = append(p99, safeDiv(r.RTTP99MS, f.RTTP99MS))
+			rss = append(rss, safeDiv(r.RSSPerConnKiB, f.RSSPerConnKiB))
+		}
+		out = append(out, Comparison{Workload: w, Relay: medianResult(rel), Forwarder: medianResult(fwd),
+			CPURatio: ratioOf(cpu), ThroughputRatio: ratioOf(thr), P99Ratio: ratioOf(p99), RSSRatio: ratioOf(rss)})
+	}
+	return out
+}
+
+func safeDiv(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// medianResult takes each figure's median across cycles.
+func medianResult(rs []Result) Result {
+	if len(rs) == 0 {
+		return Result{}
+	}
+	m := rs[0]
+	m.Cycle = 0
+	pick := func(get func(Result) float64) float64 {
+		vs := make([]float64, len(rs))
+		for i, r := range rs {
+			vs[i] = get(r)
+		}
+		sort.Float64s(vs)
+		return median(vs)
+	}
+	m.MsgPerSec = pick(func(r Result) float64 { return r.MsgPerSec })
+	m.MBPerSec = pick(func(r Result) float64 { return r.MBPerSec })
+	m.CPUPerMsgUS = pick(func(r Result) float64 { return r.CPUPerMsgUS })
+	m.ServerCPU = pick(func(r Result) float64 { return r.ServerCPU })
+	m.RTTP50MS = pick(func(r Result) float64 { return r.RTTP50MS })
+	m.RTTP95MS = pick(func(r Result) float64 { return r.RTTP95MS })
+	m.RTTP99MS = pick(func(r Result) float64 { return r.RTTP99MS })
+	m.RSSPerConnKiB = pick(func(r Result) float64 { return r.RSSPerConnKiB })
+	m.RSSGrowthKiB = pick(func(r Result) float64 { return r.RSSGrowthKiB })
+	m.IdleCPUPercent = pick(func(r Result) float64 { return r.IdleCPUPercent })
+	m.SetupPerSec = pick(func(r Result) float64 { return r.SetupPerSec })
+	return m
+}
+
+func cpuModel() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "model name"); ok {
+			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+		}
+	}
+	return runtime.GOARCH
+}
+
+func kernel() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return strings.TrimSpace(string(b))
+}
+
+// ErrTargetsMissed is returned by CheckTargets when a figure misses the
+// issue's targets; the report is still complete.
+var ErrTargetsMissed = errors.New("loadbench: targets missed")
