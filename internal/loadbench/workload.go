@@ -80,13 +80,13 @@ type Result struct {
 
 // window measures a server process between two instants.
 type window struct {
-	pid      int
-	t0       time.Time
-	cpu0     float64
-	busy0    []uint64
-	total0   []uint64
-	msgs0    int64
-	counter  *atomic.Int64
+	pid     int
+	t0      time.Time
+	cpu0    float64
+	busy0   []uint64
+	total0  []uint64
+	msgs0   int64
+	counter *atomic.Int64
 }
 
 func startWindow(pid int, counter *atomic.Int64) *window {
