@@ -43,8 +43,8 @@ const (
 
 // Series of the socket caps' refusals.
 const (
-	mRejSocketPerIP = `relay_requests_rejected_total{reason="socket_per_ip_cap"}`
-	mRejSocketCap   = `relay_requests_rejected_total{reason="socket_cap"}`
+	mRejSocketPerIP = `relay_sockets_refused_total{reason="socket_per_ip_cap"}`
+	mRejSocketCap   = `relay_sockets_refused_total{reason="socket_cap"}`
 )
 
 func socketFlood() Scenario {

@@ -3,8 +3,9 @@ package admission
 import "net/http"
 
 // Reason says why the middleware refused a request. It doubles as the
-// "reason" label of the admission rejection metric, so it is a closed set:
-// never build one from input.
+// "reason" label of relay_requests_rejected_total (relay.RejectReason is the
+// rest of that label set), so it is a closed set: never build one from input.
+// Sockets refused at accept are not requests: see SocketReason.
 type Reason string
 
 const (
@@ -22,7 +23,7 @@ const (
 )
 
 // AllReasons lists every Reason, so metrics can pre-register labels.
-var AllReasons = []Reason{ReasonRateLimited, ReasonPerIPCap, ReasonGlobalCap, ReasonTableFull, ReasonSocketCap, ReasonSocketPerIP}
+var AllReasons = []Reason{ReasonRateLimited, ReasonPerIPCap, ReasonGlobalCap, ReasonTableFull}
 
 // status is the HTTP status a rejection is answered with: 429 when the
 // client in particular is over its share, 503 when the relay as a whole

@@ -29,15 +29,24 @@ type SocketLimits struct {
 	// Trusted are the proxy prefixes exempt from MaxPerIP (--trust-proxy).
 	Trusted []netip.Prefix
 	// OnReject, if set, is called once per refused socket.
-	OnReject func(Reason)
+	OnReject func(SocketReason)
 }
+
+// SocketReason says why a socket was closed at accept. A refused socket is
+// not a request (no byte of it was read), so it has its own type and metric
+// label set (relay_sockets_refused_total), apart from Reason. A closed set:
+// never build one from input.
+type SocketReason string
 
 const (
 	// ReasonSocketCap: the listener holds SocketLimits.Max sockets.
-	ReasonSocketCap Reason = "socket_cap"
+	ReasonSocketCap SocketReason = "socket_cap"
 	// ReasonSocketPerIP: the peer holds SocketLimits.MaxPerIP sockets.
-	ReasonSocketPerIP Reason = "socket_per_ip_cap"
+	ReasonSocketPerIP SocketReason = "socket_per_ip_cap"
 )
+
+// AllSocketReasons lists every SocketReason, so metrics can pre-register labels.
+var AllSocketReasons = []SocketReason{ReasonSocketCap, ReasonSocketPerIP}
 
 // Socket cap defaults. Sockets are counted before any byte is read (idle
 // keep-alives, slow headers, TLS handshakes, /healthz): twice the WebSocket
@@ -125,7 +134,7 @@ func (ll *limitListener) key(a net.Addr) (netip.Addr, bool) {
 	return ip, false
 }
 
-func (ll *limitListener) admit(key netip.Addr, exempt bool) Reason {
+func (ll *limitListener) admit(key netip.Addr, exempt bool) SocketReason {
 	ll.mu.Lock()
 	defer ll.mu.Unlock()
 	if ll.open >= ll.l.Max {

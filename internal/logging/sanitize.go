@@ -14,21 +14,27 @@ const DefaultMaxRunes = 256
 // capped value from a short one. It counts towards the cap.
 const cutMarker = '…'
 
-// Sanitize returns s made safe to print on one line of a log or a terminal:
+// Sanitize returns s made safe to print on one line of a log or a terminal.
+// It is the relay's only sanitiser: the routing core cleans client-chosen
+// labels (device name, version, user agent) with it too, so what is logged
+// follows one rule set:
 //
 //   - invalid UTF-8 becomes U+FFFD;
 //   - control characters are removed: C0 (U+0000–U+001F, so also tab, CR and
 //     LF), DEL, C1 (U+0080–U+009F), and the Unicode line and paragraph
 //     separators U+2028 and U+2029, so a value cannot start a forged line;
-//   - bidi controls are removed (U+061C, U+200E, U+200F, U+202A–U+202E,
-//     U+2066–U+2069), so a value cannot reorder what a reader sees;
+//   - format characters (Unicode Cf) are removed: bidi controls (U+061C,
+//     U+200E, U+200F, U+202A–U+202E, U+2066–U+2069), so a value cannot
+//     reorder what a reader sees, and invisible ones (zero-width space,
+//     U+FEFF, soft hyphen...), so "Al\u200bice" cannot pass for "Alice".
+//     The zero-width joiner U+200D is kept: it joins emoji sequences (a
+//     device named with a family emoji) and can neither break a line nor
+//     reorder text;
 //   - leading and trailing white space is trimmed;
 //   - the result is at most maxRunes runes: a longer string is cut and ends
 //     in "…". maxRunes < 1 yields "".
 //
-// Other format characters (such as the zero-width joiner in emoji) are kept:
-// they cannot break a line or reorder text. Sanitize does not allocate when s
-// is already short printable ASCII.
+// Sanitize does not allocate when s is already short printable ASCII.
 func Sanitize(s string, maxRunes int) string {
 	if maxRunes < 1 {
 		return ""
@@ -74,14 +80,16 @@ func strip(r rune) bool {
 	switch {
 	case r < 0x20, r >= 0x7f && r <= 0x9f: // C0, DEL, C1
 		return true
+	case r < 0x7f: // printable ASCII
+		return false
 	case r == 0x2028, r == 0x2029: // line and paragraph separators
 		return true
-	case r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069: // bidi embeddings, overrides, isolates
-		return true
-	case r == 0x061c, r == 0x200e, r == 0x200f: // bidi marks
-		return true
+	case r == 0x200d: // zero-width joiner: emoji sequences
+		return false
 	}
-	return false
+	// Format characters: the bidi embeddings, overrides, isolates and marks,
+	// zero-width spaces, U+FEFF, the soft hyphen, tag characters.
+	return unicode.Is(unicode.Cf, r)
 }
 
 // isCleanASCII is Sanitize's fast path: printable ASCII, within the cap, with

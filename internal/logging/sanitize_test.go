@@ -26,6 +26,7 @@ func TestSanitize_Table(t *testing.T) {
 		{"invalid utf8 replaced", "a\xffb", 256, "a\ufffdb"},
 		{"trim unicode space", "\u00a0 phone \u3000", 256, "phone"},
 		{"emoji with zwj kept", "👨\u200d👩\u200d👧 iPad", 256, "👨\u200d👩\u200d👧 iPad"},
+		{"invisible format characters", "Al\u200bi\u00adc\ufeffe\u2060\u200c", 256, "Alice"},
 		{"exactly at cap", "abcde", 5, "abcde"},
 		{"one over cap", "abcdef", 5, "abcd…"},
 		{"cap counts runes not bytes", "ééééé", 5, "ééééé"},
@@ -52,7 +53,7 @@ func TestSanitize_Table(t *testing.T) {
 func TestSanitize_Properties(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		// Bias towards the interesting runes as well as arbitrary bytes.
-		special := rapid.SampledFrom([]rune{'\n', '\r', '\t', 0, 0x7f, 0x85, 0x9f, 0x2028, 0x2029, 0x202e, 0x2066, 0x2069, 0x200e, 0x061c, ' ', 0xa0, 'a', 'é', '😀', 0xfffd})
+		special := rapid.SampledFrom([]rune{'\n', '\r', '\t', 0, 0x7f, 0x85, 0x9f, 0x2028, 0x2029, 0x202e, 0x2066, 0x2069, 0x200e, 0x061c, 0x200b, 0x200d, 0xfeff, 0xad, ' ', 0xa0, 'a', 'é', '😀', 0xfffd})
 		runes := rapid.SliceOf(rapid.OneOf(special, rapid.Rune())).Draw(t, "runes")
 		s := string(runes)
 		if rapid.Bool().Draw(t, "raw") {
@@ -86,4 +87,37 @@ func TestSanitize_CleanInputDoesNotAllocate(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { _ = Sanitize(s, DefaultMaxRunes) }); n != 0 {
 		t.Fatalf("Sanitize allocated %v times on clean input", n)
 	}
+}
+
+// FuzzSanitize: the properties above for any input and cap (negative caps
+// included), plus: a value that needs no cleaning passes through unchanged.
+func FuzzSanitize(f *testing.F) {
+	f.Fuzz(func(t *testing.T, s string, max int) {
+		max %= 300
+		out := Sanitize(s, max)
+		if !utf8.ValidString(out) {
+			t.Fatalf("Sanitize(%q, %d) = %q: invalid UTF-8", s, max, out)
+		}
+		if n := utf8.RuneCountInString(out); n > max && !(max < 1 && n == 0) {
+			t.Fatalf("Sanitize(%q, %d) = %q: %d runes", s, max, out, n)
+		}
+		for _, r := range out {
+			if strip(r) {
+				t.Fatalf("Sanitize(%q, %d) = %q keeps %U", s, max, out, r)
+			}
+		}
+		if strings.TrimFunc(out, unicode.IsSpace) != out {
+			t.Fatalf("Sanitize(%q, %d) = %q: surrounding space", s, max, out)
+		}
+		if again := Sanitize(out, max); again != out {
+			t.Fatalf("not idempotent: %q -> %q -> %q", s, out, again)
+		}
+		clean := utf8.ValidString(s) && strings.TrimFunc(s, unicode.IsSpace) == s && utf8.RuneCountInString(s) <= max
+		for _, r := range s {
+			clean = clean && !strip(r)
+		}
+		if clean && out != s {
+			t.Fatalf("clean value %q changed to %q", s, out)
+		}
+	})
 }

@@ -30,9 +30,14 @@ type Metrics struct {
 	FramesRouted *prometheus.CounterVec
 	// FramesDropped counts frames discarded, by relay.DropReason.
 	FramesDropped *prometheus.CounterVec
-	// Rejected counts requests refused before the upgrade, by reason
-	// (bad_headers and the admission package's reasons).
+	// Rejected counts requests refused before the upgrade, by reason: an
+	// admission.Reason or a relay.RejectReason, each set pre-registered by
+	// its owner.
 	Rejected *prometheus.CounterVec
+	// SocketsRefused counts sockets closed at accept, before a byte was
+	// read, by admission.SocketReason. They are not requests, so they are
+	// not counted in Rejected.
+	SocketsRefused *prometheus.CounterVec
 	// Panics counts recovered handler panics.
 	Panics prometheus.Counter
 	// HTTPErrors counts net/http's own error lines by kind ("tls_handshake",
@@ -77,6 +82,9 @@ func New() *Metrics {
 		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_requests_rejected_total", Help: "Requests refused before the WebSocket upgrade, by reason.",
 		}, []string{"reason"}),
+		SocketsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_sockets_refused_total", Help: "Sockets closed at accept (socket caps), before a byte was read, by reason.",
+		}, []string{"reason"}),
 		Panics: prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_panics_total", Help: "Recovered handler panics."}),
 		HTTPErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_http_errors_total", Help: "net/http server errors (TLS handshakes, broken connections) by kind.",
@@ -94,6 +102,7 @@ func New() *Metrics {
 	f(m.FramesRouted)
 	f(m.FramesDropped)
 	f(m.Rejected)
+	f(m.SocketsRefused)
 	f(m.Panics)
 	f(m.HTTPErrors)
 	f(m.PushWakes)

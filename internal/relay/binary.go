@@ -44,7 +44,7 @@ func (b *binaryConn) run() {
 	b.initIO()
 	if !b.claim() {
 		<-b.gone
-		rl.closed("binary", b.cause)
+		rl.countClose("binary", b.cause)
 		return
 	}
 	rl.m.Upgrades.WithLabelValues("binary").Inc()
@@ -58,7 +58,7 @@ func (b *binaryConn) run() {
 	rl.reg.release(b) // grace starts, unless a takeover replaced us already
 	<-b.gone
 	rl.log.Info("binary closed", append(b.logAttrs("binary_closed"), "close_code", int(b.cause.code))...)
-	rl.closed("binary", b.cause)
+	rl.countClose("binary", b.cause)
 }
 
 // claim takes the server-id's slot. A live incumbent (it answers a ping
@@ -103,12 +103,12 @@ func (b *binaryConn) readLoop() {
 			return
 		}
 		if typ != websocket.MessageText {
-			rl.drop(DropMalformedEnvelope)
+			rl.countDrop(DropMalformedEnvelope)
 			continue
 		}
 		env, ok := scanBinaryEnvelope(data)
 		if !ok {
-			rl.drop(DropMalformedEnvelope)
+			rl.countDrop(DropMalformedEnvelope)
 			continue
 		}
 		if env.kind == kindPushWake {
@@ -117,7 +117,7 @@ func (b *binaryConn) readLoop() {
 		}
 		p := rl.reg.lookupPhone(b, env.connID)
 		if p == nil {
-			rl.drop(DropUnknownConnID)
+			rl.countDrop(DropUnknownConnID)
 			continue
 		}
 		p.deliver(env.frame, env.closeCode)

@@ -8,11 +8,11 @@ import (
 	"reflect"
 	"regexp"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
-	"unicode"
 	"unicode/utf8"
+
+	"github.com/pyrycode/relay/internal/logging"
 )
 
 // Fuzz targets for every parser on the relay's attack surface. Each asserts
@@ -284,14 +284,14 @@ func FuzzParseHeaders(f *testing.F) {
 			t.Fatalf("ParsePhoneHeaders(%q) err=%v, want ok=%v", h, perr, wantOK)
 		}
 		if berr == nil {
-			if bh.ServerID != id || bh.Version != SanitizeLabel(ver, maxVersionRunes) || bh.UserAgent != SanitizeLabel(ua, maxUserAgentRunes) {
+			if bh.ServerID != id || bh.Version != logging.Sanitize(ver, maxVersionRunes) || bh.UserAgent != logging.Sanitize(ua, maxUserAgentRunes) {
 				t.Fatalf("binary headers %+v from %q", bh, h)
 			}
 		} else if berr != ErrBadUpgradeHeaders || bh != (BinaryHeaders{}) {
 			t.Fatalf("binary rejection returned %+v, %v", bh, berr)
 		}
 		if perr == nil {
-			if ph.ServerID != id || ph.Token != tok || ph.DeviceName != SanitizeLabel(dev, MaxDeviceNameRunes) || ph.UserAgent != SanitizeLabel(ua, maxUserAgentRunes) {
+			if ph.ServerID != id || ph.Token != tok || ph.DeviceName != logging.Sanitize(dev, MaxDeviceNameRunes) {
 				t.Fatalf("phone headers %+v from %q", ph, h)
 			}
 		} else if perr != ErrBadUpgradeHeaders || ph != (PhoneHeaders{}) {
@@ -346,43 +346,3 @@ func FuzzParseHeaders(f *testing.F) {
 
 // manualNever is a timerFunc whose timers never fire.
 func manualNever(time.Duration, func()) func() bool { return func() bool { return true } }
-
-func FuzzSanitizeLabel(f *testing.F) {
-	f.Fuzz(func(t *testing.T, s string, max int) {
-		max %= 300 // keep the cap meaningful; negative caps are allowed
-		out := SanitizeLabel(s, max)
-		if !utf8.ValidString(out) {
-			t.Fatalf("SanitizeLabel(%q, %d) = %q: invalid UTF-8", s, max, out)
-		}
-		if n := utf8.RuneCountInString(out); n > max && !(max < 0 && n == 0) {
-			t.Fatalf("SanitizeLabel(%q, %d) = %q: %d runes", s, max, out, n)
-		}
-		for _, r := range out {
-			if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || unicode.Is(unicode.Zl, r) || unicode.Is(unicode.Zp, r) {
-				t.Fatalf("SanitizeLabel(%q, %d) = %q keeps %U", s, max, out, r)
-			}
-		}
-		if out != strings.TrimSpace(out) {
-			t.Fatalf("SanitizeLabel(%q, %d) = %q: surrounding space", s, max, out)
-		}
-		if again := SanitizeLabel(out, max); again != out {
-			t.Fatalf("not idempotent: %q -> %q -> %q", s, out, again)
-		}
-		// A label that is already clean passes through unchanged.
-		if clean(s) && utf8.RuneCountInString(s) <= max && s == strings.TrimSpace(s) && out != s {
-			t.Fatalf("clean label %q changed to %q", s, out)
-		}
-	})
-}
-
-func clean(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || unicode.Is(unicode.Zl, r) || unicode.Is(unicode.Zp, r) {
-			return false
-		}
-	}
-	return true
-}

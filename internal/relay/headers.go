@@ -3,8 +3,8 @@ package relay
 import (
 	"errors"
 	"net/http"
-	"strings"
-	"unicode"
+
+	"github.com/pyrycode/relay/internal/logging"
 )
 
 // Upgrade headers (protocol §3). Checked before the WebSocket accept; a
@@ -58,12 +58,13 @@ type BinaryHeaders struct {
 	UserAgent string // sanitised for logging
 }
 
-// PhoneHeaders are the accepted headers of a /v1/client upgrade.
+// PhoneHeaders are the accepted headers of a /v1/client upgrade. The
+// phone's user-agent must be present (protocol §3) but is neither logged nor
+// kept.
 type PhoneHeaders struct {
 	ServerID   string
 	Token      string // never logged, compared or echoed
 	DeviceName string // sanitised, may be empty
-	UserAgent  string // sanitised for logging
 }
 
 // singleHeader returns the header's only value. Repeated headers are refused:
@@ -90,7 +91,7 @@ func ParseBinaryHeaders(h http.Header) (BinaryHeaders, error) {
 	if !ok {
 		return BinaryHeaders{}, ErrBadUpgradeHeaders
 	}
-	return BinaryHeaders{ServerID: id, Version: SanitizeLabel(ver, maxVersionRunes), UserAgent: SanitizeLabel(ua, maxUserAgentRunes)}, nil
+	return BinaryHeaders{ServerID: id, Version: logging.Sanitize(ver, maxVersionRunes), UserAgent: logging.Sanitize(ua, maxUserAgentRunes)}, nil
 }
 
 // ParsePhoneHeaders validates a /v1/client upgrade's headers. The token is
@@ -104,8 +105,7 @@ func ParsePhoneHeaders(h http.Header) (PhoneHeaders, error) {
 	if !ok {
 		return PhoneHeaders{}, ErrBadUpgradeHeaders
 	}
-	ua, ok := singleHeader(h, HeaderUserAgent)
-	if !ok {
+	if _, ok := singleHeader(h, HeaderUserAgent); !ok {
 		return PhoneHeaders{}, ErrBadUpgradeHeaders
 	}
 	if len(h.Values(HeaderDeviceName)) > 1 { // optional, but like every header at most once
@@ -114,27 +114,6 @@ func ParsePhoneHeaders(h http.Header) (PhoneHeaders, error) {
 	return PhoneHeaders{
 		ServerID:   id,
 		Token:      tok,
-		DeviceName: SanitizeLabel(h.Get(HeaderDeviceName), MaxDeviceNameRunes),
-		UserAgent:  SanitizeLabel(ua, maxUserAgentRunes),
+		DeviceName: logging.Sanitize(h.Get(HeaderDeviceName), MaxDeviceNameRunes),
 	}, nil
-}
-
-// SanitizeLabel makes a client-chosen label safe to log: invalid UTF-8
-// replaced, control, format (bidi overrides, zero-width) and line/paragraph
-// separator characters removed, surrounding space trimmed, and at most
-// maxRunes runes kept.
-func SanitizeLabel(s string, maxRunes int) string {
-	var b strings.Builder
-	n := 0
-	for _, r := range strings.ToValidUTF8(s, "\uFFFD") {
-		if n >= maxRunes {
-			break
-		}
-		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || unicode.Is(unicode.Zl, r) || unicode.Is(unicode.Zp, r) {
-			continue
-		}
-		b.WriteRune(r)
-		n++
-	}
-	return strings.TrimSpace(b.String())
 }

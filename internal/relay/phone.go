@@ -56,7 +56,7 @@ func (p *phoneConn) run() {
 		p.end(closeCause{code: code, reason: reason})
 		rl.log.Info("phone refused", append(p.logAttrs("phone_refused"), "close_code", int(code))...)
 		<-p.gone
-		rl.closed("phone", p.cause)
+		rl.countClose("phone", p.cause)
 		return
 	}
 	rl.m.Upgrades.WithLabelValues("phone").Inc()
@@ -81,7 +81,7 @@ func (p *phoneConn) run() {
 		rl.reg.leave(p)
 	}
 	rl.log.Info("phone closed", append(p.logAttrs("phone_closed"), "close_code", int(p.cause.code))...)
-	rl.closed("phone", p.cause)
+	rl.countClose("phone", p.cause)
 }
 
 // readLoop reads phone frames until the connection ends, forwarding each
@@ -105,7 +105,7 @@ func (p *phoneConn) readLoop() {
 		}
 		b := p.joinedUnder
 		if b == nil || !b.holding.Load() {
-			rl.drop(DropNoBinary)
+			rl.countDrop(DropNoBinary)
 			continue
 		}
 		buf = appendPhoneEnvelope(buf[:0], p.connID, p.token, data)
@@ -173,7 +173,7 @@ func (p *phoneConn) deliver(frame []byte, closeCode int) {
 	case DropPhoneBacklog, DropRelayBacklog:
 		p.closeForBacklog(reason)
 	}
-	p.rl.drop(reason)
+	p.rl.countDrop(reason)
 }
 
 // closeForBacklog discards the phone's queue and closes it 1011.

@@ -83,6 +83,9 @@ func New(opts Options, d Deps) (*Relay, error) {
 	for _, reason := range AllDropReasons {
 		rl.m.FramesDropped.WithLabelValues(string(reason))
 	}
+	for _, reason := range AllRejectReasons {
+		rl.m.Rejected.WithLabelValues(string(reason))
+	}
 	rl.budget = &byteBudget{limit: opts.MaxQueuedBytes}
 	rl.m.SetQueuedBytesSource(rl.budget.used.Load)
 	rl.reg = newRegistry(opts.GracePeriod, opts.MaxPhones, d.Timer, func(ps []*phoneConn) {
@@ -132,7 +135,7 @@ func (rl *Relay) accept(w http.ResponseWriter, r *http.Request) *wsEnd {
 	hc := &hijackCapture{ResponseWriter: w}
 	ws, err := websocket.Accept(hc, r, acceptOptions)
 	if err != nil {
-		rl.m.Rejected.WithLabelValues("bad_upgrade").Inc()
+		rl.countReject(RejectBadUpgrade)
 		return nil // the library answered; the server's body filter keeps it generic
 	}
 	ws.SetReadLimit(rl.opts.MaxMessageBytes)
@@ -157,7 +160,7 @@ func (h *hijackCapture) Unwrap() http.ResponseWriter { return h.ResponseWriter }
 
 // badRequest answers 400 with an empty body: no hint of which header failed.
 func (rl *Relay) badRequest(w http.ResponseWriter) {
-	rl.m.Rejected.WithLabelValues("bad_headers").Inc()
+	rl.countReject(RejectBadHeaders)
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusBadRequest)
 }
@@ -268,27 +271,34 @@ func (rl *Relay) shedLargestBacklog(p *phoneConn) bool {
 		return false
 	}
 	victim.closeForBacklog(DropRelayBacklog)
-	rl.drop(DropRelayBacklog)
+	rl.countDrop(DropRelayBacklog)
 	return true
 }
 
 // wake hands a push wake to the Waker, or drops it when there is none.
 func (rl *Relay) wake(serverID string, env binaryEnvelope) {
 	if rl.waker == nil {
-		rl.drop(DropPushUnconfigured)
+		rl.countDrop(DropPushUnconfigured)
 		return
 	}
 	rl.waker.Wake(serverID, env.PushPlatform, env.PushToken)
 }
 
-func (rl *Relay) drop(reason DropReason) {
+// countDrop counts one frame dropped for reason; the caller drops it.
+func (rl *Relay) countDrop(reason DropReason) {
 	rl.m.FramesDropped.WithLabelValues(string(reason)).Inc()
 }
 
-// closed counts a connection's end. The label is the relay's own close code,
+// countReject counts one upgrade request refused for reason; the caller
+// answers it.
+func (rl *Relay) countReject(reason RejectReason) {
+	rl.m.Rejected.WithLabelValues(string(reason)).Inc()
+}
+
+// countClose counts a connection's end. The label is the relay's own close code,
 // "peer", or "directive": a code a peer chose (its own close, or a binary's
 // close directive) is attacker input and stays out of labels.
-func (rl *Relay) closed(role string, c closeCause) {
+func (rl *Relay) countClose(role string, c closeCause) {
 	cause := strconv.Itoa(int(c.code))
 	switch {
 	case c.byPeer:

@@ -67,6 +67,9 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	for _, r := range admission.AllReasons {
 		s.metrics.Rejected.WithLabelValues(string(r))
 	}
+	for _, r := range admission.AllSocketReasons {
+		s.metrics.SocketsRefused.WithLabelValues(string(r))
+	}
 	adm, err := admission.New(ao) // config.Validate checked the options
 	if err != nil {
 		return nil, err
@@ -261,7 +264,7 @@ func (s *Server) wrapListener(name string, raw net.Listener) (net.Listener, erro
 		return raw, nil // loopback, operator-only
 	}
 	sl := s.cfg.Sockets
-	sl.OnReject = func(r admission.Reason) { s.metrics.Rejected.WithLabelValues(string(r)).Inc() }
+	sl.OnReject = func(r admission.SocketReason) { s.metrics.SocketsRefused.WithLabelValues(string(r)).Inc() }
 	ln, err := admission.LimitListener(raw, sl) // config.Validate checked the limits
 	if err != nil {
 		_ = raw.Close()

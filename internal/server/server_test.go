@@ -8,17 +8,23 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pyrycode/relay/internal/admission"
 	"github.com/pyrycode/relay/internal/buildinfo"
 	"github.com/pyrycode/relay/internal/config"
 	"github.com/pyrycode/relay/internal/logging"
+	"github.com/pyrycode/relay/internal/relay"
 )
 
 // syncBuffer is a goroutine-safe log sink.
@@ -243,6 +249,11 @@ func TestSocketCap_IdleSocketsFromOneHost_OthersServed(t *testing.T) {
 		}
 	}
 	require.Equal(t, 6, refused, "4 idle sockets allowed per address, the other 6 closed")
+	// Counted as refused sockets, not as refused requests: no request existed.
+	require.Eventually(t, func() bool {
+		return testutil.ToFloat64(r.srv.metrics.SocketsRefused.WithLabelValues(string(admission.ReasonSocketPerIP))) == 6
+	}, 5*time.Second, 5*time.Millisecond)
+	require.NotContains(t, scrape(t, r.srv), `relay_requests_rejected_total{reason="socket`)
 
 	other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}}).DialContext}}
 	resp, err := other.Get(r.base + "/healthz")
@@ -355,4 +366,66 @@ func TestV2Paths_SameValidationAsV1(t *testing.T) {
 			require.Equal(t, "GET", resp.Header.Get("Allow"))
 		}
 	}
+}
+
+// scrape returns the server's metrics page as the metrics listener serves it.
+func scrape(t *testing.T, s *Server) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	s.metrics.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	require.Equal(t, http.StatusOK, rec.Code)
+	return rec.Body.String()
+}
+
+// labelValues returns the values of label "reason" that metric shows.
+func labelValues(page, metric string) []string {
+	var out []string
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(metric) + `\{reason="([^"]*)"\} `)
+	for _, m := range re.FindAllStringSubmatch(page, -1) {
+		out = append(out, m[1])
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Every rejection metric's label set is a typed, closed set, all of it
+// registered at start (so a reason that never happened reads 0, not
+// absent), and nothing else: requests refused by admission or by the
+// routing core, sockets refused at accept on a metric of their own.
+func TestRejectionMetrics_TypedReasonsPreRegistered(t *testing.T) {
+	r := start(t)
+	page := scrape(t, r.srv)
+	var requests, sockets []string
+	for _, x := range admission.AllReasons {
+		requests = append(requests, string(x))
+	}
+	for _, x := range relay.AllRejectReasons {
+		requests = append(requests, string(x))
+	}
+	for _, x := range admission.AllSocketReasons {
+		sockets = append(sockets, string(x))
+	}
+	sort.Strings(requests)
+	sort.Strings(sockets)
+	require.Equal(t, requests, labelValues(page, "relay_requests_rejected_total"))
+	require.Equal(t, sockets, labelValues(page, "relay_sockets_refused_total"))
+	require.Len(t, requests, 6, "rate_limited, per_ip_cap, global_cap, table_full, bad_headers, bad_upgrade")
+
+	// Each relay reason is the one its refusal counts.
+	get := func(hdr http.Header) int {
+		req, err := http.NewRequest("GET", r.base+"/v1/client", nil)
+		require.NoError(t, err)
+		req.Header = hdr
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusBadRequest, get(http.Header{}))
+	require.Equal(t, http.StatusUpgradeRequired, get(phoneHdr("s")), "valid relay headers, no WebSocket handshake")
+	rejected := func(reason relay.RejectReason) float64 {
+		return testutil.ToFloat64(r.srv.metrics.Rejected.WithLabelValues(string(reason)))
+	}
+	require.Equal(t, 1.0, rejected(relay.RejectBadHeaders))
+	require.Equal(t, 1.0, rejected(relay.RejectBadUpgrade))
 }
