@@ -23,7 +23,7 @@ import (
 // requests a well-behaved client cannot send, and /healthz.
 //
 // A coder/websocket Read whose context ends closes the connection, so reads
-// run in long-lived goroutines (binReader, phoneReader) and timeouts are
+// run in long-lived goroutines (reader, one per connection) and timeouts are
 // selects on their channels.
 
 func sprintf(format string, a ...any) string { return fmt.Sprintf(format, a...) }
@@ -374,7 +374,7 @@ func writeJSON(ctx context.Context, c *websocket.Conn, v any) error {
 	return c.Write(wctx, websocket.MessageText, b)
 }
 
-// health is the /healthz body (protocol §2, §7a: counts only).
+// health is the /healthz body (protocol §2: counts only).
 type health struct {
 	Status   string `json:"status"`
 	Binaries int    `json:"binaries"`

@@ -11,6 +11,6 @@ var allowedLogKeys = map[string]bool{
 	"event": true, "listener": true, "addr": true, "mode": true, "domain": true,
 	"server_id": true, "conn_id": true, "role": true, "remote": true, "device": true,
 	"version": true, "user_agent": true, "close_code": true, "reason": true, "count": true,
-	"duration_ms": true, "incident": true, "path_class": true, "error": true,
+	"duration_ms": true, "incident": true, "error": true,
 	"outcome": true, "token_fp": true, "http_status": true,
 }

@@ -54,7 +54,7 @@ func (t *Target) holdBinary(ctx context.Context, src netip.Addr) (upgrade, error
 	return t.upgradeFrom(ctx, src, nil, "/v1/server", binaryHeaders(newServerID()))
 }
 
-// orphanPhone is an upgrade of a phone to a server-id nobody holds: the
+// orphanPhoneHeaders are the upgrade headers of a phone to a server-id nobody holds: the
 // relay accepts it and closes it 4404.
 func orphanPhoneHeaders() http.Header { return phoneHeaders(newServerID(), "tok-"+randHex(8)) }
 

@@ -47,7 +47,6 @@ const (
 	KeyCount      = "count"       // a number of things (phones evicted, frames dropped)
 	KeyDurationMS = "duration_ms" // elapsed whole milliseconds
 	KeyIncident   = "incident"    // random panic incident id; joins the 500 to the log line
-	KeyPathClass  = "path_class"  // route class from a closed set (healthz, v1_server, ...), never the raw path
 	KeyError      = "error"       // start-up and listener errors only: request-path errors can carry peer input
 	KeyOutcome    = "outcome"     // push wake outcome from push.Outcome's closed set
 	KeyTokenFP    = "token_fp"    // 8 hex digits of a push token's SHA-256 (push.Fingerprint), never the token
@@ -60,7 +59,7 @@ var callerKeys = map[string]struct{}{
 	KeyEvent: {}, KeyListener: {}, KeyAddr: {}, KeyMode: {}, KeyDomain: {},
 	KeyServerID: {}, KeyConnID: {}, KeyRole: {}, KeyRemote: {}, KeyDevice: {},
 	KeyVersion: {}, KeyUserAgent: {}, KeyCloseCode: {}, KeyReason: {}, KeyCount: {},
-	KeyDurationMS: {}, KeyIncident: {}, KeyPathClass: {}, KeyError: {},
+	KeyDurationMS: {}, KeyIncident: {}, KeyError: {},
 	KeyOutcome: {}, KeyTokenFP: {}, KeyHTTPStatus: {},
 }
 

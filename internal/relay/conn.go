@@ -13,15 +13,14 @@ import (
 
 // Close codes the relay sends (protocol §6).
 const (
-	CodeNormal         = websocket.StatusNormalClosure   // 1000
-	CodeGoingAway      = websocket.StatusGoingAway       // 1001: shutdown; default notice code
-	CodeUnsupported    = websocket.StatusUnsupportedData // 1003: binary-opcode phone message
-	CodeInvalidPayload = websocket.StatusInvalidFramePayloadData
-	CodeTooBig         = websocket.StatusMessageTooBig // 1009
-	CodeInternal       = websocket.StatusInternalError // 1011: heartbeat, takeover, backlog, write failure
-	CodeNoBinary       = websocket.StatusCode(4404)    // no binary for that server-id; eviction
-	CodeConflict       = websocket.StatusCode(4409)    // server-id claimed by a live binary
-	CodeTooManyPhones  = websocket.StatusCode(4429)    // phone cap reached
+	CodeGoingAway      = websocket.StatusGoingAway               // 1001: shutdown; default notice code
+	CodeUnsupported    = websocket.StatusUnsupportedData         // 1003: binary-opcode phone message
+	CodeInvalidPayload = websocket.StatusInvalidFramePayloadData // 1007: a phone message that is not one JSON object
+	CodeTooBig         = websocket.StatusMessageTooBig           // 1009
+	CodeInternal       = websocket.StatusInternalError           // 1011: heartbeat, takeover, backlog, write failure
+	CodeNoBinary       = websocket.StatusCode(4404)              // no binary for that server-id; eviction
+	CodeConflict       = websocket.StatusCode(4409)              // server-id claimed by a live binary
+	CodeTooManyPhones  = websocket.StatusCode(4429)              // phone cap reached
 )
 
 // Close reasons are fixed phrases: never a server-id, header value or error

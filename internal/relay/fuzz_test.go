@@ -23,7 +23,7 @@ import (
 // UTF-8, UUIDs, 128/129-byte ids; regress_* files are found bugs). `go test`
 // replays them; `make fuzz` explores.
 
-// oracleEnvelope is an independent reading of protocol §5 and §7a: exact
+// oracleEnvelope is an independent reading of protocol §5 (envelope validity): exact
 // keys, unknown keys ignored, integer close codes only, frames are objects.
 func oracleEnvelope(data []byte) (binaryEnvelope, bool) {
 	if !utf8.Valid(data) {

@@ -28,9 +28,6 @@ type Deps struct {
 	// RemoteAddr returns the client address to log for a request (the
 	// admission layer's resolved client IP). Nil uses r.RemoteAddr.
 	RemoteAddr func(*http.Request) string
-	// Timer schedules grace expiries; nil uses time.AfterFunc. Tests inject
-	// a manual clock here.
-	Timer timerFunc
 	// Waker takes binaries' push wakes (internal/push). Nil drops them,
 	// counted as push_unconfigured.
 	Waker Waker
@@ -88,7 +85,7 @@ func New(opts Options, d Deps) (*Relay, error) {
 	}
 	rl.budget = &byteBudget{limit: opts.MaxQueuedBytes}
 	rl.m.SetQueuedBytesSource(rl.budget.used.Load)
-	rl.reg = newRegistry(opts.GracePeriod, opts.MaxPhones, d.Timer, func(ps []*phoneConn) {
+	rl.reg = newRegistry(opts.GracePeriod, opts.MaxPhones, nil, func(ps []*phoneConn) {
 		for _, p := range ps {
 			p.end(closeCause{code: CodeNoBinary, reason: reasonNoBinary})
 		}

@@ -290,7 +290,7 @@ func TestStatic_TLSPolicy_OnRelayListener(t *testing.T) {
 	runTLSPolicy(t, startStaticRelay(t))
 }
 
-// hostCases: SNI is always relayDomain; only the Host header varies.
+// runHostPolicy: SNI is always relayDomain; only the Host header varies.
 func runHostPolicy(t *testing.T, r *tlsRelay) {
 	for _, tc := range []struct {
 		host   string
