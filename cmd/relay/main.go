@@ -22,6 +22,7 @@ import (
 	"github.com/pyrycode/relay/internal/buildinfo"
 	"github.com/pyrycode/relay/internal/config"
 	"github.com/pyrycode/relay/internal/logging"
+	"github.com/pyrycode/relay/internal/privilege"
 	"github.com/pyrycode/relay/internal/server"
 )
 
@@ -89,6 +90,14 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		return refuse(stderr, err)
+	}
+	// Production also refuses capabilities beyond CAP_NET_BIND_SERVICE (config
+	// already refuses root). Not checked otherwise: developers and CI run as
+	// root with every capability.
+	if cfg.Production {
+		if err := privilege.CheckCapabilities(privilege.ProcStatus); err != nil {
+			return refuse(stderr, err)
+		}
 	}
 	log := logging.New(stderr, parseLevel(cfg.LogLevel))
 

@@ -302,6 +302,12 @@ func startRelay(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(relayBin, args...)
 	cmd.Env = env
+	return startCmd(t, cmd)
+}
+
+// startCmd starts cmd (the relay, possibly under a wrapper that execs it).
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
