@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pyrycode/relay/internal/admission"
+	"github.com/pyrycode/relay/internal/cluster"
 	"github.com/pyrycode/relay/internal/push"
 	"github.com/pyrycode/relay/internal/relay"
 )
@@ -73,6 +74,8 @@ type Config struct {
 	Sockets admission.SocketLimits
 	// Push wakes through FCM (internal/push); off without --fcm-credentials.
 	Push push.Options
+	// Cluster mode (internal/cluster); off without --cluster-nats.
+	Cluster cluster.Options
 
 	ProxyProtocol      bool
 	ProxyHeaderTimeout time.Duration
@@ -157,6 +160,7 @@ func newFlagSet(c *Config, env Env, trust *string, sink *flagSink) *flag.FlagSet
 	fs.DurationVar(&c.ProxyHeaderTimeout, "proxy-header-timeout", DefaultProxyHeaderTimeout, "time allowed for a PROXY protocol header")
 
 	pushFlags(fs, &c.Push)
+	clusterFlags(fs, &c.Cluster)
 
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 
@@ -224,6 +228,9 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 	c.Sockets.Trusted = prefixes
 	c.Production = env("RELAY_PRODUCTION") == "1"
 	if err := c.resolveMode(set); err != nil {
+		return Config{}, err
+	}
+	if err := c.validateCluster(set); err != nil {
 		return Config{}, err
 	}
 	if err := c.Validate(); err != nil {

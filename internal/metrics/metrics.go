@@ -47,6 +47,9 @@ type Metrics struct {
 	PushWakes *prometheus.CounterVec
 	// PushInFlight is the FCM requests running now (at most --push-max-in-flight).
 	PushInFlight prometheus.Gauge
+	// ClusterLinksLost counts cross-instance phones closed 1011 because
+	// their frames may have been lost, by relay.LinkLoss.
+	ClusterLinksLost *prometheus.CounterVec
 	// Binaries, Phones and GraceSlots are the registry's current sizes.
 	Binaries, Phones, GraceSlots prometheus.Gauge
 	// queuedBytes reads the relay-wide total of bytes queued for phones at
@@ -96,6 +99,9 @@ func New() *Metrics {
 		Binaries:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_binaries", Help: "Live binaries holding a slot."}),
 		Phones:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_phones", Help: "Connected phones."}),
 		GraceSlots:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_grace_slots", Help: "Slots in their grace period."}),
+		ClusterLinksLost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_cluster_links_lost_total", Help: "Cross-instance phones closed 1011 because frames may have been lost, by reason.",
+		}, []string{"reason"}),
 	}
 	f(m.Upgrades)
 	f(m.Closes)
@@ -107,6 +113,7 @@ func New() *Metrics {
 	f(m.HTTPErrors)
 	f(m.PushWakes)
 	f(m.PushInFlight)
+	f(m.ClusterLinksLost)
 	f(m.Binaries)
 	f(m.Phones)
 	f(m.GraceSlots)
@@ -129,6 +136,10 @@ func New() *Metrics {
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
+
+// Register adds another package's collectors (cluster mode's) to the
+// registry /metrics serves. It panics on a duplicate, a programming error.
+func (m *Metrics) Register(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }
 
 // Handler serves the registry in the Prometheus text format. Serve it only
 // on the loopback-bound metrics listener.

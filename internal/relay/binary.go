@@ -55,7 +55,10 @@ func (b *binaryConn) run() {
 
 	b.readLoop()
 
-	rl.reg.release(b) // grace starts, unless a takeover replaced us already
+	// Grace starts, unless a takeover replaced us already.
+	if rl.reg.release(b) && rl.bp != nil {
+		rl.bp.SetGrace(b.serverID, true)
+	}
 	<-b.gone
 	rl.log.Info("binary closed", append(b.logAttrs("binary_closed"), "close_code", int(b.cause.code))...)
 	rl.countClose("binary", b.cause)
@@ -66,6 +69,31 @@ func (b *binaryConn) run() {
 // 1011 and replaced. The loop repeats only if the slot changed during a
 // probe, which needs another binary to win a race each time: bounded.
 func (b *binaryConn) claim() bool {
+	rl := b.rl
+	if rl.bp != nil {
+		// Cluster: the server-id may be owned elsewhere. Claims for one
+		// server-id on this instance run one at a time, so the claim store
+		// and the local registry agree.
+		mu := rl.claimLock(b.serverID)
+		mu.Lock()
+		defer mu.Unlock()
+		if !b.clusterClaim() {
+			return false
+		}
+		if !b.localClaim() {
+			if !rl.reg.has(b.serverID) {
+				rl.bp.Release(b.serverID)
+			}
+			return false
+		}
+		rl.bp.SetGrace(b.serverID, false)
+		return true
+	}
+	return b.localClaim()
+}
+
+// localClaim is claim against this instance's registry.
+func (b *binaryConn) localClaim() bool {
 	rl := b.rl
 	for attempt := 0; attempt < 3; attempt++ {
 		res := rl.reg.claim(b)

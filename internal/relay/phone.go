@@ -26,6 +26,12 @@ type phoneConn struct {
 
 	rd msgReader
 	wr writer // used by the writer goroutine only
+
+	// Cluster mode (remote.go): route is set when this socket's slot is on
+	// another instance; link is set when this is a stub in a slot here for
+	// a phone whose socket is on another instance (it has no wsEnd).
+	route *proxyRoute
+	link  *stubLink
 }
 
 // initIO sets up the reused reader and writer; run calls it before any I/O.
@@ -48,11 +54,7 @@ func (p *phoneConn) logAttrs(event string) []any {
 func (p *phoneConn) run() {
 	rl := p.rl
 	p.initIO()
-	if err := rl.reg.join(p); err != nil {
-		code, reason := CodeNoBinary, reasonNoBinary
-		if err == ErrTooManyPhones {
-			code, reason = CodeTooManyPhones, reasonTooMany
-		}
+	if code, reason := p.join(); code != 0 {
 		p.end(closeCause{code: code, reason: reason})
 		rl.log.Info("phone refused", append(p.logAttrs("phone_refused"), "close_code", int(code))...)
 		<-p.gone
@@ -73,7 +75,9 @@ func (p *phoneConn) run() {
 	p.out.stop()
 	<-writerDone
 	<-p.gone // the socket is closed before the handler (and its admission slot) is released
-	if p.cause.notify {
+	if p.route != nil {
+		p.leaveRemote()
+	} else if p.cause.notify {
 		if b := rl.reg.leave(p); b != nil {
 			b.send(appendCloseNotice(nil, p.connID, int(p.cause.code)))
 		}
@@ -82,6 +86,30 @@ func (p *phoneConn) run() {
 	}
 	rl.log.Info("phone closed", append(p.logAttrs("phone_closed"), "close_code", int(p.cause.code))...)
 	rl.countClose("phone", p.cause)
+}
+
+// join admits p into its server-id's slot here or, in cluster mode, through
+// the slot's owner on another instance. It returns 0 or the refusal.
+func (p *phoneConn) join() (websocket.StatusCode, string) {
+	err := p.rl.reg.join(p)
+	if err == ErrNoBinary && p.rl.bp != nil { // cluster: the owner may be elsewhere
+		switch code := p.joinRemote(); code {
+		case 0:
+			return 0, ""
+		case int(CodeTooManyPhones):
+			return CodeTooManyPhones, reasonTooMany
+		case CodeTryAgain:
+			return CodeTryAgain, reasonClusterDown
+		}
+		return CodeNoBinary, reasonNoBinary
+	}
+	switch err {
+	case nil:
+		return 0, ""
+	case ErrTooManyPhones:
+		return CodeTooManyPhones, reasonTooMany
+	}
+	return CodeNoBinary, reasonNoBinary
 }
 
 // readLoop reads phone frames until the connection ends, forwarding each
@@ -102,6 +130,12 @@ func (p *phoneConn) readLoop() {
 		if !validPhoneFrame(data) {
 			p.end(closeCause{code: CodeInvalidPayload, reason: reasonBadFrame, notify: true})
 			return
+		}
+		if p.route != nil {
+			if !p.forwardUp(data) {
+				return
+			}
+			continue
 		}
 		b := p.joinedUnder
 		if b == nil || !b.holding.Load() {
@@ -159,6 +193,10 @@ func (p *phoneConn) writeFrame(frame []byte) error {
 //
 // frame may alias the binary's read buffer: it is copied before it is queued.
 func (p *phoneConn) deliver(frame []byte, closeCode int) {
+	if p.link != nil { // a remote phone: its home queues it
+		p.deliverDown(frame, closeCode)
+		return
+	}
 	it := outItem{closeCode: closeCode}
 	if frame != nil {
 		it.frame = append(make([]byte, 0, len(frame)), frame...)

@@ -43,6 +43,9 @@ type registry struct {
 	onEvict func([]*phoneConn)
 	// onChange reports new sizes (metrics gauges); may be nil.
 	onChange func(RegistryStats)
+	// onRemove is told that a grace expiry removed a slot (cluster mode
+	// gives up the claim); may be nil. Called without the lock held.
+	onRemove func(serverID string)
 
 	mu     sync.Mutex
 	slots  map[string]*slot
@@ -153,12 +156,12 @@ func (r *registry) evicted(ps []*phoneConn) {
 
 // release is called when b's connection ends. Only the connection that
 // still holds the slot changes anything; the slot then enters grace.
-func (r *registry) release(b *binaryConn) {
+func (r *registry) release(b *binaryConn) (grace bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.slots[b.serverID]
 	if s == nil || s.binary != b {
-		return // replaced by a takeover, or never installed
+		return false // replaced by a takeover, or never installed
 	}
 	b.holding.Store(false)
 	s.binary = nil
@@ -170,6 +173,7 @@ func (r *registry) release(b *binaryConn) {
 		s.graceStop = r.after(r.grace, func() { r.expire(s, seq) })
 	}
 	r.changed()
+	return true
 }
 
 // expire ends a grace period: the slot and its phones are removed, unless
@@ -188,6 +192,9 @@ func (r *registry) expire(s *slot, seq uint64) {
 	r.changed()
 	r.mu.Unlock()
 	r.evicted(evicted)
+	if r.onRemove != nil {
+		r.onRemove(s.id)
+	}
 }
 
 // join adds p to its server-id's slot (held or in grace) and mints its
@@ -219,19 +226,25 @@ func (r *registry) join(p *phoneConn) error {
 // should get a close notice: the one p joined under, if it still holds the
 // slot.
 func (r *registry) leave(p *phoneConn) (notify *binaryConn) {
+	_, notify = r.remove(p)
+	return notify
+}
+
+// remove is leave that also reports whether p was still in its slot.
+func (r *registry) remove(p *phoneConn) (removed bool, notify *binaryConn) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := p.slot
 	if s == nil || s.phones[p.connID] != p {
-		return nil // evicted already, or never joined
+		return false, nil // evicted already, or never joined
 	}
 	delete(s.phones, p.connID)
 	r.stats.Phones--
 	r.changed()
 	if r.slots[s.id] == s && s.binary != nil && s.binary == p.joinedUnder {
-		return s.binary
+		return true, s.binary
 	}
-	return nil
+	return true, nil
 }
 
 // lookupPhone finds connID among the phones of the slot b holds. A binary
@@ -245,6 +258,83 @@ func (r *registry) lookupPhone(b *binaryConn, connID []byte) *phoneConn {
 		return nil
 	}
 	return s.phones[string(connID)] // no allocation: the conversion only keys the lookup
+}
+
+// has reports whether serverID has a slot here (held or in grace).
+func (r *registry) has(serverID string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.slots[serverID] != nil
+}
+
+// holder returns the binary holding serverID's slot (nil in grace) and
+// whether there is a slot at all.
+func (r *registry) holder(serverID string) (*binaryConn, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.slots[serverID]
+	if s == nil {
+		return nil, false
+	}
+	return s.binary, true
+}
+
+// drop removes serverID's slot because its claim moved to another
+// instance: the binary (if any) must be closed by the caller, the phones
+// are returned for eviction.
+func (r *registry) drop(serverID string) (b *binaryConn, phones []*phoneConn, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.slots[serverID]
+	if s == nil {
+		return nil, nil, false
+	}
+	if s.graceStop != nil {
+		s.graceStop()
+		s.graceStop = nil
+	}
+	s.graceSeq++
+	if s.binary != nil {
+		b = s.binary
+		b.holding.Store(false)
+		r.stats.Binaries--
+		s.binary = nil
+	} else {
+		r.stats.Grace--
+	}
+	phones = r.evictPhones(s)
+	delete(r.slots, serverID)
+	r.changed()
+	return b, phones, true
+}
+
+// findStub returns the remote phone connID of serverID's slot, or nil.
+func (r *registry) findStub(serverID, connID string) *phoneConn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.slots[serverID]
+	if s == nil {
+		return nil
+	}
+	if p := s.phones[connID]; p != nil && p.link != nil {
+		return p
+	}
+	return nil
+}
+
+// stubs lists every remote phone in every slot.
+func (r *registry) stubs() []*phoneConn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*phoneConn
+	for _, s := range r.slots {
+		for _, p := range s.phones {
+			if p.link != nil {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
 }
 
 // largestBacklog returns the phone with the most bytes queued, or nil. It

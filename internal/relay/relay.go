@@ -58,6 +58,13 @@ type Relay struct {
 	conns    map[*wsEnd]struct{} // every accepted connection, for shutdown
 	draining bool
 	wg       sync.WaitGroup // running handlers
+
+	// Cluster mode (remote.go); bp is nil on a single instance.
+	bp         Backplane
+	self       string
+	claimLocks [64]sync.Mutex
+	proxMu     sync.Mutex
+	proxies    map[proxyKey]*phoneConn
 }
 
 // New returns a relay with validated options.
@@ -87,9 +94,14 @@ func New(opts Options, d Deps) (*Relay, error) {
 	rl.m.SetQueuedBytesSource(rl.budget.used.Load)
 	rl.reg = newRegistry(opts.GracePeriod, opts.MaxPhones, nil, func(ps []*phoneConn) {
 		for _, p := range ps {
+			if p.link != nil { // a remote phone: its home closes it
+				rl.stubEvicted(p, int(CodeNoBinary))
+				continue
+			}
 			p.end(closeCause{code: CodeNoBinary, reason: reasonNoBinary})
 		}
 	})
+	rl.reg.onRemove = rl.slotRemoved
 	rl.reg.onChange = func(s RegistryStats) {
 		rl.m.Binaries.Set(float64(s.Binaries))
 		rl.m.Phones.Set(float64(s.Phones))

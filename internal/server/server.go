@@ -18,6 +18,7 @@ import (
 
 	"github.com/pyrycode/relay/internal/admission"
 	"github.com/pyrycode/relay/internal/buildinfo"
+	"github.com/pyrycode/relay/internal/cluster"
 	"github.com/pyrycode/relay/internal/config"
 	"github.com/pyrycode/relay/internal/metrics"
 	"github.com/pyrycode/relay/internal/push"
@@ -36,6 +37,7 @@ type Server struct {
 	relay   *relay.Relay
 	push    *push.Sender
 	admit   *admission.Controller
+	cluster *cluster.Cluster // nil on a single instance
 
 	tlsConfig   *tls.Config  // nil in insecure mode
 	hosts       hostPolicy   // nil: any Host accepted
@@ -86,6 +88,13 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.relay = rl
+	if cfg.Cluster.Enabled() {
+		c, err := cluster.Start(cfg.Cluster, rl, log, s.metrics)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", config.ErrInvalidConfig, err)
+		}
+		s.cluster = c
+	}
 	return s, nil
 }
 
@@ -326,5 +335,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	errs[len(s.servers)] = s.relay.Shutdown(ctx)
 	wg.Wait()
 	s.wg.Wait()
+	if s.cluster != nil {
+		s.cluster.Close() // releases this instance's claims for the others
+	}
 	return errors.Join(errs...)
 }

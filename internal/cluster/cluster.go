@@ -1,0 +1,501 @@
+// Package cluster joins several `relay serve` processes into one logical
+// relay over NATS: a JetStream KV bucket holds who owns each server-id
+// (claims.go), core NATS subjects carry frames between instances
+// (subjects.go, wire.go). It implements relay.Backplane; the routing core
+// stays in internal/relay. docs/cluster.md is the design and wire reference.
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/pyrycode/relay/internal/metrics"
+	"github.com/pyrycode/relay/internal/relay"
+)
+
+// Options configure cluster mode. The zero value of a field is its default.
+type Options struct {
+	// URLs are the NATS servers (nats:// or tls://), comma-separated on the
+	// command line. Empty means single-instance mode: nothing here runs.
+	URLs []string
+	// CredsFile is a NATS .creds file (JWT + nkey seed) for this instance.
+	// Give every instance its own, with publish permissions limited to
+	// subjects ending in its own id (docs/cluster.md): NATS then vouches for
+	// the sender of every message, so one compromised instance cannot speak
+	// as another.
+	CredsFile string
+	// CAFile is a PEM bundle to verify the NATS servers' TLS certificates;
+	// setting it requires TLS. A compromised or sniffed NATS link sees every
+	// frame (end-to-end encrypted by the apps, but still metadata), so run
+	// NATS with TLS and credentials anywhere but loopback.
+	CAFile string
+	// Name prefixes every subject and the claims bucket, so two clusters can
+	// share one NATS account. Default "relay".
+	Name string
+	// InstanceID names this instance in subjects and claims; default a
+	// random id, logged at start. Ids must be unique within the cluster.
+	InstanceID string
+	// Lease is how long a claim outlives its owner's last refresh: a
+	// crashed instance's server-ids become claimable again within Lease,
+	// and the owner refreshes every Lease/3. Shorter frees a dead owner's
+	// slots sooner but turns a longer NATS outage into lost claims. It must
+	// be the same on every instance (it is the bucket's MaxAge). Default 15s.
+	Lease time.Duration
+	// Replicas of the claims bucket: 3 on a 3-node NATS cluster, so a NATS
+	// node's loss keeps the claims. Default 1.
+	Replicas int
+}
+
+// Defaults.
+const (
+	DefaultName  = "relay"
+	DefaultLease = 15 * time.Second
+	// requestTimeout bounds a join, ping or store operation.
+	requestTimeout = 3 * time.Second
+	// maxPending bounds what NATS buffers for this instance's link
+	// subscription before it drops messages (a slow consumer, detected and
+	// answered by closing every cross-instance phone 1011).
+	maxPendingMsgs  = 65536
+	maxPendingBytes = 64 << 20
+)
+
+// ErrInvalidOptions reports cluster options the relay refuses to start with.
+var ErrInvalidOptions = errors.New("cluster: invalid options")
+
+// Enabled reports whether cluster mode is on.
+func (o Options) Enabled() bool { return len(o.URLs) > 0 }
+
+// WithDefaults fills zero fields.
+func (o Options) WithDefaults() Options {
+	if o.Name == "" {
+		o.Name = DefaultName
+	}
+	if o.InstanceID == "" {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		o.InstanceID = "r" + hex.EncodeToString(b[:])
+	}
+	if o.Lease == 0 {
+		o.Lease = DefaultLease
+	}
+	if o.Replicas == 0 {
+		o.Replicas = 1
+	}
+	return o
+}
+
+// Validate reports the first unusable value.
+func (o Options) Validate() error {
+	switch {
+	case !ValidToken(o.Name):
+		return fmt.Errorf("%w: --cluster-name must be 1-64 of [A-Za-z0-9_-]", ErrInvalidOptions)
+	case !ValidToken(o.InstanceID):
+		return fmt.Errorf("%w: --instance-id must be 1-64 of [A-Za-z0-9_-]", ErrInvalidOptions)
+	case o.Lease < 300*time.Millisecond:
+		return fmt.Errorf("%w: --cluster-lease must be at least 300ms", ErrInvalidOptions)
+	case o.Replicas < 1 || o.Replicas > 5:
+		return fmt.Errorf("%w: --cluster-replicas must be 1..5", ErrInvalidOptions)
+	}
+	for _, u := range o.URLs {
+		if !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {
+			return fmt.Errorf("%w: --cluster-nats URLs must start with nats:// or tls://", ErrInvalidOptions)
+		}
+	}
+	return nil
+}
+
+// Cluster is one instance's membership of the cluster.
+type Cluster struct {
+	opts Options
+	self string
+	sub  subjects
+	rl   *relay.Relay
+	log  *slog.Logger
+	m    *clusterMetrics
+	nc   *nats.Conn
+	js   jetstream.JetStream
+
+	linkSub *nats.Subscription
+	subs    []*nats.Subscription
+
+	kvMu sync.Mutex
+	kv   jetstream.KeyValue
+
+	mu     sync.Mutex
+	leases map[string]*lease
+	// missing counts consecutive checks that found no claim for a
+	// server-id proxies here joined under (checkLoop only).
+	missing map[string]int
+
+	kick      chan struct{}
+	stop      chan struct{}
+	loopsDone sync.WaitGroup
+	// sem bounds concurrent probe/join handlers (a probe waits for a pong).
+	sem chan struct{}
+}
+
+// Start connects to NATS and attaches the cluster to rl. NATS need not be
+// reachable yet: the connection is retried in the background, and until it
+// is up new claims and remote joins are refused 1013.
+func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) (*Cluster, error) {
+	opts = opts.WithDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.NewJSONHandler(io.Discard, nil))
+	}
+	c := &Cluster{opts: opts, self: opts.InstanceID, sub: subjects{opts.Name, opts.InstanceID}, rl: rl, log: log,
+		m: newMetrics(m), leases: make(map[string]*lease), missing: make(map[string]int), kick: make(chan struct{}, 1), stop: make(chan struct{}),
+		sem: make(chan struct{}, 64)}
+	nopts := []nats.Option{
+		nats.Name("pyrycode-relay " + opts.InstanceID),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+		// No reconnect buffer: a publish while disconnected fails at once,
+		// so its phone is closed 1011 instead of the frame waiting for a
+		// reconnect that may come after its receiver gave up on it.
+		nats.ReconnectBufSize(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, _ error) { c.disconnected() }),
+		nats.ReconnectHandler(func(_ *nats.Conn) { c.reconnected() }),
+		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) { c.asyncError(s, err) }),
+	}
+	if opts.CredsFile != "" {
+		nopts = append(nopts, nats.UserCredentials(opts.CredsFile))
+	}
+	if opts.CAFile != "" {
+		nopts = append(nopts, nats.RootCAs(opts.CAFile))
+	}
+	nc, err := nats.Connect(strings.Join(opts.URLs, ","), nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidOptions, err)
+	}
+	c.nc = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("%w: %v", ErrInvalidOptions, err)
+	}
+	c.js = js
+	rl.SetBackplane(c, c.self)
+	if err := c.subscribe(); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	c.m.connected.Set(b2f(nc.IsConnected()))
+	c.loopsDone.Add(2)
+	go c.leaseLoop()
+	go c.checkLoop()
+	log.Info("cluster mode", "event", "cluster_started", "instance_id", c.self, "cluster_name", opts.Name,
+		"lease_ms", opts.Lease.Milliseconds(), "nats_connected", nc.IsConnected())
+	return c, nil
+}
+
+// Self is this instance's id.
+func (c *Cluster) Self() string { return c.self }
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (c *Cluster) subscribe() error {
+	link, err := c.nc.Subscribe(c.sub.inbox(kindLink), c.onLink)
+	if err != nil {
+		return err
+	}
+	_ = link.SetPendingLimits(maxPendingMsgs, maxPendingBytes)
+	c.linkSub = link
+	c.subs = append(c.subs, link)
+	for _, s := range []struct {
+		subj string
+		h    nats.MsgHandler
+	}{
+		{c.sub.inbox(kindJoin), c.onJoin},
+		{c.sub.inbox(kindProbe), c.onProbe},
+		{c.sub.inbox(kindPing), c.onPing},
+		{c.sub.ownerIn(), c.onOwner},
+	} {
+		sub, err := c.nc.Subscribe(s.subj, s.h)
+		if err != nil {
+			return err
+		}
+		c.subs = append(c.subs, sub)
+	}
+	return nil
+}
+
+// bucket returns the claims bucket, creating it on first use (NATS may
+// have been unreachable at start).
+func (c *Cluster) bucket(ctx context.Context) (jetstream.KeyValue, error) {
+	c.kvMu.Lock()
+	defer c.kvMu.Unlock()
+	if c.kv != nil {
+		return c.kv, nil
+	}
+	if !c.nc.IsConnected() {
+		return nil, relay.ErrClusterUnavailable
+	}
+	kv, err := c.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      bucketName(c.opts.Name),
+		Description: "pyrycode relay claims: server-id -> owning instance",
+		History:     1,
+		TTL:         c.opts.Lease,
+		Replicas:    c.opts.Replicas,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.kv = kv
+	return kv, nil
+}
+
+// Send implements relay.Backplane.
+func (c *Cluster) Send(to string, m relay.LinkMessage) error {
+	if !c.nc.IsConnected() {
+		return relay.ErrClusterUnavailable
+	}
+	err := c.nc.Publish(c.sub.to(to, kindLink), encodeLink(nil, m))
+	if err == nil {
+		c.m.sent.Inc()
+	}
+	return err
+}
+
+// Join implements relay.Backplane.
+func (c *Cluster) Join(ctx context.Context, serverID string) (relay.JoinOutcome, error) {
+	kv, err := c.bucket(ctx)
+	if err != nil {
+		return relay.JoinOutcome{}, relay.ErrClusterUnavailable
+	}
+	e, found, err := c.get(ctx, kv, serverID)
+	switch {
+	case err != nil && errors.Is(err, ErrWire):
+		return relay.JoinOutcome{Code: int(relay.CodeNoBinary)}, nil
+	case err != nil:
+		return relay.JoinOutcome{}, relay.ErrClusterUnavailable
+	case !found:
+		return relay.JoinOutcome{Code: int(relay.CodeNoBinary)}, nil
+	case e.Owner == c.self:
+		// Ours without a slot here yet: the relay waits for the claim.
+		return relay.JoinOutcome{Owner: c.self}, nil
+	}
+	msg, err := c.nc.RequestWithContext(ctx, c.sub.to(e.Owner, kindJoin), encodeServerID(serverID))
+	if err != nil {
+		return relay.JoinOutcome{}, relay.ErrClusterUnavailable
+	}
+	j, err := decodeJoinReply(msg.Data)
+	if err != nil {
+		return relay.JoinOutcome{}, relay.ErrClusterUnavailable
+	}
+	return relay.JoinOutcome{Owner: e.Owner, ConnID: j.connID, Epoch: j.epoch, Code: j.code}, nil
+}
+
+// probe asks owner whether its binary for serverID is alive.
+func (c *Cluster) probe(ctx context.Context, owner, serverID string) (relay.ProbeResult, error) {
+	msg, err := c.nc.RequestWithContext(ctx, c.sub.to(owner, kindProbe), encodeServerID(serverID))
+	if err != nil {
+		return 0, err
+	}
+	r := newReader(msg.Data)
+	res := relay.ProbeResult(r.byte())
+	if r.err != nil || res > relay.ProbeDead {
+		return 0, ErrWire
+	}
+	return res, nil
+}
+
+func (c *Cluster) onLink(msg *nats.Msg) {
+	m, err := decodeLink(msg.Data)
+	if err != nil {
+		c.m.malformed.Inc()
+		return
+	}
+	c.m.received.Inc()
+	c.rl.Receive(sender(msg.Subject), m)
+}
+
+// async runs a request handler off the subscription's goroutine, bounded:
+// past the bound the request goes unanswered and the asker times out.
+func (c *Cluster) async(f func()) {
+	select {
+	case c.sem <- struct{}{}:
+		go func() { defer func() { <-c.sem }(); f() }()
+	default:
+		c.m.malformed.Inc()
+	}
+}
+
+func (c *Cluster) onJoin(msg *nats.Msg) {
+	from := sender(msg.Subject)
+	serverID, err := decodeServerID(msg.Data)
+	if err != nil {
+		c.m.malformed.Inc()
+		return
+	}
+	connID, code := c.rl.AdmitRemote(from, serverID)
+	var epoch uint64
+	c.mu.Lock()
+	if l := c.leases[serverID]; l != nil {
+		epoch = l.epoch
+	}
+	c.mu.Unlock()
+	if err := msg.Respond(encodeJoinReply(joinReply{code: code, epoch: epoch, connID: connID})); err != nil && code == 0 {
+		// The home never learns the conn_id: forget the phone.
+		c.rl.Reconcile(from, true, nil, time.Now().Add(time.Hour))
+	}
+}
+
+func (c *Cluster) onProbe(msg *nats.Msg) {
+	serverID, err := decodeServerID(msg.Data)
+	if err != nil {
+		c.m.malformed.Inc()
+		return
+	}
+	c.async(func() {
+		res := c.rl.Probe(serverID)
+		_ = msg.Respond([]byte{wireVersion, byte(res)})
+	})
+}
+
+func (c *Cluster) onPing(msg *nats.Msg) {
+	_ = msg.Respond(encodeConnIDs(c.rl.LinkedWith(sender(msg.Subject))))
+}
+
+func (c *Cluster) onOwner(msg *nats.Msg) {
+	o, err := decodeOwner(msg.Data)
+	if err != nil {
+		c.m.malformed.Inc()
+		return
+	}
+	c.ownerChanged(sender(msg.Subject), o)
+}
+
+// ping checks every instance this one shares phones with.
+func (c *Cluster) ping() {
+	if !c.nc.IsConnected() {
+		return
+	}
+	for _, peer := range c.rl.Peers() {
+		before := time.Now().Add(-requestTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		msg, err := c.nc.RequestWithContext(ctx, c.sub.to(peer, kindPing), []byte{wireVersion})
+		cancel()
+		switch {
+		case errors.Is(err, nats.ErrNoResponders) && c.nc.IsConnected():
+			c.log.Warn("cluster peer gone", "event", "cluster_peer_lost", "peer", peer)
+			c.rl.Reconcile(peer, false, nil, time.Now())
+		case err != nil:
+			// Uncertain (timeout, our own link): ask again next time.
+		default:
+			if ids, err := decodeConnIDs(msg.Data); err == nil {
+				c.rl.Reconcile(peer, true, ids, before)
+			}
+		}
+	}
+}
+
+// leaseLoop refreshes this instance's claims every Lease/3, on its own
+// goroutine so that nothing slower (a ping to a stalled peer) can delay a
+// refresh past the lease.
+func (c *Cluster) leaseLoop() {
+	defer c.loopsDone.Done()
+	t := time.NewTicker(c.opts.Lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		case <-c.kick:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.Lease/3)
+		c.refresh(ctx)
+		cancel()
+	}
+}
+
+// checkLoop checks the claims this instance's proxies joined under and
+// pings the peers it shares phones with.
+func (c *Cluster) checkLoop() {
+	defer c.loopsDone.Done()
+	t := time.NewTicker(c.opts.Lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		c.verify(ctx)
+		cancel()
+		c.ping()
+	}
+}
+
+func (c *Cluster) kickRefresh() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Cluster) disconnected() {
+	c.m.connected.Set(0)
+	c.log.Warn("NATS connection lost: cross-instance phones closed 1011, new claims and remote joins refused 1013",
+		"event", "cluster_disconnected")
+	c.rl.LinkLost(relay.LossDisconnect)
+}
+
+func (c *Cluster) reconnected() {
+	c.m.connected.Set(1)
+	c.log.Info("NATS connection back", "event", "cluster_reconnected")
+	c.kickRefresh()
+}
+
+func (c *Cluster) asyncError(s *nats.Subscription, err error) {
+	if errors.Is(err, nats.ErrSlowConsumer) {
+		c.m.slowConsumer.Inc()
+		c.log.Warn("NATS dropped messages for this instance: cross-instance phones closed 1011", "event", "cluster_slow_consumer")
+		c.rl.LinkLost(relay.LossSlowConsumer)
+		return
+	}
+	c.log.Warn("NATS error", "event", "cluster_nats_error")
+}
+
+// Close releases this instance's claims (so their binaries can reclaim on
+// another instance at once) and closes the NATS connection. Call it after
+// the relay has shut down.
+func (c *Cluster) Close() {
+	close(c.stop)
+	c.loopsDone.Wait()
+	c.mu.Lock()
+	ids := make([]string, 0, len(c.leases))
+	for id := range c.leases {
+		ids = append(ids, id)
+	}
+	c.mu.Unlock()
+	for _, id := range ids {
+		c.Release(id)
+	}
+	for _, s := range c.subs {
+		_ = s.Unsubscribe()
+	}
+	_ = c.nc.Drain()
+}

@@ -1,0 +1,46 @@
+package cluster
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pyrycode/relay/internal/metrics"
+)
+
+// claimResults are the result labels of relay_cluster_claims_total, a
+// closed set: created, reclaimed (another instance's grace slot), takeover
+// (another instance's dead binary), stale (a claim of this instance's id it
+// no longer served), conflict (4409), unavailable (1013), reasserted (a
+// claim re-created after NATS was away longer than the lease), lost (a
+// claim another instance replaced), invalid (a value that is not a claim).
+var claimResults = []string{"created", "reclaimed", "takeover", "stale", "conflict", "unavailable", "reasserted", "lost", "invalid"}
+
+type clusterMetrics struct {
+	claims        *prometheus.CounterVec
+	connected     prometheus.Gauge
+	sent          prometheus.Counter
+	received      prometheus.Counter
+	malformed     prometheus.Counter
+	slowConsumer  prometheus.Counter
+	refreshErrors prometheus.Counter
+}
+
+func newMetrics(m *metrics.Metrics) *clusterMetrics {
+	cm := &clusterMetrics{
+		claims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_cluster_claims_total", Help: "Cluster claim outcomes by result.",
+		}, []string{"result"}),
+		connected:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_cluster_nats_connected", Help: "1 while this instance's NATS connection is up."}),
+		sent:          prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_messages_sent_total", Help: "Cross-instance link messages published."}),
+		received:      prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_messages_received_total", Help: "Cross-instance link messages received."}),
+		malformed:     prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_messages_malformed_total", Help: "Cross-instance messages dropped as unparseable or over the handler bound."}),
+		slowConsumer:  prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_slow_consumer_total", Help: "Times NATS dropped messages for this instance."}),
+		refreshErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_lease_refresh_errors_total", Help: "Claim refreshes that failed (retried)."}),
+	}
+	for _, r := range claimResults {
+		cm.claims.WithLabelValues(r)
+	}
+	if m != nil {
+		m.Register(cm.claims, cm.connected, cm.sent, cm.received, cm.malformed, cm.slowConsumer, cm.refreshErrors)
+	}
+	return cm
+}

@@ -1,0 +1,68 @@
+package config
+
+import (
+	"flag"
+	"os"
+	"strings"
+
+	"github.com/pyrycode/relay/internal/cluster"
+)
+
+// clusterFlags registers the cluster-mode flags on fs, writing into o. They
+// live apart from Parse's list so that cluster mode's flags read as one
+// block; cluster mode is off unless --cluster-nats is set.
+func clusterFlags(fs *flag.FlagSet, o *cluster.Options) {
+	o.Name = cluster.DefaultName
+	o.Lease = cluster.DefaultLease
+	o.Replicas = 1
+	fs.Var((*urlList)(&o.URLs), "cluster-nats", "cluster mode: comma-separated NATS URLs (nats:// or tls://); off when empty (docs/cluster.md)")
+	fs.StringVar(&o.CredsFile, "cluster-nats-creds", "", "NATS credentials (.creds) file for this instance (its own user, publish limited to its own id)")
+	fs.StringVar(&o.CAFile, "cluster-nats-ca", "", "PEM CA bundle to verify the NATS servers' TLS certificates")
+	fs.StringVar(&o.Name, "cluster-name", o.Name, "subject and claims-bucket prefix, so two clusters can share one NATS")
+	fs.StringVar(&o.InstanceID, "instance-id", "", "this instance's id in the cluster, [A-Za-z0-9_-]{1,64} (default: random, logged at start)")
+	fs.DurationVar(&o.Lease, "cluster-lease", o.Lease, "how long a crashed instance's claims outlive it; the same on every instance")
+	fs.IntVar(&o.Replicas, "cluster-replicas", o.Replicas, "replicas of the claims bucket (3 on a 3-node NATS cluster)")
+}
+
+// clusterOnly are the flags that mean nothing without --cluster-nats.
+var clusterOnly = []string{"cluster-nats-creds", "cluster-nats-ca", "cluster-name", "instance-id", "cluster-lease", "cluster-replicas"}
+
+// urlList is a comma-separated list flag.
+type urlList []string
+
+func (u *urlList) String() string { return strings.Join(*u, ",") }
+
+func (u *urlList) Set(s string) error {
+	*u = nil
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*u = append(*u, part)
+		}
+	}
+	return nil
+}
+
+// validateCluster renders cluster.Options' refusals as configuration errors.
+func (c *Config) validateCluster(set map[string]bool) error {
+	o := c.Cluster
+	if !o.Enabled() {
+		for _, name := range clusterOnly {
+			if set[name] {
+				return &Error{Problem: "--" + name + " needs --cluster-nats"}
+			}
+		}
+		return nil
+	}
+	if err := o.WithDefaults().Validate(); err != nil {
+		return &Error{Problem: oneLine(strings.TrimPrefix(err.Error(), cluster.ErrInvalidOptions.Error()+": "))}
+	}
+	for _, f := range []struct{ name, path string }{{"cluster-nats-creds", o.CredsFile}, {"cluster-nats-ca", o.CAFile}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return &Error{Problem: "--" + f.name + ": cannot read the file"}
+		}
+	}
+	return nil
+}

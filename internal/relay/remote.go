@@ -1,0 +1,503 @@
+package relay
+
+import (
+	"context"
+	"hash/fnv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Cluster mode's half of the routing core: proxies (a phone socket here,
+// its binary elsewhere), stubs (a remote phone in a slot here) and the
+// entry points the backplane calls. Nothing here runs without a Backplane.
+
+// Close codes and reasons specific to cluster mode (docs/cluster.md).
+const (
+	// CodeTryAgain (1013) refuses a claim or a remote join while the
+	// cluster's coordination cannot be reached; the client retries.
+	CodeTryAgain = 1013
+
+	reasonClusterDown = "cluster unavailable"
+	reasonLinkLost    = "cluster link lost"
+)
+
+// stubQueueLen bounds the frames a remote phone may have waiting for its
+// binary on the owner (as do their bytes, by PhoneQueueBytes).
+// Back-pressure cannot cross NATS, so a binary that does not keep up loses
+// the phone (1011 with a close notice) instead of stalling the instance's
+// whole inbound subscription.
+const stubQueueLen = 4096
+
+// joinTimeout bounds a remote join round trip (store lookup + the owner's
+// answer).
+const joinTimeout = 5 * time.Second
+
+// proxyKey names a proxy: conn_ids are minted by owners, so they are unique
+// only together with the owner that minted them.
+type proxyKey struct{ owner, connID string }
+
+// proxyRoute is a phone whose socket is here and whose slot is on owner.
+type proxyRoute struct {
+	owner   string
+	epoch   uint64
+	created time.Time
+	upSeq   uint64 // the phone's read loop only
+	// lastDown is the last LinkDown sequence applied; Receive only (one
+	// subscription goroutine).
+	lastDown uint64
+}
+
+// stubLink is a phone in a slot here whose socket is on home.
+type stubLink struct {
+	home    string
+	created time.Time
+	q       chan LinkMessage // LinkUp and LinkLeave, in arrival order
+	stop    chan struct{}
+	once    sync.Once
+	lastUp  uint64 // Receive only
+	// queued is the bytes waiting in q (frames + itemOverhead each).
+	queued  atomic.Int64
+	downMu  sync.Mutex
+	downSeq uint64
+}
+
+func (l *stubLink) close() { l.once.Do(func() { close(l.stop) }) }
+
+// SetBackplane turns cluster mode on; self is this instance's id. Call it
+// before serving.
+func (rl *Relay) SetBackplane(bp Backplane, self string) {
+	rl.bp = bp
+	rl.self = self
+	rl.proxies = make(map[proxyKey]*phoneConn)
+	for _, l := range AllLinkLosses {
+		rl.m.ClusterLinksLost.WithLabelValues(string(l))
+	}
+}
+
+// claimLock serialises cluster claims and claim releases per server-id on
+// this instance (striped: a fixed set of mutexes, no per-id allocation).
+func (rl *Relay) claimLock(serverID string) *sync.Mutex {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(serverID))
+	return &rl.claimLocks[h.Sum32()%uint32(len(rl.claimLocks))]
+}
+
+// clusterClaim asks the cluster before the local registry decides. It
+// returns false when b was refused (b is being closed).
+func (b *binaryConn) clusterClaim() bool {
+	rl := b.rl
+	if rl.reg.has(b.serverID) {
+		return true // this instance owns it: local rules apply
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rl.opts.ProbeTimeout+joinTimeout)
+	defer cancel()
+	out, err := rl.bp.Acquire(ctx, b.serverID)
+	switch {
+	case err != nil:
+		rl.log.Warn("claim refused: cluster unavailable", append(b.logAttrs("binary_cluster_unavailable"), "close_code", CodeTryAgain)...)
+		b.end(closeCause{code: CodeTryAgain, reason: reasonClusterDown})
+		return false
+	case out == ClaimConflict:
+		rl.log.Info("claim refused: server-id held by a live binary on another instance", append(b.logAttrs("binary_conflict"), "close_code", int(CodeConflict))...)
+		b.end(closeCause{code: CodeConflict, reason: reasonConflict})
+		return false
+	}
+	return true
+}
+
+// slotRemoved gives up the cluster claim of a slot that ended here (grace
+// expired), unless a new slot for the server-id was installed meanwhile.
+func (rl *Relay) slotRemoved(serverID string) {
+	if rl.bp == nil {
+		return
+	}
+	mu := rl.claimLock(serverID)
+	mu.Lock()
+	defer mu.Unlock()
+	if !rl.reg.has(serverID) {
+		rl.bp.Release(serverID)
+	}
+}
+
+// joinRemote admits p through its server-id's owner on another instance.
+func (p *phoneConn) joinRemote() (code int) {
+	rl := p.rl
+	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
+	defer cancel()
+	out, err := rl.bp.Join(ctx, p.serverID)
+	if err != nil {
+		return CodeTryAgain
+	}
+	if out.Owner == rl.self {
+		// This instance owns it but had no slot when the phone arrived: a
+		// claim is being installed. Wait for it (claims hold the lock).
+		mu := rl.claimLock(p.serverID)
+		mu.Lock()
+		err := rl.reg.join(p)
+		mu.Unlock()
+		switch err {
+		case nil:
+			return 0
+		case ErrTooManyPhones:
+			return int(CodeTooManyPhones)
+		}
+		return int(CodeNoBinary)
+	}
+	if out.Code != 0 {
+		return out.Code
+	}
+	p.connID = out.ConnID
+	p.route = &proxyRoute{owner: out.Owner, epoch: out.Epoch, created: time.Now()}
+	rl.proxMu.Lock()
+	rl.proxies[proxyKey{out.Owner, out.ConnID}] = p
+	rl.proxMu.Unlock()
+	return 0
+}
+
+// forwardUp sends one validated phone frame to its owner. A failed publish
+// closes the phone 1011: the frame is lost and the phone must know.
+func (p *phoneConn) forwardUp(frame []byte) bool {
+	r := p.route
+	r.upSeq++
+	err := p.rl.bp.Send(r.owner, LinkMessage{Kind: LinkUp, ServerID: p.serverID, ConnID: p.connID, Seq: r.upSeq, Token: p.token, Frame: frame})
+	if err != nil {
+		p.rl.linkLost(LossPublish, 1)
+		p.end(closeCause{code: CodeInternal, reason: reasonLinkLost, notify: true})
+		return false
+	}
+	p.token = ""
+	p.rl.routedToBinary.Inc()
+	return true
+}
+
+// leaveRemote unregisters a proxy whose connection ended and tells its
+// owner, which sends the close notice if one is due.
+func (p *phoneConn) leaveRemote() {
+	rl := p.rl
+	rl.proxMu.Lock()
+	if rl.proxies[proxyKey{p.route.owner, p.connID}] == p {
+		delete(rl.proxies, proxyKey{p.route.owner, p.connID})
+	}
+	rl.proxMu.Unlock()
+	// Every end but a directive's is news to the binary, this instance's
+	// shutdown (1001) included: its binary lives on.
+	_ = rl.bp.Send(p.route.owner, LinkMessage{Kind: LinkLeave, ServerID: p.serverID, ConnID: p.connID, Code: int(p.cause.code), Notify: !p.cause.directive})
+}
+
+// AdmitRemote admits a phone whose socket is on instance home into the
+// local slot of serverID, as a stub. It returns the minted conn_id, or the
+// close code for the phone (CodeNoBinary, CodeTooManyPhones).
+func (rl *Relay) AdmitRemote(home, serverID string) (connID string, code int) {
+	stub := &phoneConn{rl: rl, serverID: serverID, remote: home,
+		out:  newOutbox(rl.opts.PhoneQueueBytes, nil),
+		link: &stubLink{home: home, created: time.Now(), q: make(chan LinkMessage, stubQueueLen), stop: make(chan struct{})}}
+	if err := rl.reg.join(stub); err != nil {
+		if err == ErrTooManyPhones {
+			return "", int(CodeTooManyPhones)
+		}
+		return "", int(CodeNoBinary)
+	}
+	go stub.dispatch()
+	return stub.connID, 0
+}
+
+// dispatch feeds a stub's frames to the binary it joined under, in order,
+// on the stub's own goroutine: a binary that is slow to take writes stalls
+// only its own remote phones, never the instance's subscription.
+func (p *phoneConn) dispatch() {
+	rl := p.rl
+	for {
+		select {
+		case <-p.link.stop:
+			return
+		case m := <-p.link.q:
+			if m.Kind == LinkLeave {
+				p.link.close()
+				if b := rl.reg.leave(p); b != nil && m.Notify {
+					b.send(appendCloseNotice(nil, p.connID, m.Code))
+				}
+				return
+			}
+			p.link.queued.Add(-(int64(len(m.Frame)) + itemOverhead))
+			b := p.joinedUnder
+			if b == nil || !b.holding.Load() {
+				rl.countDrop(DropNoBinary)
+				continue
+			}
+			if b.send(appendPhoneEnvelope(nil, p.connID, m.Token, m.Frame)) {
+				rl.routedToBinary.Inc()
+			}
+		}
+	}
+}
+
+// deliverDown sends a binary's envelope to a stub's home. The lock keeps
+// sequence numbers in publish order.
+func (p *phoneConn) deliverDown(frame []byte, closeCode int) {
+	l := p.link
+	l.downMu.Lock()
+	l.downSeq++
+	err := p.rl.bp.Send(l.home, LinkMessage{Kind: LinkDown, ServerID: p.serverID, ConnID: p.connID, Seq: l.downSeq, Code: closeCode, Frame: frame})
+	l.downMu.Unlock()
+	if err != nil {
+		p.rl.loseStub(p, LossPublish, int(CodeInternal))
+	}
+}
+
+// loseStub removes a stub whose traffic may have been lost: its binary
+// gets a close notice with code, its home is told to close the phone 1011.
+func (rl *Relay) loseStub(p *phoneConn, loss LinkLoss, code int) {
+	p.link.close()
+	removed, b := rl.reg.remove(p)
+	if !removed {
+		return
+	}
+	if loss != "" {
+		rl.linkLost(loss, 1)
+	}
+	if b != nil {
+		go b.send(appendCloseNotice(nil, p.connID, code))
+	}
+	_ = rl.bp.Send(p.link.home, LinkMessage{Kind: LinkEvict, ServerID: p.serverID, ConnID: p.connID, Code: int(CodeInternal)})
+}
+
+// stubEvicted tells a stub's home that the owner evicted the phone (a
+// reclaim, takeover or grace expiry here): it is closed there with code.
+func (rl *Relay) stubEvicted(p *phoneConn, code int) {
+	p.link.close()
+	_ = rl.bp.Send(p.link.home, LinkMessage{Kind: LinkEvict, ServerID: p.serverID, ConnID: p.connID, Code: code})
+}
+
+// Receive handles one message from instance from. The backplane calls it
+// from one goroutine per subscription, so per-phone order is kept; nothing
+// here blocks on a socket.
+func (rl *Relay) Receive(from string, m LinkMessage) {
+	switch m.Kind {
+	case LinkUp, LinkLeave:
+		stub := rl.reg.findStub(m.ServerID, m.ConnID)
+		if stub == nil || stub.link.home != from {
+			// Not a phone of ours from that instance (gone, or a forgery):
+			// its home should close it.
+			rl.countDrop(DropUnknownConnID)
+			if m.Kind == LinkUp {
+				_ = rl.bp.Send(from, LinkMessage{Kind: LinkEvict, ServerID: m.ServerID, ConnID: m.ConnID, Code: int(CodeNoBinary)})
+			}
+			return
+		}
+		if m.Kind == LinkUp {
+			if m.Seq != stub.link.lastUp+1 {
+				rl.loseStub(stub, LossGap, int(CodeInternal))
+				return
+			}
+			stub.link.lastUp = m.Seq
+			n := int64(len(m.Frame)) + itemOverhead
+			if stub.link.queued.Add(n) > rl.opts.PhoneQueueBytes {
+				stub.link.queued.Add(-n)
+				rl.loseStub(stub, LossQueue, int(CodeInternal))
+				return
+			}
+		}
+		select {
+		case stub.link.q <- m:
+		default:
+			rl.loseStub(stub, LossQueue, int(CodeInternal))
+		}
+	case LinkDown, LinkEvict:
+		rl.proxMu.Lock()
+		p := rl.proxies[proxyKey{from, m.ConnID}]
+		rl.proxMu.Unlock()
+		// The server-id must match too: an owner reaches only phones that
+		// joined through it for that server-id.
+		if p == nil || p.serverID != m.ServerID {
+			rl.countDrop(DropUnknownConnID)
+			return
+		}
+		if m.Kind == LinkEvict {
+			p.end(closeCause{code: evictCode(m.Code), reason: reasonNoBinary})
+			return
+		}
+		if m.Seq != p.route.lastDown+1 {
+			rl.linkLost(LossGap, 1)
+			p.end(closeCause{code: CodeInternal, reason: reasonLinkLost, notify: true})
+			return
+		}
+		p.route.lastDown = m.Seq
+		p.deliver(m.Frame, m.Code)
+	}
+}
+
+// evictCode accepts only the codes an owner sends in LinkEvict.
+func evictCode(code int) websocket.StatusCode {
+	if code == int(CodeInternal) {
+		return CodeInternal
+	}
+	return CodeNoBinary
+}
+
+// Probe answers another instance's conflicting claim for serverID: is the
+// binary holding it here alive?
+func (rl *Relay) Probe(serverID string) ProbeResult {
+	inc, held := rl.reg.holder(serverID)
+	switch {
+	case !held:
+		return ProbeAbsent
+	case inc == nil:
+		return ProbeDead // grace: a reclaim takes it
+	case ping(inc.ws, rl.opts.ProbeTimeout, inc.ended):
+		return ProbeLive
+	}
+	return ProbeDead
+}
+
+// Superseded is called when serverID's claim now belongs to owner at epoch
+// (a reclaim or takeover elsewhere, or this instance's lease was lost). A
+// slot here is dropped exactly as a takeover drops it (binary 1011, phones
+// 4404 wherever they are), and proxies here that joined under an older
+// claim are closed 4404.
+func (rl *Relay) Superseded(serverID, owner string, epoch uint64) {
+	if owner != rl.self {
+		if b, phones, ok := rl.reg.drop(serverID); ok {
+			if b != nil {
+				b.end(closeCause{code: CodeInternal, reason: reasonReplaced})
+			}
+			rl.reg.evicted(phones)
+		}
+	}
+	for _, p := range rl.proxySnapshot() {
+		if p.serverID == serverID && (p.route.owner != owner || p.route.epoch < epoch) {
+			p.end(closeCause{code: CodeNoBinary, reason: reasonNoBinary})
+		}
+	}
+}
+
+// LinkLost closes every cross-instance phone: this instance's NATS link
+// dropped or lost messages, so any of their frames may be gone. Phones here
+// are closed 1011; binaries here get a 1011 close notice for their remote
+// phones. Pairs on one instance are untouched.
+func (rl *Relay) LinkLost(loss LinkLoss) {
+	proxies := rl.proxySnapshot()
+	for _, p := range proxies {
+		p.end(closeCause{code: CodeInternal, reason: reasonLinkLost})
+	}
+	stubs := rl.reg.stubs()
+	for _, s := range stubs {
+		rl.dropStub(s, int(CodeInternal))
+	}
+	if n := len(proxies) + len(stubs); n > 0 {
+		rl.linkLost(loss, n)
+	}
+}
+
+// dropStub removes a stub and sends its binary a close notice with code;
+// its home is not told (it is gone, or closes its side itself).
+func (rl *Relay) dropStub(s *phoneConn, code int) {
+	s.link.close()
+	if b := rl.reg.leave(s); b != nil {
+		go b.send(appendCloseNotice(nil, s.connID, code))
+	}
+}
+
+// Peers lists the instances this one has cross-instance phones with.
+func (rl *Relay) Peers() []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(id string) {
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	for _, p := range rl.proxySnapshot() {
+		add(p.route.owner)
+	}
+	for _, s := range rl.reg.stubs() {
+		add(s.link.home)
+	}
+	return out
+}
+
+// LinkedWith lists the conn_ids of the phones this instance shares with
+// peer (proxies it owns, stubs homed there), for the peer's reconciliation.
+func (rl *Relay) LinkedWith(peer string) []string {
+	var out []string
+	for _, p := range rl.proxySnapshot() {
+		if p.route.owner == peer {
+			out = append(out, p.connID)
+		}
+	}
+	for _, s := range rl.reg.stubs() {
+		if s.link.home == peer {
+			out = append(out, s.connID)
+		}
+	}
+	return out
+}
+
+// Reconcile compares the phones shared with peer against the peer's own
+// list (LinkedWith on the peer): a link created before `before` that the
+// peer does not know has lost a LinkLeave or LinkEvict, and is closed. A
+// peer that is gone (alive false) loses every link.
+func (rl *Relay) Reconcile(peer string, alive bool, theirs []string, before time.Time) {
+	known := make(map[string]bool, len(theirs))
+	for _, id := range theirs {
+		known[id] = true
+	}
+	n := 0
+	for _, p := range rl.proxySnapshot() {
+		if p.route.owner == peer && (!alive || (!known[p.connID] && p.route.created.Before(before))) {
+			if p.end(closeCause{code: CodeInternal, reason: reasonLinkLost}) {
+				n++
+			}
+		}
+	}
+	for _, s := range rl.reg.stubs() {
+		if s.link.home == peer && (!alive || (!known[s.connID] && s.link.created.Before(before))) {
+			rl.dropStub(s, int(CodeGoingAway))
+			n++
+		}
+	}
+	if n > 0 {
+		rl.linkLost(LossPeer, n)
+	}
+}
+
+// RemoteClaims lists the (server-id, owner, epoch) of this instance's
+// proxies, for the backplane to check against the claim store: a proxy
+// whose claim vanished (its owner crashed and the lease expired) or moved
+// is closed through Superseded.
+func (rl *Relay) RemoteClaims() []RemoteClaim {
+	seen := map[RemoteClaim]bool{}
+	var out []RemoteClaim
+	for _, p := range rl.proxySnapshot() {
+		c := RemoteClaim{ServerID: p.serverID, Owner: p.route.owner, Epoch: p.route.epoch}
+		if !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// RemoteClaim is a claim that phones here joined under.
+type RemoteClaim struct {
+	ServerID, Owner string
+	Epoch           uint64
+}
+
+func (rl *Relay) proxySnapshot() []*phoneConn {
+	rl.proxMu.Lock()
+	defer rl.proxMu.Unlock()
+	out := make([]*phoneConn, 0, len(rl.proxies))
+	for _, p := range rl.proxies {
+		out = append(out, p)
+	}
+	return out
+}
+
+func (rl *Relay) linkLost(loss LinkLoss, n int) {
+	rl.log.Warn("cross-instance phones closed: frames may have been lost", "event", "cluster_link_lost", "reason", string(loss), "phones", n)
+	rl.m.ClusterLinksLost.WithLabelValues(string(loss)).Add(float64(n))
+}
