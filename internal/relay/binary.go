@@ -49,11 +49,12 @@ func (b *binaryConn) run() {
 	}
 	rl.m.Upgrades.WithLabelValues("binary").Inc()
 	rl.log.Info("binary claimed server-id", b.logAttrs("binary_claimed")...)
-	go heartbeat(b.ws, rl.opts.PingInterval, rl.opts.PongTimeout, b.ended, func() {
+	hb := rl.hb.add(b.ws, b.ended, func() {
 		b.end(closeCause{code: CodeInternal, reason: reasonHeartbeat})
 	})
 
 	b.readLoop()
+	rl.hb.remove(hb)
 
 	// Grace starts, unless a takeover replaced us already.
 	if rl.reg.release(b) && rl.bp != nil {

@@ -65,7 +65,7 @@ type wsEnd struct {
 	once         sync.Once
 	cause        closeCause
 	// ended is closed when the first cause is recorded; goroutines tied to
-	// the connection (heartbeat, writer) stop on it.
+	// the connection (the phone's writer, a ping in flight) stop on it.
 	ended chan struct{}
 	// gone is closed once the socket is closed (handshake done or timed out).
 	gone chan struct{}
@@ -204,28 +204,6 @@ func (w *writer) write(msg []byte) error {
 	err := w.ws.Write(context.Background(), websocket.MessageText, msg)
 	w.timer.Stop()
 	return err
-}
-
-// heartbeat pings every interval and calls onDead when a pong does not come
-// within timeout. It returns when ended is closed.
-func heartbeat(ws *websocket.Conn, interval, timeout time.Duration, ended <-chan struct{}, onDead func()) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ended:
-			return
-		case <-t.C:
-		}
-		if !ping(ws, timeout, ended) {
-			select {
-			case <-ended:
-			default:
-				onDead()
-			}
-			return
-		}
-	}
 }
 
 // ping reports whether the peer answered a ping within timeout. ended

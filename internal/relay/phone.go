@@ -66,11 +66,12 @@ func (p *phoneConn) run() {
 
 	writerDone := make(chan struct{})
 	go func() { defer close(writerDone); p.writeLoop() }()
-	go heartbeat(p.ws, rl.opts.PingInterval, rl.opts.PongTimeout, p.ended, func() {
+	hb := rl.hb.add(p.ws, p.ended, func() {
 		p.end(closeCause{code: CodeInternal, reason: reasonHeartbeat, notify: true})
 	})
 
 	p.readLoop()
+	rl.hb.remove(hb)
 
 	p.out.stop()
 	<-writerDone

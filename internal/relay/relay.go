@@ -48,6 +48,7 @@ type Relay struct {
 	m          *metrics.Metrics
 	reg        *registry
 	budget     *byteBudget
+	hb         *heartbeats // the one ping scheduler for every connection
 	remoteAddr func(*http.Request) string
 	waker      Waker
 	// Per-frame counters, resolved once: a label lookup per frame is
@@ -91,6 +92,7 @@ func New(opts Options, d Deps) (*Relay, error) {
 		rl.m.Rejected.WithLabelValues(string(reason))
 	}
 	rl.budget = &byteBudget{limit: opts.MaxQueuedBytes}
+	rl.hb = newHeartbeats(opts.PingInterval, opts.PongTimeout)
 	rl.m.SetQueuedBytesSource(rl.budget.used.Load)
 	rl.reg = newRegistry(opts.GracePeriod, opts.MaxPhones, nil, func(ps []*phoneConn) {
 		for _, p := range ps {

@@ -1,0 +1,183 @@
+package relay
+
+import (
+	"container/heap"
+	"context"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// heartbeats is the relay's one ping scheduler. Every connection is an
+// entry in a min-heap ordered by when its next ping is due, and one timer
+// is armed for the earliest; nothing runs per connection between pings. A
+// due ping runs in a short-lived goroutine that lives only until the pong
+// (or PongTimeout), so 10,000 idle connections cost no goroutine, stack or
+// ticker each, and their pings are spread over the interval by when each
+// connection joined instead of firing together.
+//
+// With no connection registered the timer is stopped and no goroutine
+// exists, so a relay in a synctest bubble can go durably idle.
+type heartbeats struct {
+	interval, timeout time.Duration
+
+	mu    sync.Mutex
+	q     hbQueue
+	timer *time.Timer // made on first use
+	// armedFor is when the timer fires (zero: stopped).
+	armedFor time.Time
+	// live counts entries added and not yet removed: queued, or with a
+	// ping in flight.
+	live int
+}
+
+// hbEntry is one connection's place in the schedule.
+type hbEntry struct {
+	ws     *websocket.Conn
+	ended  <-chan struct{}
+	onDead func() // called once when a pong does not come within timeout
+	due    time.Time
+	index  int  // in the heap; -1 while not queued
+	gone   bool // removed: never queued again
+}
+
+func newHeartbeats(interval, timeout time.Duration) *heartbeats {
+	return &heartbeats{interval: interval, timeout: timeout}
+}
+
+// add schedules ws's first ping one interval from now.
+func (h *heartbeats) add(ws *websocket.Conn, ended <-chan struct{}, onDead func()) *hbEntry {
+	e := &hbEntry{ws: ws, ended: ended, onDead: onDead, index: -1}
+	h.mu.Lock()
+	h.live++
+	h.schedule(e, time.Now().Add(h.interval))
+	h.mu.Unlock()
+	return e
+}
+
+// remove takes e out of the schedule for good (its connection ended). A
+// ping in flight finishes but does not requeue it.
+func (h *heartbeats) remove(e *hbEntry) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !e.gone {
+		e.gone = true
+		h.live--
+	}
+	if e.index >= 0 {
+		heap.Remove(&h.q, e.index)
+	}
+	if h.q.Len() == 0 && h.timer != nil {
+		h.timer.Stop()
+		h.armedFor = time.Time{}
+	}
+}
+
+// schedule queues e for due and re-arms the timer if e is now first.
+// Caller holds h.mu.
+func (h *heartbeats) schedule(e *hbEntry, due time.Time) {
+	if e.gone {
+		return
+	}
+	e.due = due
+	heap.Push(&h.q, e)
+	h.arm()
+}
+
+// arm points the timer at the earliest due entry. Caller holds h.mu.
+func (h *heartbeats) arm() {
+	if h.q.Len() == 0 {
+		return
+	}
+	first := h.q[0].due
+	if !h.armedFor.IsZero() && !first.Before(h.armedFor) {
+		return // already armed for this or an earlier instant
+	}
+	d := time.Until(first)
+	if h.timer == nil {
+		h.timer = time.AfterFunc(d, h.fire)
+	} else {
+		h.timer.Reset(d)
+	}
+	h.armedFor = first
+}
+
+// fire starts every due ping and re-arms for the next.
+func (h *heartbeats) fire() {
+	h.mu.Lock()
+	h.armedFor = time.Time{}
+	due := h.popDue(time.Now())
+	h.arm()
+	h.mu.Unlock()
+	for _, e := range due {
+		go h.ping(e)
+	}
+}
+
+// popDue removes and returns the entries due by now. Caller holds h.mu.
+func (h *heartbeats) popDue(now time.Time) []*hbEntry {
+	var due []*hbEntry
+	for h.q.Len() > 0 && !h.q[0].due.After(now) {
+		due = append(due, heap.Pop(&h.q).(*hbEntry))
+	}
+	return due
+}
+
+// ping sends one ping and waits for its pong. A live peer is queued again
+// one interval after this ping was due (or now, if the pong took longer);
+// a silent one is handed to onDead. A connection that ended meanwhile is
+// left alone: its first cause is already recorded, and the library's wait
+// returns as soon as the socket closes.
+func (h *heartbeats) ping(e *hbEntry) {
+	ctx, cancel := context.WithTimeout(context.Background(), h.timeout)
+	err := e.ws.Ping(ctx)
+	cancel()
+	if err != nil {
+		select {
+		case <-e.ended:
+		default:
+			e.onDead()
+		}
+		h.remove(e)
+		return
+	}
+	next := e.due.Add(h.interval)
+	if now := time.Now(); next.Before(now) {
+		next = now
+	}
+	h.mu.Lock()
+	h.schedule(e, next)
+	h.mu.Unlock()
+}
+
+// pending is how many connections are scheduled or being pinged.
+func (h *heartbeats) pending() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.live
+}
+
+// hbQueue is a min-heap of entries by due time.
+type hbQueue []*hbEntry
+
+func (q hbQueue) Len() int           { return len(q) }
+func (q hbQueue) Less(i, j int) bool { return q[i].due.Before(q[j].due) }
+func (q hbQueue) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].index = i
+	q[j].index = j
+}
+func (q *hbQueue) Push(x any) {
+	e := x.(*hbEntry)
+	e.index = len(*q)
+	*q = append(*q, e)
+}
+func (q *hbQueue) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	e.index = -1
+	return e
+}

@@ -1,0 +1,128 @@
+package relay
+
+import (
+	"context"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/require"
+)
+
+// One scheduler pings every connection: an idle connection costs no
+// goroutine of its own (a goroutine per connection was 8 KiB or more of
+// stack each, and woke a ticker per connection), every live peer is still
+// pinged each interval, and nothing stays scheduled once they leave.
+func TestHeartbeat_OneSchedulerForAllConnections_NoGoroutinePerConnection(t *testing.T) {
+	const n = 40
+	h := newHarness(t, func(o *Options) {
+		o.PingInterval = 100 * time.Millisecond
+		o.PongTimeout = time.Second
+	})
+	settle := func() int {
+		n := runtime.NumGoroutine()
+		for range 20 { // wait out transient goroutines (pings in flight, dials)
+			time.Sleep(20 * time.Millisecond)
+			n = min(n, runtime.NumGoroutine())
+		}
+		return n
+	}
+	before := settle()
+	var pinged [n]atomic.Int32
+	var conns []*websocket.Conn
+	for i := range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, _, err := websocket.Dial(ctx, h.ws+"/v1/server", &websocket.DialOptions{
+			HTTPHeader: binaryHeaders("hb-" + string(rune('a'+i%26)) + string(rune('a'+i/26))),
+			OnPingReceived: func(context.Context, []byte) bool {
+				pinged[i].Add(1)
+				return true
+			},
+		})
+		cancel()
+		require.NoError(t, err)
+		conns = append(conns, c)
+		go func() { _, _, _ = c.Read(context.Background()) }() // a live binary reads, so it answers pings
+	}
+	h.eventually(func() bool { return h.rl.Stats().Binaries == n }, "binaries never claimed")
+	require.Equal(t, n, h.rl.hb.pending(), "every connection is scheduled")
+
+	// Per binary: the server's handler goroutine and this test's reader.
+	// A heartbeat goroutine per connection would add n more.
+	grown := settle() - before
+	require.LessOrEqual(t, grown, 2*n+n/4, "goroutines grew by %d for %d idle binaries", grown, n)
+
+	h.eventually(func() bool {
+		for i := range pinged {
+			if pinged[i].Load() < 3 {
+				return false
+			}
+		}
+		return true
+	}, "not every binary was pinged three times")
+	require.Equal(t, n, h.rl.Stats().Binaries, "live binaries answered and stayed")
+
+	for _, c := range conns {
+		_ = c.Close(websocket.StatusNormalClosure, "")
+	}
+	h.eventually(func() bool { return h.rl.hb.pending() == 0 }, "connections left in the schedule: %d", h.rl.hb.pending())
+}
+
+// The schedule is a heap: pings come out in due order, a removed entry
+// never comes back, and the timer stops when the schedule empties.
+func TestHeartbeats_DueOrderAndRemoval(t *testing.T) {
+	hb := newHeartbeats(time.Hour, time.Second)
+	base := time.Now()
+	var es []*hbEntry
+	for _, off := range []int{5, 1, 4, 2, 3} {
+		e := &hbEntry{index: -1}
+		hb.mu.Lock()
+		hb.live++
+		hb.schedule(e, base.Add(time.Duration(off)*time.Minute))
+		hb.mu.Unlock()
+		es = append(es, e)
+	}
+	hb.remove(es[3]) // due at +2
+	hb.mu.Lock()
+	due := hb.popDue(base.Add(4 * time.Minute))
+	hb.mu.Unlock()
+	var got []time.Duration
+	for _, e := range due {
+		got = append(got, e.due.Sub(base))
+	}
+	require.Equal(t, []time.Duration{time.Minute, 3 * time.Minute, 4 * time.Minute}, got)
+	hb.mu.Lock()
+	hb.schedule(es[3], base) // removed for good: not queued again
+	hb.mu.Unlock()
+	require.Equal(t, 1, hb.q.Len())
+	hb.remove(es[0])
+	require.Equal(t, 0, hb.q.Len())
+	require.True(t, hb.armedFor.IsZero(), "timer still armed with nothing scheduled")
+}
+
+// Scheduling cost per ping at 10,000 connections: pop the due entry and
+// queue it again one interval later (what each ping costs the scheduler,
+// network aside).
+func BenchmarkHeartbeatScheduler(b *testing.B) {
+	hb := newHeartbeats(30*time.Second, time.Second)
+	now := time.Now()
+	hb.mu.Lock()
+	for i := range 10000 {
+		hb.schedule(&hbEntry{index: -1}, now.Add(time.Duration(i)*3*time.Millisecond))
+	}
+	hb.mu.Unlock()
+	b.ReportAllocs()
+	for b.Loop() {
+		hb.mu.Lock()
+		e := hb.q[0]
+		hb.popDue(e.due)
+		hb.schedule(e, e.due.Add(hb.interval))
+		hb.mu.Unlock()
+	}
+	b.StopTimer()
+	hb.mu.Lock()
+	hb.timer.Stop()
+	hb.mu.Unlock()
+}
