@@ -105,6 +105,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		progress = io.Discard
 	}
 	rep := &Report{Command: cfg.Command, Started: time.Now().UTC(), LoadBefore: loadAvg()}
+	defer func() { rep.LoadAfter = loadAvg() }()
 	rep.Machine = Machine{CPUModel: cpuModel(), CPUs: runtime.NumCPU(), GoVersion: runtime.Version(),
 		Kernel: kernel(), GOMAXPROCS: cfg.GOMAXPROCS, FileLimit: raiseFileLimit()}
 
@@ -264,7 +265,6 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			break // one idle cycle: each takes the idle window twice
 		}
 	}
-	rep.LoadAfter = loadAvg()
 	rep.Comparisons = compare(rep.Results)
 	return rep, ctx.Err()
 }

@@ -42,6 +42,8 @@ type pair struct {
 	toPhone []byte
 	sem     chan struct{} // in-flight bound of the streaming workloads
 	reply   chan struct{} // ping-pong: the echo arrived
+	ended   chan struct{} // the phone's reader returned
+	hello   bool          // the phone's hello already reached the binary
 }
 
 // fleet is every connection of one run.
@@ -158,14 +160,16 @@ func newFleet(ctx context.Context, d *dialer, t target, run string, binaries, ph
 			for k := range phonesPer {
 				p := f.pairs[b*phonesPer+k]
 				p.bin = bc
-				var pc *websocket.Conn
-				for attempt := 0; ; attempt++ { // the claim may still be in flight
-					pc, err = d.dial(ctx, t.base+"/v1/client", phoneHeader(id))
-					if err == nil || attempt == 50 {
-						break
+				if k == 0 {
+					// The binary's claim completes after its upgrade: a
+					// phone that arrives first is closed 4404. Redial the
+					// first phone until its hello reaches the binary.
+					if err := f.joinFirst(ctx, d, p, id, hello); err != nil {
+						return fail(err)
 					}
-					time.Sleep(10 * time.Millisecond)
+					continue
 				}
+				pc, err := d.dial(ctx, t.base+"/v1/client", phoneHeader(id))
 				if err != nil {
 					return fail(err)
 				}
@@ -192,12 +196,17 @@ func newFleet(ctx context.Context, d *dialer, t target, run string, binaries, ph
 			f.startReader(bc, p, false)
 		}
 	}
+	sent := 0
 	for _, p := range f.pairs {
+		if p.hello {
+			continue // joinFirst's, already arrived
+		}
 		if err := p.phone.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"hello":%d}`, p.idx)); err != nil {
 			return fail(err)
 		}
+		sent++
 	}
-	for range n {
+	for range sent {
 		select {
 		case <-hello:
 		case <-ctx.Done():
@@ -207,6 +216,43 @@ func newFleet(ctx context.Context, d *dialer, t target, run string, binaries, ph
 		}
 	}
 	return f, nil
+}
+
+// joinFirst connects p as its binary's first phone, redialling while the
+// relay refuses it because the binary's claim has not completed yet.
+func (f *fleet) joinFirst(ctx context.Context, d *dialer, p *pair, serverID string, hello chan struct{}) error {
+	var last error
+	for attempt := 0; attempt < 100; attempt++ {
+		pc, err := d.dial(ctx, f.t.base+"/v1/client", phoneHeader(serverID))
+		if err != nil {
+			last = err
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		p.phone = pc
+		p.ended = make(chan struct{})
+		f.startReader(pc, p, true)
+		if err := pc.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"hello":%d}`, p.idx)); err == nil {
+			select {
+			case <-hello:
+				p.hello = true
+				f.all = append(f.all, pc)
+				return nil
+			case <-p.ended:
+				last = errors.New("first phone refused (binary not yet claimed)")
+			case <-time.After(5 * time.Second):
+				last = errors.New("first phone's hello never reached its binary")
+			case <-ctx.Done():
+				pc.CloseNow()
+				return ctx.Err()
+			}
+		} else {
+			last = err
+		}
+		pc.CloseNow()
+		time.Sleep(10 * time.Millisecond)
+	}
+	return last
 }
 
 // setFrame prepares every pair's binary-to-phone message for frame.
@@ -224,8 +270,15 @@ func (f *fleet) setFrame(frame []byte) {
 // fleet's handler. Messages are read into one reused buffer.
 func (f *fleet) startReader(c *websocket.Conn, p *pair, phone bool) {
 	f.readers.Add(1)
+	var ended chan struct{}
+	if p != nil && phone {
+		ended = p.ended
+	}
 	go func() {
 		defer f.readers.Done()
+		if ended != nil {
+			defer close(ended)
+		}
 		buf := make([]byte, 0, 1024)
 		for {
 			msg, err := readInto(c, buf)
