@@ -19,10 +19,14 @@ import (
 
 // harness runs the real routing core behind a real HTTP server on loopback.
 type harness struct {
-	t   *testing.T
-	rl  *Relay
-	srv *httptest.Server
-	ws  string
+	t  *testing.T
+	rl *Relay
+	ws string // ws://host of the relay
+	// client dials WebSockets (nil: http.DefaultClient); dial opens a raw
+	// connection to addr. newMemHarness replaces both with in-memory pipes.
+	client *http.Client
+	dial   func() (net.Conn, error)
+	addr   string
 }
 
 // fastOptions are protocol defaults shrunk so time-based behaviour shows up
@@ -59,7 +63,9 @@ func newHarnessDeps(t *testing.T, mutate func(*Options), d Deps) *harness {
 	mux.HandleFunc("/v1/server", rl.ServeBinary)
 	mux.HandleFunc("/v1/client", rl.ServePhone)
 	srv := httptest.NewServer(mux)
-	h := &harness{t: t, rl: rl, srv: srv, ws: "ws" + strings.TrimPrefix(srv.URL, "http")}
+	addr := srv.Listener.Addr().String()
+	h := &harness{t: t, rl: rl, ws: "ws://" + addr, addr: addr,
+		dial: func() (net.Conn, error) { return net.Dial("tcp", addr) }}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -76,9 +82,10 @@ func (h *harness) claims() int {
 
 // rawUpgrade performs a WebSocket handshake by hand and returns the socket,
 // for tests that must send what no well-behaved client library would.
-func rawUpgrade(t *testing.T, addr, path string, hdr http.Header) net.Conn {
+func (h *harness) rawUpgrade(path string, hdr http.Header) net.Conn {
+	t, addr := h.t, h.addr
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
+	c, err := h.dial()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
 	var req strings.Builder
@@ -143,7 +150,7 @@ func (h *harness) connect(path string, hdr http.Header, reading bool) *peer {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, resp, err := websocket.Dial(ctx, h.ws+path, &websocket.DialOptions{HTTPHeader: hdr})
+	c, resp, err := websocket.Dial(ctx, h.ws+path, &websocket.DialOptions{HTTPHeader: hdr, HTTPClient: h.client})
 	require.NoError(h.t, err)
 	require.Equal(h.t, http.StatusSwitchingProtocols, resp.StatusCode)
 	c.SetReadLimit(1 << 22)

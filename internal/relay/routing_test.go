@@ -236,24 +236,6 @@ func TestConflict_LiveIncumbentKeepsSlot_Newcomer4409(t *testing.T) {
 	require.JSONEq(t, `{"still":"mine"}`, p.next())
 }
 
-func TestConflict_DeadIncumbentReplaced1011_PhonesEvicted4404(t *testing.T) {
-	h := newHarness(t, nil)
-	// A binary that never reads cannot answer the probe's ping.
-	dead := h.connect("/v1/server", binaryHeaders(sid), false)
-	h.eventually(func() bool { return h.rl.Stats().Binaries == 1 }, "no claim")
-	p := h.connect("/v1/client", phoneHeaders(sid), true)
-	h.eventually(func() bool { return h.rl.Stats().Phones == 1 }, "no join")
-
-	newcomer := h.connect("/v1/server", binaryHeaders(sid), true)
-	p.closed(4404) // the takeover evicts the dead incumbent's phones
-	go dead.readLoop()
-	dead.closed(websocket.StatusInternalError)
-	// The newcomer holds the slot: a new phone reaches it.
-	p2, id2 := h.dialPhone(sid, newcomer)
-	newcomer.send(fmt.Sprintf(`{"conn_id":%q,"frame":{"to":"p2"}}`, id2))
-	require.JSONEq(t, `{"to":"p2"}`, p2.next())
-}
-
 func TestGrace_ReclaimEvictsPhones4404(t *testing.T) {
 	h := newHarness(t, nil)
 	bin := h.dialBinary(sid)
@@ -271,34 +253,6 @@ func TestGrace_ReclaimEvictsPhones4404(t *testing.T) {
 	late.closed(4404)
 	require.Equal(t, RegistryStats{Binaries: 1}, h.rl.Stats())
 	bin2.silent(100 * time.Millisecond) // no notices for evictions, no dropped frame
-}
-
-func TestGrace_ExpiryRemovesSlotAndPhones(t *testing.T) {
-	h := newHarness(t, func(o *Options) { o.GracePeriod = 150 * time.Millisecond })
-	bin := h.dialBinary(sid)
-	p, _ := h.dialPhone(sid, bin)
-	require.NoError(t, bin.c.Close(websocket.StatusNormalClosure, ""))
-	p.closed(4404)
-	h.eventually(func() bool { return h.rl.Stats() == RegistryStats{} }, "slot kept: %+v", h.rl.Stats())
-	late := h.connect("/v1/client", phoneHeaders(sid), true)
-	late.closed(4404)
-}
-
-func TestStaleCleanup_OldBinaryDisconnectDoesNotTouchNewSlot(t *testing.T) {
-	h := newHarness(t, func(o *Options) { o.GracePeriod = 100 * time.Millisecond })
-	dead := h.connect("/v1/server", binaryHeaders(sid), false)
-	h.eventually(func() bool { return h.rl.Stats().Binaries == 1 }, "no claim")
-	newcomer := h.connect("/v1/server", binaryHeaders(sid), true)
-	h.eventually(func() bool { return h.claims() == 2 }, "no takeover") // before dead reads (and could pong)
-	go dead.readLoop()
-	dead.closed(websocket.StatusInternalError)
-	// The old connection's end must not start a grace period or remove the
-	// newcomer's slot, even after a full grace period has passed.
-	time.Sleep(250 * time.Millisecond) // > grace: a stale timer would have fired
-	require.Equal(t, RegistryStats{Binaries: 1}, h.rl.Stats())
-	p, id := h.dialPhone(sid, newcomer)
-	newcomer.send(fmt.Sprintf(`{"conn_id":%q,"frame":{"x":1}}`, id))
-	require.JSONEq(t, `{"x":1}`, p.next())
 }
 
 func TestSlowPhone_Closed1011_BinaryAndSiblingKeepFlowing(t *testing.T) {
@@ -338,40 +292,6 @@ func TestSlowPhone_Closed1011_BinaryAndSiblingKeepFlowing(t *testing.T) {
 	bin.send(fmt.Sprintf(`{"conn_id":%q,"frame":{"after":1}}`, fastID))
 	require.JSONEq(t, `{"after":1}`, fast.next())
 	h.eventually(func() bool { return h.rl.QueuedBytes() == 0 }, "queued bytes not released: %d", h.rl.QueuedBytes())
-}
-
-func TestHeartbeat_SilentPhoneClosed1011_WithNotice(t *testing.T) {
-	h := newHarness(t, func(o *Options) {
-		o.PingInterval = 50 * time.Millisecond
-		o.PongTimeout = 100 * time.Millisecond
-	})
-	bin := h.dialBinary(sid)
-	silent := h.connect("/v1/client", phoneHeaders(sid), false)
-	silent.send(`{"type":"hello"}`)
-	id := bin.envelope().ConnID
-	env := bin.envelope()
-	require.Equal(t, id, env.ConnID)
-	require.Equal(t, 1011, env.CloseCode)
-	bin.silent(300 * time.Millisecond) // the reading binary answers pings and stays
-}
-
-func TestReadTimeout_TrickledMessageClosed(t *testing.T) {
-	h := newHarness(t, func(o *Options) { o.ReadTimeout = 150 * time.Millisecond })
-	bin := h.dialBinary(sid)
-	// A raw client announces a 100-byte text frame and sends only 11 bytes.
-	raw := rawUpgrade(t, h.srv.Listener.Addr().String(), "/v1/client", phoneHeaders(sid))
-	_, err := raw.Write(maskedFrameHeader(0x1, true, 100))
-	require.NoError(t, err)
-	_, err = raw.Write([]byte(`{"partial":`))
-	require.NoError(t, err)
-	h.eventually(func() bool { return h.rl.Stats().Phones == 0 }, "trickling phone still connected")
-	// Its frame never completed, so the binary saw nothing of it; but its
-	// close is reported.
-	env := bin.envelope()
-	require.Equal(t, 1011, env.CloseCode)
-	// Idle connections are not subject to the read timeout.
-	p2, _ := h.dialPhone(sid, bin)
-	p2.silent(400 * time.Millisecond)
 }
 
 func TestShutdown_EveryConnectionGets1001(t *testing.T) {
