@@ -25,7 +25,7 @@ VULNDB_DIR     ?= $(CURDIR)/bin/vulndb-$(VULNDB_VERSION)
 TOOLS          := $(CURDIR)/bin/tools
 GOVULNCHECK    := $(TOOLS)/govulncheck-$(GOVULNCHECK_VERSION)/govulncheck
 
-.PHONY: build test run vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb clean
+.PHONY: build test run vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb units clean
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/relay
@@ -111,6 +111,11 @@ $(VULNDB_DIR)/index/db.json:
 	$(GO) run golang.org/x/vulndb/cmd/indexdb@$(VULNDB_VERSION) \
 	  -vulns $$($(GO) env GOMODCACHE)/golang.org/x/vulndb@$(VULNDB_VERSION)/data/osv -out $(VULNDB_DIR).tmp
 	rm -rf $(VULNDB_DIR) && mv $(VULNDB_DIR).tmp $(VULNDB_DIR)
+
+## units: systemd-analyze verify and security --offline=true (exposure 2.0 at most) on
+## every unit in deploy/ (systemd-analyze comes with systemd; no service manager needed).
+units:
+	$(GO) test -count=1 -run 'TestUnits' -v ./deploy
 
 clean:
 	rm -rf bin bench.txt sbom.json

@@ -1,0 +1,187 @@
+// Package deploy holds the operator files (systemd units, Grafana dashboard,
+// Prometheus rules, Containerfile) and the tests that keep them true: the
+// units must pass systemd-analyze and score 2.0 or lower, and every series
+// the dashboard and the rules name must be one the real relay exports.
+package deploy
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// relayBin is the relay built once for this package's tests.
+var relayBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "relay-deploy-")
+	if err != nil {
+		panic(err)
+	}
+	relayBin = filepath.Join(dir, "relay")
+	build := exec.Command("go", "build", "-o", relayBin, "../cmd/relay")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		_ = os.RemoveAll(dir)
+		panic("go build ../cmd/relay: " + err.Error())
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// units are the shipped service units and, per unit, how many listeners
+// --max-sockets caps (public, plus the ACME port 80 in autocert mode).
+var units = map[string]int{
+	"relay-autocert.service": 2,
+	"relay-static.service":   1,
+	"relay-proxy.service":    1,
+}
+
+// maxExposure is the highest systemd-analyze security score a unit may have
+// (its --threshold takes ten times the displayed value).
+const maxExposure = 2.0
+
+// directives parses a unit file into key -> values (in order).
+func directives(t *testing.T, path string) map[string][]string {
+	t.Helper()
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	d := map[string][]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' || line[0] == '[' {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		require.True(t, ok, "%s: not key=value: %q", path, line)
+		d[k] = append(d[k], v)
+	}
+	require.NoError(t, sc.Err())
+	return d
+}
+
+func systemdAnalyze(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("systemd-analyze is required in CI (systemd package)")
+		}
+		t.Skip("systemd-analyze not installed")
+	}
+	return p
+}
+
+var exposureRE = regexp.MustCompile(`Overall exposure level for \S+: (\d+\.\d+)`)
+
+// exposure runs systemd-analyze security --offline=true on unit and returns
+// its score and whether the --threshold check passed.
+func exposure(t *testing.T, sa, unit string) (float64, bool, string) {
+	t.Helper()
+	cmd := exec.Command(sa, "security", "--offline=true", "--no-pager",
+		"--threshold="+strconv.Itoa(int(maxExposure*10)), unit)
+	out, err := cmd.CombinedOutput()
+	m := exposureRE.FindStringSubmatch(string(out))
+	require.NotNil(t, m, "no exposure line in:\n%s", out)
+	score, perr := strconv.ParseFloat(m[1], 64)
+	require.NoError(t, perr)
+	return score, err == nil, string(out)
+}
+
+// TestUnits_HardenedAndScored: every unit passes systemd-analyze verify
+// (its ExecStart pointed at the real binary), scores at most 2.0 in
+// systemd-analyze security --offline=true, and carries the directives
+// docs/deploy.md promises. A weak unit is scored too, so the gate can fail.
+func TestUnits_HardenedAndScored(t *testing.T) {
+	sa := systemdAnalyze(t)
+
+	score, ok, _ := exposure(t, sa, filepath.Join("testdata", "weak.service"))
+	require.False(t, ok, "the threshold check passed a weak unit (score %.1f)", score)
+	require.Greater(t, score, maxExposure)
+
+	defaultSockets := maxSocketsDefault(t)
+	for name, cappedListeners := range units {
+		t.Run(name, func(t *testing.T) {
+			d := directives(t, name)
+			one := func(k string) string {
+				require.Len(t, d[k], 1, "%s: want exactly one %s=", name, k)
+				return d[k][0]
+			}
+			for k, want := range map[string]string{
+				"User": "relay", "Group": "relay", "UMask": "0077", "NoNewPrivileges": "yes",
+				"ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "PrivateDevices": "yes",
+				"ProtectKernelTunables": "yes", "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
+				"ProtectControlGroups": "yes", "ProtectClock": "yes", "ProtectHostname": "yes",
+				"RestrictNamespaces": "yes", "RestrictRealtime": "yes", "RestrictSUIDSGID": "yes",
+				"LockPersonality": "yes", "MemoryDenyWriteExecute": "yes", "SystemCallArchitectures": "native",
+				"RestrictAddressFamilies": "AF_INET AF_INET6", "RestartPreventExitStatus": "2",
+				"Restart": "on-failure",
+			} {
+				require.Equal(t, want, one(k), "%s: %s", name, k)
+			}
+			require.Contains(t, d["SystemCallFilter"], "@system-service", name)
+			require.True(t, strings.HasPrefix(one("ExecStart"), "/usr/local/bin/relay serve "), name)
+
+			// Capabilities: CAP_NET_BIND_SERVICE only, and only where a port
+			// below 1024 is bound.
+			bound := one("CapabilityBoundingSet")
+			if strings.Contains(one("ExecStart"), "--insecure-listen 127.0.0.1:") {
+				require.Empty(t, bound, "%s binds no privileged port: no capability", name)
+				require.Empty(t, d["AmbientCapabilities"], name)
+			} else {
+				require.Equal(t, "CAP_NET_BIND_SERVICE", bound, name)
+				require.Equal(t, "CAP_NET_BIND_SERVICE", one("AmbientCapabilities"), name)
+				require.Equal(t, "RELAY_PRODUCTION=1", one("Environment"), "%s: production policy on", name)
+			}
+			if strings.Contains(one("ExecStart"), "--cert-cache ") {
+				require.Equal(t, "0700", one("StateDirectoryMode"), name)
+				require.Contains(t, one("StateDirectory"), "relay/certs", name)
+				require.Contains(t, one("ExecStart"), "--cert-cache /var/lib/relay/certs", name)
+			}
+			if strings.Contains(one("ExecStart"), "--tls-key ") {
+				require.Equal(t, "ssl-cert", one("SupplementaryGroups"), name)
+			}
+
+			// The file limit covers every capped listener at its cap at once.
+			nofile, err := strconv.Atoi(one("LimitNOFILE"))
+			require.NoError(t, err)
+			require.Greater(t, nofile, cappedListeners*defaultSockets+64,
+				"%s: LimitNOFILE must exceed %d listener(s) x --max-sockets %d plus slack", name, cappedListeners, defaultSockets)
+
+			// systemd-analyze verify, with ExecStart at the real binary.
+			tmp := filepath.Join(t.TempDir(), name)
+			b, err := os.ReadFile(name)
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(tmp, []byte(strings.ReplaceAll(string(b), "/usr/local/bin/relay", relayBin)), 0o644))
+			out, err := exec.Command(sa, "verify", "--no-pager", tmp).CombinedOutput()
+			require.NoError(t, err, "systemd-analyze verify %s:\n%s", name, out)
+			require.Empty(t, strings.TrimSpace(string(out)), "systemd-analyze verify %s warned", name)
+
+			score, ok, report := exposure(t, sa, name)
+			require.True(t, ok, "%s scores %.1f, above %.1f:\n%s", name, score, maxExposure, report)
+			require.LessOrEqual(t, score, maxExposure)
+			t.Logf("%s: exposure %.1f", name, score)
+		})
+	}
+}
+
+// maxSocketsDefault reads --max-sockets' default from the binary's help.
+func maxSocketsDefault(t *testing.T) int {
+	t.Helper()
+	out, _ := exec.Command(relayBin, "serve", "-h").CombinedOutput()
+	m := regexp.MustCompile(`(?s)-max-sockets \S+\s.*?\(default (\d+)\)`).FindSubmatch(out)
+	require.NotNil(t, m, "no --max-sockets default in relay serve -h:\n%s", out)
+	n, err := strconv.Atoi(string(m[1]))
+	require.NoError(t, err)
+	return n
+}
