@@ -156,5 +156,8 @@ func Catalog() []Scenario {
 		queueCeiling(),
 		spoofIP(),
 		socketFlood(),
+		pushFlood(),
+		pushTokenLeak(),
+		fcmCredentials(),
 	}
 }

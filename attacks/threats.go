@@ -72,5 +72,10 @@ func Threats() []Threat {
 		{"TM-ROUTE-4", "Device tokens forwarded to a squatter", Verified, ""},
 		{"TM-NET-1", "Spoofed client address (PROXY, X-Forwarded-For)", Verified, ""},
 		{"TM-HOST-1", "Host or SNI mismatch", Verified, ""},
+		{"TM-OUT-1", "A claimer wakes arbitrary FCM tokens", Verified, ""},
+		{"TM-OUT-2", "Colluding binaries fill the push in-flight slots", Verified, ""},
+		{"TM-OUT-3", "Push tokens and FCM credentials in logs, metrics or errors", Verified, ""},
+		{"TM-OUT-4", "Slow or failing FCM", Verified, ""},
+		{"TM-OUT-5", "Insecure FCM credentials file", Verified, ""},
 	}
 }

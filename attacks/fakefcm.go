@@ -1,0 +1,242 @@
+package attacks
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// fakeGoogle stands in for the two Google services a push wake reaches, as
+// real HTTP servers on loopback: an OAuth2 token endpoint that verifies the
+// service account's RS256 assertion against the account's public key, and
+// an FCM HTTP v1 endpoint that checks each request's path, bearer token and
+// body (exactly {"message":{"token","data":{"kind":"wake"},"android":
+// {"priority":"HIGH"}}}). A device token starting "hang" is not answered
+// until the request ends or release is called; any other is answered 200.
+// It is the attack suite's own copy (this package imports nothing of the
+// relay's), kept to what the push scenarios need.
+type fakeGoogle struct {
+	srv     *http.Server
+	ln      net.Listener
+	base    string
+	key     *rsa.PrivateKey
+	project string
+	email   string
+	release chan struct{}
+	relOnce sync.Once
+
+	mu          sync.Mutex
+	issued      map[string]bool
+	tokenOK     int
+	tokenBad    int
+	sends       []fcmSend
+	inFlight    int
+	maxInFlight int
+}
+
+// fcmSend is one request the fake FCM received.
+type fcmSend struct {
+	DeviceToken string
+	Problem     string // "" when the request had exactly the wake's shape
+}
+
+const fakeKeyID = "attacks0key0id"
+
+var (
+	fakeKeyOnce sync.Once
+	fakeKey     *rsa.PrivateKey
+	fakeKeyErr  error
+)
+
+// startFakeGoogle listens on 127.0.0.1.
+func startFakeGoogle() (*fakeGoogle, error) {
+	fakeKeyOnce.Do(func() { fakeKey, fakeKeyErr = rsa.GenerateKey(rand.Reader, 2048) })
+	if fakeKeyErr != nil {
+		return nil, fakeKeyErr
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	g := &fakeGoogle{ln: ln, base: "http://" + ln.Addr().String(), key: fakeKey,
+		project: "attacks-" + randHex(4), email: "relay@attacks.iam.gserviceaccount.com",
+		release: make(chan struct{}), issued: map[string]bool{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/token", g.serveToken)
+	mux.HandleFunc("/", g.serveFCM)
+	g.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = g.srv.Serve(ln) }()
+	return g, nil
+}
+
+// Close ends hanging requests and stops the server.
+func (g *fakeGoogle) Close() {
+	g.Release()
+	_ = g.srv.Close()
+}
+
+// Release answers every hanging request (and later "hang" tokens) with 200.
+func (g *fakeGoogle) Release() { g.relOnce.Do(func() { close(g.release) }) }
+
+// writeCredentials writes a service-account key file (mode 0600) whose
+// token_uri is the fake token endpoint and returns its path.
+func (g *fakeGoogle) writeCredentials(dir string) (string, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(g.key)
+	if err != nil {
+		return "", err
+	}
+	b, _ := json.Marshal(map[string]string{
+		"type": "service_account", "project_id": g.project, "private_key_id": fakeKeyID,
+		"private_key":  string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
+		"client_email": g.email, "client_id": "1", "token_uri": g.base + "/token",
+	})
+	p := filepath.Join(dir, "fcm-"+randHex(4)+".json")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		return "", err
+	}
+	return p, os.Chmod(p, 0o600)
+}
+
+// stats returns the sends so far, the token requests accepted and refused,
+// and the most requests that were in flight at once.
+func (g *fakeGoogle) stats() (sends []fcmSend, tokenOK, tokenBad, maxInFlight int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]fcmSend(nil), g.sends...), g.tokenOK, g.tokenBad, g.maxInFlight
+}
+
+// issuedTokens lists the access tokens handed out (they must never be logged).
+func (g *fakeGoogle) issuedTokens() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []string
+	for t := range g.issued {
+		out = append(out, t)
+	}
+	return out
+}
+
+func (g *fakeGoogle) serveToken(w http.ResponseWriter, r *http.Request) {
+	if !g.validAssertion(r) {
+		g.mu.Lock()
+		g.tokenBad++
+		g.mu.Unlock()
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = w.Write([]byte(`{"error":"invalid_grant"}`))
+		return
+	}
+	tok := "ya29.attacks-" + randHex(12)
+	g.mu.Lock()
+	g.tokenOK++
+	g.issued[tok] = true
+	g.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write([]byte(`{"access_token":"` + tok + `","expires_in":3600,"token_type":"Bearer"}`))
+}
+
+// validAssertion: a JWT-bearer grant whose RS256 signature verifies with
+// the service account's public key and whose claims name the account, the
+// FCM scope and this endpoint.
+func (g *fakeGoogle) validAssertion(r *http.Request) bool {
+	if r.Method != http.MethodPost || r.ParseForm() != nil ||
+		r.PostForm.Get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
+		return false
+	}
+	parts := strings.Split(r.PostForm.Get("assertion"), ".")
+	if len(parts) != 3 {
+		return false
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil {
+		return false
+	}
+	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+	if rsa.VerifyPKCS1v15(&g.key.PublicKey, crypto.SHA256, digest[:], sig) != nil {
+		return false
+	}
+	var hdr struct{ Alg, Kid string }
+	var c struct {
+		Iss, Scope, Aud string
+		Exp             int64
+	}
+	hb, _ := base64.RawURLEncoding.DecodeString(parts[0])
+	cb, _ := base64.RawURLEncoding.DecodeString(parts[1])
+	return json.Unmarshal(hb, &hdr) == nil && json.Unmarshal(cb, &c) == nil &&
+		hdr.Alg == "RS256" && hdr.Kid == fakeKeyID && c.Iss == g.email &&
+		c.Scope == "https://www.googleapis.com/auth/firebase.messaging" &&
+		c.Aud == g.base+"/token" && c.Exp > time.Now().Unix()
+}
+
+func (g *fakeGoogle) serveFCM(w http.ResponseWriter, r *http.Request) {
+	var body bytes.Buffer
+	_, _ = body.ReadFrom(http.MaxBytesReader(w, r.Body, 64<<10))
+	var top map[string]json.RawMessage
+	var msg map[string]json.RawMessage
+	send := fcmSend{}
+	if json.Unmarshal(body.Bytes(), &top) == nil {
+		_ = json.Unmarshal(top["message"], &msg)
+		_ = json.Unmarshal(msg["token"], &send.DeviceToken)
+	}
+	g.mu.Lock()
+	issued := g.issued[strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")]
+	g.mu.Unlock()
+	switch {
+	case r.Method != http.MethodPost || r.URL.Path != "/v1/projects/"+g.project+"/messages:send":
+		send.Problem = "method or path " + r.Method + " " + r.URL.Path
+	case !issued:
+		send.Problem = "no bearer token the token endpoint issued"
+	case len(top) != 1 || len(msg) != 3 || send.DeviceToken == "" ||
+		string(msg["data"]) != `{"kind":"wake"}` || string(msg["android"]) != `{"priority":"HIGH"}`:
+		send.Problem = "body is not the fixed wake shape"
+	}
+	g.mu.Lock()
+	g.sends = append(g.sends, send)
+	g.inFlight++
+	g.maxInFlight = max(g.maxInFlight, g.inFlight)
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		g.inFlight--
+		g.mu.Unlock()
+	}()
+	if send.Problem != "" {
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	if strings.HasPrefix(send.DeviceToken, "hang") {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-g.release:
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write([]byte(`{"name":"projects/` + g.project + `/messages/1"}`))
+}
+
+// countSends counts the well-formed sends whose device token starts with prefix.
+func countSends(sends []fcmSend, prefix string) (n int, problems []string) {
+	for _, s := range sends {
+		if s.Problem != "" {
+			problems = append(problems, s.Problem)
+			continue
+		}
+		if strings.HasPrefix(s.DeviceToken, prefix) {
+			n++
+		}
+	}
+	return n, problems
+}
