@@ -22,8 +22,8 @@ import (
 //     and the victim's frames go both ways.
 //  2. FCM hangs. Four claimers each send a burst of hanging wakes: FCM may see at most
 //     --push-max-in-flight requests at once, and the rest are dropped, not
-//     queued. While the slots are held the victim's frames still go both
-//     ways promptly. After --push-timeout the slots are free again and the
+//     queued. While the slots are held the victim's frames, and those of
+//     a claimer whose own wakes hang, still go both ways promptly. After --push-timeout the slots are free again and the
 //     victim's next wake reaches FCM.
 //
 // Every wake must end counted in relay_push_wakes_total.
@@ -182,11 +182,20 @@ func runPushFlood(ctx context.Context, t *Target) Result {
 	}
 	floodSends := len(sends)
 
-	// 2. FCM hangs; four claimers take every in-flight slot.
+	// 2. FCM hangs; four claimers take every in-flight slot. The first has
+	// a phone: its own frames must flow while its wakes hang.
+	var hanger *session
+	var hangerPhone *phone
 	for c := range 4 {
 		a, err := newAttacker()
 		if err != nil {
 			return Failf("attacker: %v", err)
+		}
+		if c == 0 {
+			if hangerPhone, err = a.addPhone(nil); err != nil {
+				return Failf("attacker phone: %v", err)
+			}
+			hanger = a
 		}
 		for i := range pushBurst {
 			if err := a.wake(fmt.Sprintf("hang-c%d-%d-%s", c, i, randHex(8))); err != nil {
@@ -209,6 +218,10 @@ func runPushFlood(ctx context.Context, t *Target) Result {
 		d, err := victim.roundTrip(vp, 2*time.Second)
 		if err != nil {
 			return Failf("victim's frames while FCM hangs: %v", err)
+		}
+		worst = max(worst, d)
+		if d, err = hanger.roundTrip(hangerPhone, 1*time.Second); err != nil {
+			return Failf("the frames of a binary whose wakes hang stalled (its read loop waits on FCM): %v", err)
 		}
 		worst = max(worst, d)
 	}
