@@ -236,25 +236,6 @@ func TestConflict_LiveIncumbentKeepsSlot_Newcomer4409(t *testing.T) {
 	require.JSONEq(t, `{"still":"mine"}`, p.next())
 }
 
-func TestGrace_ReclaimEvictsPhones4404(t *testing.T) {
-	h := newHarness(t, nil)
-	bin := h.dialBinary(sid)
-	p, _ := h.dialPhone(sid, bin)
-	require.NoError(t, bin.c.Close(websocket.StatusNormalClosure, ""))
-	h.eventually(func() bool { return h.rl.Stats().Grace == 1 }, "no grace")
-
-	// Phones may still join during grace; their frames are dropped.
-	late := h.connect("/v1/client", phoneHeaders(sid), true)
-	h.eventually(func() bool { return h.rl.Stats().Phones == 2 }, "late phone did not join")
-	late.send(`{"dropped":true}`)
-
-	bin2 := h.dialBinary(sid)
-	p.closed(4404)
-	late.closed(4404)
-	require.Equal(t, RegistryStats{Binaries: 1}, h.rl.Stats())
-	bin2.silent(100 * time.Millisecond) // no notices for evictions, no dropped frame
-}
-
 func TestSlowPhone_Closed1011_BinaryAndSiblingKeepFlowing(t *testing.T) {
 	h := newHarness(t, nil)
 	bin := h.dialBinary(sid)
@@ -305,14 +286,4 @@ func TestShutdown_EveryConnectionGets1001(t *testing.T) {
 	other.closed(websocket.StatusGoingAway)
 	late := h.connect("/v1/server", binaryHeaders("late"), true)
 	late.closed(websocket.StatusGoingAway)
-}
-
-func TestPhoneFramesDuringGrace_Dropped(t *testing.T) {
-	h := newHarness(t, nil)
-	bin := h.dialBinary(sid)
-	p, _ := h.dialPhone(sid, bin)
-	require.NoError(t, bin.c.Close(websocket.StatusNormalClosure, ""))
-	h.eventually(func() bool { return h.rl.Stats().Grace == 1 }, "no grace")
-	p.send(`{"into":"the void"}`)
-	p.silent(100 * time.Millisecond) // the phone is not closed for it
 }

@@ -176,3 +176,34 @@ func TestProbe_DeadIncumbentReplacedAtTimeout_StaleCleanupHarmless(t *testing.T)
 		require.JSONEq(t, `{"x":1}`, p2.next())
 	})
 }
+
+// Through a whole grace period (less a millisecond) the phones stay up, new
+// ones may join, and their frames are dropped and counted (no_binary), never
+// queued for whichever binary comes next; a reclaim then evicts every phone
+// 4404, with no close notice and no stale frame for the new binary.
+func TestGrace_PhonesStayFramesDropped_ReclaimEvicts4404(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newMemHarness(t, defaultTimers)
+		bin := h.dialBinary(sid)
+		p, _ := h.dialPhone(sid, bin)
+		require.NoError(t, bin.c.Close(websocket.StatusNormalClosure, ""))
+		synctest.Wait()
+		require.Equal(t, RegistryStats{Phones: 1, Grace: 1}, h.rl.Stats())
+
+		late := h.connect("/v1/client", phoneHeaders(sid), true)
+		p.send(`{"into":"the void"}`)
+		late.send(`{"dropped":true}`)
+		time.Sleep(DefaultGracePeriod - time.Millisecond)
+		synctest.Wait()
+		require.Equal(t, RegistryStats{Phones: 2, Grace: 1}, h.rl.Stats())
+		require.True(t, p.quiet() && late.quiet(), "a phone was closed, or sent something, during grace")
+		require.Equal(t, 2.0, dropCount(h, DropNoBinary))
+
+		bin2 := h.dialBinary(sid)
+		p.closed(4404)
+		late.closed(4404)
+		synctest.Wait()
+		require.Equal(t, RegistryStats{Binaries: 1}, h.rl.Stats())
+		require.True(t, bin2.quiet(), "the new binary got a notice for an eviction, or a frame from grace")
+	})
+}
