@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"context"
 	"sync/atomic"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -14,23 +16,22 @@ type binaryConn struct {
 	version  string // sanitised
 	ua       string // sanitised
 	remote   string
+	// turn serialises writes to the binary in arrival order (a channel's
+	// waiting senders are served first come, first served), so the time a
+	// write spends queued is measured apart from the write.
+	turn chan struct{}
 	// holding is true while this connection holds its server-id's slot. The
 	// registry sets it under its lock; phone read loops read it lock-free.
 	holding atomic.Bool
 
 	rd msgReader
-	wr writer // every phone's read loop writes through it
 }
 
-// initIO sets up the reused reader and writer; run calls it before any I/O.
+// initIO sets up the reused reader; run calls it before any I/O.
 func (b *binaryConn) initIO() {
 	opts := &b.rl.opts
 	b.rd = msgReader{ws: b.ws, timeout: opts.ReadTimeout, onTimeout: func() {
 		b.end(closeCause{code: CodeInternal, reason: reasonReadTimeout})
-	}}
-	b.wr = writer{ws: b.ws, timeout: opts.WriteTimeout, onTimeout: func() {
-		b.end(closeCause{code: CodeInternal, reason: reasonWriteFailed})
-		b.dropSocket() // a binary that stopped reading never answers a close frame
 	}}
 }
 
@@ -49,7 +50,7 @@ func (b *binaryConn) run() {
 	}
 	rl.m.Upgrades.WithLabelValues("binary").Inc()
 	rl.log.Info("binary claimed server-id", b.logAttrs("binary_claimed")...)
-	hb := rl.hb.add(b.ws, b.ended, func() {
+	hb := rl.hb.add(b.ws, b.pc, b.ended, func() {
 		b.end(closeCause{code: CodeInternal, reason: reasonHeartbeat})
 	})
 
@@ -106,7 +107,7 @@ func (b *binaryConn) localClaim() bool {
 			b.end(closeCause{code: CodeGoingAway, reason: reasonShutdown})
 			return false
 		}
-		if ping(inc.ws, rl.opts.ProbeTimeout, inc.ended) {
+		if inc.alive(rl.opts.ProbeTimeout) {
 			rl.log.Info("claim refused: server-id held by a live binary", append(b.logAttrs("binary_conflict"), "close_code", int(CodeConflict))...)
 			b.end(closeCause{code: CodeConflict, reason: reasonConflict})
 			return false
@@ -153,11 +154,49 @@ func (b *binaryConn) readLoop() {
 	}
 }
 
-// send writes one message to the binary. Writes are serialised by the
-// WebSocket library; a binary that does not take a write within
-// WriteTimeout is closed 1011. It reports whether the write succeeded.
+// send writes one phone envelope to the binary. Phones take turns, in
+// arrival order; the wait for a turn is the phone's own and lasts at most
+// WriteTimeout, after which its frame is dropped (DropBinaryBusy) and the
+// phone carries on: a phone the binary cannot carry in time is slowed or
+// loses its frame, never gets the binary closed. The write itself closes
+// the binary 1011 only when WriteTimeout passes without it taking a byte
+// (progressConn). It reports whether the write succeeded.
 func (b *binaryConn) send(msg []byte) bool {
-	if err := b.wr.write(msg); err != nil {
+	return b.write(msg, b.rl.opts.WriteTimeout)
+}
+
+// sendNotice writes a close notice. It waits for its turn as long as the
+// binary lives: there is at most one notice per phone, and a lost one would
+// leave the daemon holding a session for a phone that is gone.
+func (b *binaryConn) sendNotice(msg []byte) bool {
+	return b.write(msg, 0)
+}
+
+// write takes a turn (waiting at most wait, or without bound if wait is 0)
+// and writes msg. The library's own write lock then only ever waits behind
+// a ping or close frame, and it is given no deadline: a library deadline
+// closes the connection, and would count time spent waiting.
+func (b *binaryConn) write(msg []byte, wait time.Duration) bool {
+	select {
+	case b.turn <- struct{}{}:
+	default:
+		var expired <-chan time.Time
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			expired = t.C
+		}
+		select {
+		case b.turn <- struct{}{}:
+		case <-b.ended:
+			return false
+		case <-expired:
+			b.rl.countDrop(DropBinaryBusy)
+			return false
+		}
+	}
+	defer func() { <-b.turn }()
+	if err := b.ws.Write(context.Background(), websocket.MessageText, msg); err != nil {
 		b.end(closeCause{code: CodeInternal, reason: reasonWriteFailed})
 		return false
 	}

@@ -60,7 +60,11 @@ type wsEnd struct {
 	// raw is the hijacked socket under ws. Closing it is the only way to
 	// bound the library's close handshake (up to 5 s + 5 s) for a peer that
 	// will never answer: one that stopped reading or stopped ponging.
-	raw          net.Conn
+	raw net.Conn
+	// pc counts the bytes the peer moves (nil when the socket could not be
+	// wrapped): a peer that sends or takes bytes is alive even if a ping's
+	// answer is stuck behind frames.
+	pc           *progressConn
 	closeTimeout time.Duration
 	once         sync.Once
 	cause        closeCause
@@ -113,6 +117,12 @@ func peerCause(err error) closeCause {
 		return closeCause{code: CodeTooBig, sent: true, notify: true}
 	}
 	code := websocket.CloseStatus(err)
+	if code == -1 && errors.Is(err, net.ErrClosed) {
+		// Our side closed the socket before any cause was recorded: only
+		// the library does that, when a control frame's write (a ping, at
+		// most 5 s) times out. That is a write failure, not the peer's 1001.
+		return closeCause{code: CodeInternal, reason: reasonWriteFailed, sent: true, notify: true}
+	}
 	if code == -1 || code == websocket.StatusNoStatusRcvd {
 		code = CodeGoingAway // protocol §5: no status, or no close frame at all
 	}
@@ -179,31 +189,14 @@ func (m *msgReader) read() (typ websocket.MessageType, data []byte, err error) {
 	return typ, buf, err
 }
 
-// writer serialises one connection's data writes and bounds each with one
-// reused timer instead of a context and timer per message. A write that
-// does not finish within the timeout calls onTimeout, which records the
-// cause and drops the socket, which fails the write; writers queued behind
-// it then fail at once on the closed connection.
-type writer struct {
-	ws        *websocket.Conn
-	timeout   time.Duration
-	onTimeout func()
-
-	mu    sync.Mutex
-	timer *time.Timer
-}
-
-func (w *writer) write(msg []byte) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.timer == nil {
-		w.timer = time.AfterFunc(w.timeout, w.onTimeout)
-	} else {
-		w.timer.Reset(w.timeout)
+// alive reports whether the peer answered a ping within timeout or moved
+// bytes meanwhile. ended aborts the wait early.
+func (e *wsEnd) alive(timeout time.Duration) bool {
+	before := e.pc.mark()
+	if ping(e.ws, timeout, e.ended) {
+		return true
 	}
-	err := w.ws.Write(context.Background(), websocket.MessageText, msg)
-	w.timer.Stop()
-	return err
+	return e.pc.since(before)
 }
 
 // ping reports whether the peer answered a ping within timeout. ended

@@ -28,10 +28,14 @@ const (
 	// DropNoBinary: a phone frame while its server-id has no live binary
 	// (grace period) or the binary it joined under no longer holds the slot.
 	DropNoBinary DropReason = "no_binary"
+	// DropBinaryBusy: a phone frame that waited --write-timeout for its turn
+	// to be written to a binary busy with other phones' frames. The phone
+	// stays open; the binary is never closed for being slow but alive.
+	DropBinaryBusy DropReason = "binary_busy"
 )
 
 // AllDropReasons lists every DropReason, so metrics can pre-register labels.
 var AllDropReasons = []DropReason{
 	DropMalformedEnvelope, DropUnknownConnID, DropPhoneClosing, DropPhoneBacklog,
-	DropRelayBacklog, DropPushUnconfigured, DropNoBinary,
+	DropRelayBacklog, DropPushUnconfigured, DropNoBinary, DropBinaryBusy,
 }

@@ -46,9 +46,11 @@ type Options struct {
 	PhoneQueueBytes int64
 	// MaxQueuedBytes caps the bytes queued for all phones together, so many
 	// slow phones cannot exhaust memory. At the ceiling the phone with the
-	// largest backlog relay-wide is closed 1011 (as if its own queue were
-	// full) and the frame retried once, so a tenant parking stalled phones
-	// just under the ceiling cannot get other tenants' phones closed.
+	// most releasable bytes relay-wide (queued and in flight; phones already
+	// ending skipped) is closed 1011 (as if its own queue were full), its
+	// charge released at once, and the frame retried, repeatedly, so a
+	// tenant parking stalled phones just under the ceiling cannot get other
+	// tenants' phones closed.
 	// Zero means no relay-wide ceiling beyond the per-phone cap.
 	MaxQueuedBytes int64
 	// SocketSendBuffer is the kernel send buffer (SO_SNDBUF) of every

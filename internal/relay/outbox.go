@@ -61,8 +61,12 @@ type outbox struct {
 	mu    sync.Mutex
 	items []outItem
 	bytes int64
+	// inflight is the charge of the item the writer holds (between next
+	// and done); 0 when none, or once shed released it early.
+	inflight int64
 	// backlog mirrors bytes for lock-free reads by the relay-wide shedding
-	// scan (which must not take every phone's lock).
+	// scan (which must not take every phone's lock). It is all releasable:
+	// shed frees the in-flight charge too.
 	backlog atomic.Int64
 	sealed  bool // a close is queued or the phone is ending: accept nothing more
 	wake    chan struct{}
@@ -129,6 +133,7 @@ func (o *outbox) next() (outItem, bool) {
 			it := o.items[0]
 			o.items[0] = outItem{}
 			o.items = o.items[1:]
+			o.inflight = it.cost()
 			o.mu.Unlock()
 			return it, true
 		}
@@ -141,10 +146,12 @@ func (o *outbox) next() (outItem, bool) {
 	}
 }
 
-// done releases the accounting of an item returned by next.
-func (o *outbox) done(it outItem) {
-	n := it.cost()
+// done releases the accounting of the item returned by next, unless shed
+// released it already.
+func (o *outbox) done(outItem) {
 	o.mu.Lock()
+	n := o.inflight
+	o.inflight = 0
 	o.bytes -= n
 	o.backlog.Store(o.bytes)
 	o.mu.Unlock()
@@ -168,6 +175,35 @@ func (o *outbox) stop() {
 	if !isClosed(o.stopped) {
 		close(o.stopped)
 	}
+}
+
+// shed is stop for a phone closed to make room under the relay-wide
+// ceiling: it also releases the in-flight item's charge at once, so the
+// room exists now rather than when the blocked write fails (the caller
+// drops the socket so that it does). It returns the bytes released, whether
+// one was in flight, and the close code of a queued close directive (0 if
+// none), which the caller honours instead of its own 1011.
+func (o *outbox) shed() (released int64, inflight bool, directive int) {
+	o.mu.Lock()
+	for _, it := range o.items {
+		released += it.cost()
+		if it.closeCode != 0 {
+			directive = it.closeCode
+		}
+	}
+	inflight = o.inflight > 0
+	released += o.inflight
+	o.inflight = 0
+	o.items = nil
+	o.bytes -= released
+	o.backlog.Store(o.bytes)
+	o.sealed = true
+	if !isClosed(o.stopped) {
+		close(o.stopped)
+	}
+	o.mu.Unlock()
+	o.budget.release(released)
+	return released, inflight, directive
 }
 
 func isClosed(ch chan struct{}) bool {

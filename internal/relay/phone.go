@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"net"
 
@@ -21,12 +22,11 @@ type phoneConn struct {
 	token string
 
 	slot        *slot       // set by registry.join
+	idx         int         // place in registry.phones; guarded by its lock
 	joinedUnder *binaryConn // binary holding the slot at join; nil in grace
 	out         *outbox
 
 	rd msgReader
-	wr writer // used by the writer goroutine only
-
 	// Cluster mode (remote.go): route is set when this socket's slot is on
 	// another instance; link is set when this is a stub in a slot here for
 	// a phone whose socket is on another instance (it has no wsEnd).
@@ -34,15 +34,11 @@ type phoneConn struct {
 	link  *stubLink
 }
 
-// initIO sets up the reused reader and writer; run calls it before any I/O.
+// initIO sets up the reused reader; run calls it before any I/O.
 func (p *phoneConn) initIO() {
 	opts := &p.rl.opts
 	p.rd = msgReader{ws: p.ws, timeout: opts.ReadTimeout, onTimeout: func() {
 		p.end(closeCause{code: CodeInternal, reason: reasonReadTimeout, notify: true})
-	}}
-	p.wr = writer{ws: p.ws, timeout: opts.WriteTimeout, onTimeout: func() {
-		p.end(closeCause{code: CodeInternal, reason: reasonWriteFailed, notify: true})
-		p.dropSocket() // a phone that stopped reading never answers a close frame
 	}}
 }
 
@@ -66,7 +62,7 @@ func (p *phoneConn) run() {
 
 	writerDone := make(chan struct{})
 	go func() { defer close(writerDone); p.writeLoop() }()
-	hb := rl.hb.add(p.ws, p.ended, func() {
+	hb := rl.hb.add(p.ws, p.pc, p.ended, func() {
 		p.end(closeCause{code: CodeInternal, reason: reasonHeartbeat, notify: true})
 	})
 
@@ -80,7 +76,7 @@ func (p *phoneConn) run() {
 		p.leaveRemote()
 	} else if p.cause.notify {
 		if b := rl.reg.leave(p); b != nil {
-			b.send(appendCloseNotice(nil, p.connID, int(p.cause.code)))
+			b.sendNotice(appendCloseNotice(nil, p.connID, int(p.cause.code)))
 		}
 	} else {
 		rl.reg.leave(p)
@@ -177,9 +173,11 @@ func (p *phoneConn) writeLoop() {
 	}
 }
 
-// writeFrame writes one frame within the write timeout.
+// writeFrame writes one frame. No library deadline: the socket's
+// (progressConn) fails the write when the phone takes nothing for
+// WriteTimeout.
 func (p *phoneConn) writeFrame(frame []byte) error {
-	if err := p.wr.write(frame); err != nil {
+	if err := p.ws.Write(context.Background(), websocket.MessageText, frame); err != nil {
 		return err
 	}
 	p.rl.routedToPhone.Inc()
@@ -203,8 +201,11 @@ func (p *phoneConn) deliver(frame []byte, closeCode int) {
 		it.frame = append(make([]byte, 0, len(frame)), frame...)
 	}
 	reason := p.out.push(it)
-	if reason == DropRelayBacklog && p.rl.shedLargestBacklog(p) {
-		reason = p.out.push(it) // once: the shed phone's queue was released
+	// At the ceiling, shed other phones until the frame fits or no phone
+	// has more releasable bytes than this one (each shed phone is ending
+	// and skipped from then on, so this ends).
+	for reason == DropRelayBacklog && p.rl.shedLargestBacklog(p) {
+		reason = p.out.push(it)
 	}
 	switch reason {
 	case "":
@@ -213,6 +214,27 @@ func (p *phoneConn) deliver(frame []byte, closeCode int) {
 		p.closeForBacklog(reason)
 	}
 	p.rl.countDrop(reason)
+}
+
+// shedForRelayBacklog closes p to make room under the relay-wide ceiling:
+// its queue and in-flight charge are released at once, and its socket is
+// dropped if a write was in flight (that write is what held the charge). A
+// queued close directive is honoured (its code, no notice): the binary
+// asked for that close, and a 1011 notice would tell it otherwise. It
+// reports whether any bytes were released.
+func (p *phoneConn) shedForRelayBacklog() bool {
+	released, inflight, directive := p.out.shed()
+	cause := closeCause{code: CodeInternal, reason: reasonBacklog, notify: true}
+	if directive != 0 {
+		cause = closeCause{code: websocket.StatusCode(directive), directive: true}
+	}
+	if p.end(cause) {
+		p.rl.log.Warn("phone shed at the relay-wide ceiling", append(p.logAttrs("phone_backlog_full"), "reason", string(DropRelayBacklog))...)
+	}
+	if inflight {
+		p.dropSocket()
+	}
+	return released > 0
 }
 
 // closeForBacklog discards the phone's queue and closes it 1011.

@@ -143,7 +143,7 @@ func (rl *Relay) accept(w http.ResponseWriter, r *http.Request) *wsEnd {
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Time{})
 	_ = rc.SetWriteDeadline(time.Time{})
-	hc := &hijackCapture{ResponseWriter: w}
+	hc := &hijackCapture{ResponseWriter: w, writeTimeout: rl.opts.WriteTimeout}
 	ws, err := websocket.Accept(hc, r, acceptOptions)
 	if err != nil {
 		rl.countReject(RejectBadUpgrade)
@@ -151,20 +151,38 @@ func (rl *Relay) accept(w http.ResponseWriter, r *http.Request) *wsEnd {
 	}
 	ws.SetReadLimit(rl.opts.MaxMessageBytes)
 	limitSendBuffer(hc.conn, rl.opts.SocketSendBuffer)
-	return newWSEnd(ws, hc.conn, rl.opts.CloseTimeout)
+	e := newWSEnd(ws, hc.conn, rl.opts.CloseTimeout)
+	e.pc = hc.pc
+	return e
 }
 
 // hijackCapture keeps the raw connection the WebSocket library hijacks, so
-// the relay can drop it when a close handshake stalls.
+// the relay can drop it when a close handshake stalls, and puts a
+// progressConn under the library's writes: the relay's write timeout is
+// then a per-chunk stall bound enforced on the socket, and the library is
+// never handed a write deadline (its deadline closes the connection, and
+// would count the time a write waits for its turn).
 type hijackCapture struct {
 	http.ResponseWriter
-	conn net.Conn
+	writeTimeout time.Duration
+	conn         net.Conn
+	pc           *progressConn
 }
 
 func (h *hijackCapture) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
 	h.conn = c
-	return c, brw, err
+	if err != nil {
+		return c, brw, err
+	}
+	// The 101 response is already flushed; anything still buffered goes
+	// out first so the reset below loses nothing.
+	if err := brw.Writer.Flush(); err != nil {
+		return c, brw, err
+	}
+	h.pc = newProgressConn(c, h.writeTimeout)
+	brw.Writer.Reset(h.pc)
+	return h.pc, brw, nil
 }
 
 func (h *hijackCapture) Unwrap() http.ResponseWriter { return h.ResponseWriter }
@@ -184,7 +202,7 @@ func (rl *Relay) ServeBinary(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rl.serve(w, r, func(e *wsEnd, remote string) func() {
-		b := &binaryConn{wsEnd: e, rl: rl, serverID: h.ServerID, version: h.Version, ua: h.UserAgent, remote: remote}
+		b := &binaryConn{wsEnd: e, rl: rl, turn: make(chan struct{}, 1), serverID: h.ServerID, version: h.Version, ua: h.UserAgent, remote: remote}
 		return b.run
 	})
 }
@@ -274,14 +292,16 @@ func (rl *Relay) Shutdown(ctx context.Context) error {
 	}
 }
 
-// shedLargestBacklog closes the phone with the most bytes queued relay-wide
-// if that is not p, releasing its queue. It reports whether it closed one.
+// shedLargestBacklog closes the phone with the most releasable bytes
+// relay-wide (phones already ending are skipped) if it has more than p,
+// releasing its queue and in-flight charge. It reports whether it closed
+// one; the caller retries its push and calls again until the frame fits.
 func (rl *Relay) shedLargestBacklog(p *phoneConn) bool {
 	victim := rl.reg.largestBacklog()
 	if victim == nil || victim == p || victim.out.backlog.Load() <= p.out.backlog.Load() {
 		return false
 	}
-	victim.closeForBacklog(DropRelayBacklog)
+	victim.shedForRelayBacklog()
 	rl.countDrop(DropRelayBacklog)
 	return true
 }

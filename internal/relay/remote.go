@@ -217,7 +217,7 @@ func (p *phoneConn) dispatch() {
 			if m.Kind == LinkLeave {
 				p.link.close()
 				if b := rl.reg.leave(p); b != nil && m.Notify {
-					b.send(appendCloseNotice(nil, p.connID, m.Code))
+					b.sendNotice(appendCloseNotice(nil, p.connID, m.Code))
 				}
 				return
 			}
@@ -259,7 +259,7 @@ func (rl *Relay) loseStub(p *phoneConn, loss LinkLoss, code int) {
 		rl.linkLost(loss, 1)
 	}
 	if b != nil {
-		go b.send(appendCloseNotice(nil, p.connID, code))
+		go b.sendNotice(appendCloseNotice(nil, p.connID, code))
 	}
 	_ = rl.bp.Send(p.link.home, LinkMessage{Kind: LinkEvict, ServerID: p.serverID, ConnID: p.connID, Code: int(CodeInternal)})
 }
@@ -396,7 +396,7 @@ func (rl *Relay) LinkLost(loss LinkLoss) {
 func (rl *Relay) dropStub(s *phoneConn, code int) {
 	s.link.close()
 	if b := rl.reg.leave(s); b != nil {
-		go b.send(appendCloseNotice(nil, s.connID, code))
+		go b.sendNotice(appendCloseNotice(nil, s.connID, code))
 	}
 }
 

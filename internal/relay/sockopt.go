@@ -12,17 +12,25 @@ func limitSendBuffer(c net.Conn, n int) {
 	if n <= 0 {
 		return
 	}
+	if tc := tcpConn(c); tc != nil {
+		_ = tc.SetWriteBuffer(n)
+	}
+}
+
+// tcpConn returns the TCP socket under c (unwrapping TLS and PROXY-protocol
+// connections), or nil.
+func tcpConn(c net.Conn) *net.TCPConn {
 	for range 4 { // a relay socket is wrapped at most twice (PROXY, TLS)
 		switch v := c.(type) {
 		case *net.TCPConn:
-			_ = v.SetWriteBuffer(n)
-			return
+			return v
 		case interface{ NetConn() net.Conn }: // *tls.Conn
 			c = v.NetConn()
 		case interface{ Raw() net.Conn }: // *proxyproto.Conn
 			c = v.Raw()
 		default:
-			return
+			return nil
 		}
 	}
+	return nil
 }
