@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path"
+	"strings"
 	"sync"
 	"time"
 
@@ -127,7 +129,7 @@ func (s *Server) Handler() http.Handler {
 	}
 	registerTestHooks(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { emptyStatus(w, http.StatusNotFound) })
-	var h http.Handler = mux
+	var h http.Handler = canonicalOnly(mux)
 	h = s.hosts.wrap(h)
 	h = withRecovery(h, s.log, s.metrics)
 	return withGenericBodies(h)
@@ -221,7 +223,33 @@ func (s *Server) metricsHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", s.metrics.Handler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { emptyStatus(w, http.StatusNotFound) })
-	return withGenericBodies(mux)
+	return withGenericBodies(canonicalOnly(mux))
+}
+
+// canonicalOnly answers 404 with an empty body to a path the mux would
+// clean (`//v1/server`, `/v1/./server`, `/a/../v1/server`): the mux
+// answers those 307 with the whole URL, query included, echoed in the
+// Location header and an HTML body, and the redirect skips admission. The
+// protocol's paths are canonical; no client needs the redirect.
+func canonicalOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !canonicalPath(r.URL.Path) {
+			emptyStatus(w, http.StatusNotFound)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// canonicalPath reports whether p is what path.Clean makes of it (a
+// trailing slash aside), as net/http's mux requires to serve without a
+// redirect.
+func canonicalPath(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	c := path.Clean(p)
+	return c == p || (strings.HasSuffix(p, "/") && c+"/" == p)
 }
 
 // Listen binds every configured listener. Nothing is served until Serve.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -23,16 +24,28 @@ func (hp hostPolicy) wrap(h http.Handler) http.Handler {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		host := r.Host
-		if hh, _, err := net.SplitHostPort(host); err == nil {
-			host = hh
-		}
-		if !hp[strings.ToLower(strings.TrimSuffix(host, "."))] {
+		if !hp[hostName(r.Host)] {
 			emptyStatus(w, http.StatusMisdirectedRequest)
 			return
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// hostName is the Host header without its port, in the form hostsOf
+// stores: lower case without a trailing dot, an IP address in its
+// canonical form and without brackets, whether or not a port follows
+// (`[::1]` and `[::1]:443` are the same host).
+func hostName(host string) string {
+	if hh, _, err := net.SplitHostPort(host); err == nil {
+		host = hh
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		return a.String()
+	}
+	return strings.ToLower(strings.TrimSuffix(host, "."))
 }
 
 // setupTLS prepares the TLS configuration for the chosen mode before any
