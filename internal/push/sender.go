@@ -8,6 +8,13 @@
 // relay_push_wakes_total{outcome}. The device token and the service-account
 // key never reach a log line, a metric or an error text: a log line carries
 // at most the token's fingerprint (Fingerprint).
+//
+// The request is built with net/http rather than the generated client of
+// google.golang.org/api/fcm/v1: one fixed POST needs no client library, and
+// google.golang.org/api would bring its transport stack (cloud.google.com/go/auth,
+// OpenTelemetry instrumentation, gRPC in its module graph) into the supply
+// chain (TM-SUP-1) for one request shape. Tokens come from golang.org/x/oauth2's
+// google and jwt packages: no signing code of our own.
 package push
 
 import (
