@@ -117,8 +117,12 @@ func runBodyLeak(ctx context.Context, t *Target) Result {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	if strings.Join(keys, ",") != "binaries,grace,phones,status" {
-		return Failf("healthz exposes fields %v, want only status,binaries,phones,grace", keys)
+	if strings.Join(keys, ",") != "binaries,grace,phones,status,uptime_seconds,version" {
+		return Failf("healthz exposes fields %v, want only status,binaries,phones,grace,version,uptime_seconds", keys)
+	}
+	// The build's version is for the operator; the toolchain's is not.
+	if bytes.Contains(body, []byte("go1.")) {
+		return Failf("healthz names a Go version: %q", tail(string(body), 120))
 	}
 	return Passf("%d hostile requests: statuses as expected, bodies empty or fixed phrases, canary never echoed; /healthz shows counts only; /metrics, pprof, expvar, test hook: 404", len(cases))
 }

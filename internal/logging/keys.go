@@ -51,6 +51,12 @@ const (
 	KeyOutcome    = "outcome"     // push wake outcome from push.Outcome's closed set
 	KeyTokenFP    = "token_fp"    // 8 hex digits of a push token's SHA-256 (push.Fingerprint), never the token
 	KeyHTTPStatus = "http_status" // status of an outbound call's answer (FCM); never its body
+
+	KeyInstanceID    = "instance_id"    // this cluster instance's id (--instance-id or random at start)
+	KeyPeer          = "peer"           // another cluster instance's id, as published on NATS
+	KeyClusterName   = "cluster_name"   // operator-configured --cluster-name
+	KeyLeaseMS       = "lease_ms"       // the configured cluster claim lease, whole milliseconds
+	KeyNATSConnected = "nats_connected" // whether the NATS connection is up, a bool
 )
 
 // callerKeys is the closed set behind IsCallerKey. Unexported so that no
@@ -61,6 +67,7 @@ var callerKeys = map[string]struct{}{
 	KeyVersion: {}, KeyUserAgent: {}, KeyCloseCode: {}, KeyReason: {}, KeyCount: {},
 	KeyDurationMS: {}, KeyIncident: {}, KeyError: {},
 	KeyOutcome: {}, KeyTokenFP: {}, KeyHTTPStatus: {},
+	KeyInstanceID: {}, KeyPeer: {}, KeyClusterName: {}, KeyLeaseMS: {}, KeyNATSConnected: {},
 }
 
 // reservedKeys are written by the handler (or by slog itself) and refused as

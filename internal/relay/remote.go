@@ -498,6 +498,6 @@ func (rl *Relay) proxySnapshot() []*phoneConn {
 }
 
 func (rl *Relay) linkLost(loss LinkLoss, n int) {
-	rl.log.Warn("cross-instance phones closed: frames may have been lost", "event", "cluster_link_lost", "reason", string(loss), "phones", n)
+	rl.log.Warn("cross-instance phones closed: frames may have been lost", "event", "cluster_link_lost", "reason", string(loss), "count", n)
 	rl.m.ClusterLinksLost.WithLabelValues(string(loss)).Add(float64(n))
 }
