@@ -35,15 +35,13 @@ type heartbeats struct {
 // hbEntry is one connection's place in the schedule.
 type hbEntry struct {
 	ws *websocket.Conn
-	// pc counts the bytes the peer moves (nil: nothing counted). A peer that
-	// moved bytes since the last check (seen) is alive without a ping, and
-	// one that moves bytes while its pong is late is alive too: on a slow
-	// link a ping queues behind the frames in flight (the library gives its
-	// write at most 5 s), and a phone's pong queues behind its own frames
-	// while the relay is busy forwarding them, so a late pong there proves
+	// pc counts the bytes the peer moves (nil: nothing counted). A peer
+	// that moves bytes while its pong is late is alive: on a slow link a
+	// ping queues behind the frames in flight (the library gives its write
+	// at most 5 s), and a phone's pong queues behind its own frames while
+	// the relay is busy forwarding them, so a late pong there proves
 	// nothing (issue 13 item 1).
 	pc     *progressConn
-	seen   progressMark
 	ended  <-chan struct{}
 	onDead func() // called once when a pong does not come within timeout
 	due    time.Time
@@ -57,7 +55,7 @@ func newHeartbeats(interval, timeout time.Duration) *heartbeats {
 
 // add schedules ws's first ping one interval from now. pc may be nil.
 func (h *heartbeats) add(ws *websocket.Conn, pc *progressConn, ended <-chan struct{}, onDead func()) *hbEntry {
-	e := &hbEntry{ws: ws, pc: pc, seen: pc.mark(), ended: ended, onDead: onDead, index: -1}
+	e := &hbEntry{ws: ws, pc: pc, ended: ended, onDead: onDead, index: -1}
 	h.mu.Lock()
 	h.live++
 	h.schedule(e, time.Now().Add(h.interval))
@@ -139,17 +137,13 @@ func (h *heartbeats) popDue(now time.Time) []*hbEntry {
 // left alone: its first cause is already recorded, and the library's wait
 // returns as soon as the socket closes.
 func (h *heartbeats) ping(e *hbEntry) {
-	var err error
-	if !e.pc.since(e.seen) { // moved nothing since the last check: ping
-		before := e.pc.mark()
-		ctx, cancel := context.WithTimeout(context.Background(), h.timeout)
-		err = e.ws.Ping(ctx)
-		cancel()
-		if err != nil && e.pc.since(before) {
-			err = nil // slow, not dead: it moved bytes while the pong was late
-		}
+	before := e.pc.mark()
+	ctx, cancel := context.WithTimeout(context.Background(), h.timeout)
+	err := e.ws.Ping(ctx)
+	cancel()
+	if err != nil && e.pc.since(before) {
+		err = nil // slow, not dead: it moved bytes while the pong was late
 	}
-	e.seen = e.pc.mark()
 	if err != nil {
 		select {
 		case <-e.ended:
