@@ -35,6 +35,7 @@ func TestMain(m *testing.M) {
 	}
 	builtBinary, builtHooksBinary, buildErr = buildRelay(dir)
 	code := m.Run()
+	stopNATS()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -63,7 +64,7 @@ func buildRelay(dir string) (string, string, error) {
 func localTarget(t *testing.T) *Target {
 	t.Helper()
 	require.NoError(t, buildErr, "building the relay")
-	l := &Local{Binary: builtBinary, TestHooksBinary: builtHooksBinary, TempDir: t.TempDir()}
+	l := &Local{Binary: builtBinary, TestHooksBinary: builtHooksBinary, TempDir: t.TempDir(), NATSURL: natsURL()}
 	if f := os.Getenv("RELAY_ATTACK_EXTRA_FLAGS"); f != "" {
 		l.ExtraFlags = strings.Fields(f)
 	}

@@ -145,6 +145,8 @@ func Catalog() []Scenario {
 		logScrape(),
 		slowMessage(),
 		deadPeer(),
+		clusterCrossTenant(),
+		clusterDeadOwner(),
 		tokenForward(),
 		tlsVersion(),
 		tlsSuites(),

@@ -31,6 +31,10 @@ type Local struct {
 	Main *Process
 	// TempDir is scratch space that outlives no test.
 	TempDir string
+	// NATSURL is a NATS server with JetStream for the cluster scenarios,
+	// which start relays of their own in cluster mode against it (each under
+	// its own --cluster-name); empty skips them.
+	NATSURL string
 	// TLSFlags serve the harness's static test certificate (--tls-cert F
 	// --tls-key K); nil when it has none. TLS scenarios that need a relay of
 	// their own, e.g. with another environment, start it with StartTLS.
