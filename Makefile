@@ -24,11 +24,16 @@ VULNDB_DIR     ?= $(CURDIR)/bin/vulndb-$(VULNDB_VERSION)
 # Pinned tools are installed into bin/tools by the targets that need them.
 TOOLS          := $(CURDIR)/bin/tools
 GOVULNCHECK    := $(TOOLS)/govulncheck-$(GOVULNCHECK_VERSION)/govulncheck
+CYCLONEDX_VERSION ?= v1.10.0
+CYCLONEDX      := $(TOOLS)/cyclonedx-gomod-$(CYCLONEDX_VERSION)/cyclonedx-gomod
+SBOM_VERSION   := $(or $(VERSION),devel)
 
 .PHONY: build test run vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb units clean
 
+## build: the shipped binary: static (CGO_ENABLED=0, so the same file runs in the
+## FROM-scratch image), -trimpath, version and revision stamped.
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/relay
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/relay
 
 ## test: every unit, integration, property and attack test, with the race detector.
 test:
@@ -83,9 +88,15 @@ bench:
 perf: build
 	$(GO) run ./cmd/relay-bench --relay $(BIN) --suite all --json docs/perf/report.json --plots docs/perf $(PERF_FLAGS)
 
-## sbom: CycloneDX SBOM of the module (go install github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@v1.10.0).
-sbom:
-	cyclonedx-gomod mod -licenses -json -output sbom.json
+## sbom: CycloneDX SBOM of the shipped binary (bin/relay: its linked modules, go.sum
+## hashes, toolchain, stamped with VERSION), checked against `go version -m` of it.
+sbom: build $(CYCLONEDX)
+	$(CYCLONEDX) bin -json -output sbom.json -version $(SBOM_VERSION) $(BIN)
+	RELAY_SBOM=$(CURDIR)/sbom.json RELAY_SBOM_BINARY=$(abspath $(BIN)) RELAY_SBOM_VERSION=$(SBOM_VERSION) \
+	  $(GO) test -count=1 -run 'TestSBOM_MatchesBinary' -v ./deploy
+
+$(CYCLONEDX):
+	GOBIN=$(dir $(CYCLONEDX)) $(GO) install github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@$(CYCLONEDX_VERSION)
 
 ## vulncheck: the offline vulnerability gate. govulncheck (pinned) reads a database
 ## built from the OSV records of a PINNED golang.org/x/vulndb module version (the
