@@ -46,7 +46,7 @@ func runPushTokenLeak(ctx context.Context, t *Target) Result {
 		return Failf("fake FCM: %v", err)
 	}
 	defer g.Close()
-	p, err := startPushRelay(ctx, l, g, "--log-level", "debug", "--push-timeout", "500ms", "--push-burst", "6", "--shutdown-timeout", "1s")
+	p, err := startPushRelay(ctx, l, g, "--log-level", "debug", "--push-timeout", "2s", "--push-burst", "6", "--shutdown-timeout", "1s")
 	if err != nil {
 		return Failf("start relay: %v: %s", err, tail(logText(p), 300))
 	}
@@ -78,7 +78,16 @@ func runPushTokenLeak(ctx context.Context, t *Target) Result {
 	if err := s.wake(others[0]); err != nil {
 		return Failf("wake: %v", err)
 	}
-	time.Sleep(700 * time.Millisecond) // past --push-timeout 500ms
+	m, err := newMetricsScraper(ctx, p)
+	if err != nil {
+		return Failf("%v", err)
+	}
+	if !pollUntil(ctx, 6*time.Second, 20*time.Millisecond, func() bool {
+		v, _ := m.value(ctx, `relay_push_wakes_total{outcome="failed"}`)
+		return v == 1
+	}) {
+		return Failf("the hanging wake was not counted failed after --push-timeout 2s")
+	}
 	for _, tok := range others[1:] {
 		_ = s.wake(tok)
 		_ = s.wake(tok)
@@ -105,10 +114,6 @@ func runPushTokenLeak(ctx context.Context, t *Target) Result {
 
 	// Every path ran: 3 sent + 2 of the flood (the bucket of 6 then is
 	// empty), 1 timed out, 2 dropped, 1 apns.
-	m, err := newMetricsScraper(ctx, p)
-	if err != nil {
-		return Failf("%v", err)
-	}
 	want := map[string]float64{"sent": 5, "failed": 1, "dropped_rate": 2, "invalid_token": 1}
 	var counts map[string]float64
 	if !pollUntil(ctx, 5*time.Second, 20*time.Millisecond, func() bool {

@@ -41,6 +41,7 @@ const (
 	TokenUnavailable  = "unavailable"  // 503 with Retry-After: RetryAfter
 	TokenServerError  = "servererror"  // 500
 	TokenHang         = "hang"         // no answer until the request ends or Release
+	TokenRevoke       = "revoke"       // 401, and the access token it carried is revoked
 	// Anything else: 200 with a message name.
 )
 
@@ -287,6 +288,14 @@ func (s *Server) serveFCM(w http.ResponseWriter, r *http.Request) {
 	if problem != "" {
 		w.WriteHeader(http.StatusBadRequest)
 		_, _ = w.Write([]byte(`{"error":{"code":400,"message":"bad request shape","status":"INVALID_ARGUMENT"}}`))
+		return
+	}
+	if strings.HasPrefix(req.DeviceToken, TokenRevoke) {
+		s.mu.Lock()
+		delete(s.issued, req.Bearer)
+		s.mu.Unlock()
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = w.Write([]byte(`{"error":{"code":401,"status":"UNAUTHENTICATED"}}`))
 		return
 	}
 	Answer(w, r, req.DeviceToken, s.release)

@@ -109,8 +109,11 @@ func New(opts Options, d Deps) (*Sender, error) {
 		rt = t
 	}
 	tokenClient := &http.Client{Transport: tokenTransport{ctx: s.ctx, timeout: opts.RequestTimeout, rt: rt}}
-	src := creds.jwt.TokenSource(context.WithValue(s.ctx, oauth2.HTTPClient, tokenClient))
-	s.tokens = &tokenCache{src: src, wg: &s.wg}
+	tctx := context.WithValue(s.ctx, oauth2.HTTPClient, tokenClient)
+	// A fresh jwt source per fetch: its own ReuseTokenSource would hand back
+	// a token FCM refused (401) until expiry; tokenCache does the caching.
+	fetch := tokenFunc(func() (*oauth2.Token, error) { return creds.jwt.TokenSource(tctx).Token() })
+	s.tokens = &tokenCache{src: fetch, wg: &s.wg}
 	// No redirects: FCM does not redirect, and following one would carry
 	// the bearer token wherever a Location header points.
 	s.client = &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}

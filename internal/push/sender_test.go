@@ -155,7 +155,11 @@ func TestWake_EveryFCMAnswerCountedAsItsOutcome(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.token, func(t *testing.T) {
-			r := newRig(t, func(o *Options) { o.RequestTimeout = 300 * time.Millisecond })
+			r := newRig(t, func(o *Options) {
+				if strings.HasPrefix(c.token, fcmtest.TokenHang) {
+					o.RequestTimeout = 300 * time.Millisecond // only the hang needs to meet it
+				}
+			})
 			r.s.Wake("server-a", "fcm", c.token)
 			r.settle(1)
 			want := map[Outcome]int{}
@@ -203,6 +207,21 @@ func TestWake_ExpiringAccessTokenRefreshed(t *testing.T) {
 	}
 	require.Equal(t, 3, r.count(OutcomeSent))
 	require.Equal(t, 3, fake.TokenRequests(), "a token about to expire is fetched anew")
+}
+
+func TestWake_AccessTokenRefusedByFCMIsFetchedAnew(t *testing.T) {
+	r := newRig(t, nil)
+	r.s.Wake("server-a", "fcm", fcmtest.TokenRevoke)
+	r.settle(1)
+	require.Equal(t, 1, r.count(OutcomeFailed), "401")
+	r.s.Wake("server-a", "fcm", "ok")
+	r.settle(2)
+	require.Equal(t, 1, r.count(OutcomeSent), "the next wake carries a new access token")
+	require.Equal(t, 2, r.fake.TokenRequests())
+	reqs := r.fake.Requests()
+	require.Len(t, reqs, 2)
+	require.Empty(t, reqs[1].Problem)
+	require.NotEqual(t, reqs[0].Bearer, reqs[1].Bearer)
 }
 
 func TestWake_ConcurrentWakesShareOneTokenFetch(t *testing.T) {

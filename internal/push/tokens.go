@@ -16,12 +16,12 @@ import (
 var errNoAccessToken = errors.New("push: no access token")
 
 // tokenCache hands out the cached OAuth2 access token and refreshes it
-// through one fetch at a time. golang.org/x/oauth2's ReuseTokenSource
-// already caches, but a refresh holds its lock for the whole HTTP call and
-// takes no context: with a slow token endpoint every send would queue on
-// it past its own deadline. Here waiters share the one running fetch and
-// give up at their own deadline; the fetch itself is bounded by the
-// transport (tokenTransport).
+// through one fetch at a time. It stands in for golang.org/x/oauth2's
+// ReuseTokenSource, which holds its lock for the whole refresh without a
+// context (with a slow token endpoint every send would queue on it past its
+// own deadline) and cannot forget a token FCM refused. Here waiters share
+// the one running fetch and give up at their own deadline; the fetch itself
+// is bounded by the transport (tokenTransport).
 type tokenCache struct {
 	src oauth2.TokenSource
 	wg  *sync.WaitGroup // the Sender's: shutdown waits for a running fetch
@@ -83,6 +83,11 @@ func (c *tokenCache) invalidate(t *oauth2.Token) {
 	}
 	c.mu.Unlock()
 }
+
+// tokenFunc adapts a function to oauth2.TokenSource.
+type tokenFunc func() (*oauth2.Token, error)
+
+func (f tokenFunc) Token() (*oauth2.Token, error) { return f() }
 
 // tokenTransport bounds each token-endpoint request by timeout and ends it
 // when ctx (the Sender's life) ends. oauth2's JWT source takes its client
