@@ -156,12 +156,12 @@ func StartProcess(ctx context.Context, bin string, args ...string) (*Process, er
 }
 
 // StartProcessEnv is StartProcess with env ("KEY=value") added to the
-// inherited environment; later entries win, so env overrides it.
+// inherited environment; later entries win, so env overrides it. The
+// lame-duck window is off (RELAY_DRAIN_DELAY=0s) unless env sets it: Stop
+// would otherwise wait it out for every relay a scenario starts.
 func StartProcessEnv(ctx context.Context, env []string, bin string, args ...string) (*Process, error) {
 	cmd := exec.Command(bin, args...)
-	if len(env) > 0 {
-		cmd.Env = append(os.Environ(), env...)
-	}
+	cmd.Env = append(append(os.Environ(), "RELAY_DRAIN_DELAY=0s"), env...)
 	cmd.Stdout = io.Discard
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -12,5 +12,6 @@ var allowedLogKeys = map[string]bool{
 	"server_id": true, "conn_id": true, "role": true, "remote": true, "device": true,
 	"version": true, "user_agent": true, "close_code": true, "reason": true, "count": true,
 	"duration_ms": true, "incident": true, "error": true,
-	"outcome": true, "token_fp": true, "http_status": true,
+	"outcome": true, "token_fp": true, "http_status": true, "not_after": true,
+	"instance_id": true, "peer": true, "cluster_name": true, "lease_ms": true, "nats_connected": true,
 }

@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/pyrycode/relay/attacks"
 	"github.com/pyrycode/relay/internal/buildinfo"
@@ -84,6 +85,12 @@ func refuse(stderr io.Writer, err error) int {
 var packagePrefixes = strings.NewReplacer("relay: ", "", "tlsconf: ", "", "admission: ", "", "push: ", "", "cluster: ", "")
 
 func serve(args []string, stdout, stderr io.Writer) int {
+	// Signals are caught from the start: SIGHUP's default action would
+	// kill the process (exit 129, which systemd counts as clean).
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
 	cfg, err := config.Parse(args, os.Getenv, stdout)
 	if errors.Is(err, config.ErrHelp) {
 		return exitOK
@@ -108,18 +115,28 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	if err := srv.Listen(); err != nil {
 		return refuse(stderr, err)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	srv.Serve()
 	log.Info("relay started", "event", "started", "version", buildinfo.Get().Version, "mode", string(cfg.Mode))
 
 	code := exitOK
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "event", "shutdown")
-	case err := <-srv.Done():
-		log.Error("listener failed", "event", "listener_failed", "error", err.Error())
-		code = exitRuntime
+	stopping := false
+	for !stopping {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				srv.ReloadCertificate()
+				continue
+			}
+			log.Info("shutting down", "event", "shutdown")
+			stopping = true
+		case err := <-srv.Done():
+			log.Error("listener failed", "event", "listener_failed", "error", err.Error())
+			code = exitRuntime
+			stopping = true
+		}
+	}
+	if code == exitOK && cfg.DrainDelay > 0 {
+		lameDuck(srv, log, cfg.DrainDelay, sigs)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -128,6 +145,29 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("stopped", "event", "stopped")
 	return code
+}
+
+// lameDuck answers /healthz 503 for d while every listener keeps serving,
+// so that load balancers stop sending new clients before the drain closes
+// anyone. A second SIGINT/SIGTERM ends it early; SIGHUP still reloads.
+func lameDuck(srv *server.Server, log *slog.Logger, d time.Duration, sigs <-chan os.Signal) {
+	srv.LameDuck()
+	log.Info("lame duck: /healthz answers 503 while the listeners keep serving; the drain follows", "event", "lame_duck", "duration_ms", d.Milliseconds())
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				srv.ReloadCertificate()
+				continue
+			}
+			log.Info("second signal: draining now", "event", "lame_duck_cut")
+			return
+		}
+	}
 }
 
 func parseLevel(s string) slog.Level {

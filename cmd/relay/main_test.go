@@ -76,7 +76,9 @@ func relayEnv(t *testing.T, extra ...string) []string {
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		return strings.HasPrefix(kv, "RELAY_") || strings.HasPrefix(kv, "HOME=")
 	})
-	env = append(env, "HOME="+t.TempDir())
+	// No lame-duck window unless a test asks (it would add --drain-delay to
+	// every SIGTERM); exec keeps the last of duplicate keys.
+	env = append(env, "HOME="+t.TempDir(), "RELAY_DRAIN_DELAY=0s")
 	return append(env, extra...)
 }
 
@@ -89,9 +91,15 @@ type result struct {
 // runRelay runs the binary to completion (10 s at most).
 func runRelay(t *testing.T, env []string, args ...string) result {
 	t.Helper()
+	return runCmd(t, env, relayBin, args...)
+}
+
+// runCmd runs name (the binary, or a wrapper that execs it) to completion.
+func runCmd(t *testing.T, env []string, name string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, relayBin, args...)
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -161,6 +169,7 @@ func TestServe_Refusals_Exit2OneLine(t *testing.T) {
 		{"domain_and_insecure", nil, []string{"serve", "--domain", "relay.example.test", "--insecure-listen", "127.0.0.1:0"}, []string{"--insecure-listen", "--domain", "mutually exclusive"}},
 		{"tls_cert_and_domain", nil, []string{"serve", "--tls-cert", certFile, "--tls-key", keyFile, "--domain", "relay.example.test"}, []string{"--tls-cert", "--domain", "mutually exclusive"}},
 		{"tls_cert_without_key", nil, []string{"serve", "--tls-cert", certFile, "--https-listen", "127.0.0.1:0"}, []string{"--tls-cert and --tls-key"}},
+		{"tls_cert_and_key_swapped", nil, []string{"serve", "--tls-cert", keyFile, "--tls-key", certFile, "--https-listen", "127.0.0.1:0"}, []string{"swapped", "--tls-cert takes the chain"}},
 		{"tls_key_without_cert", nil, []string{"serve", "--tls-key", keyFile, "--https-listen", "127.0.0.1:0"}, []string{"--tls-cert and --tls-key"}},
 		{"acme_flag_without_domain", nil, with("--cert-cache", t.TempDir()), []string{"--cert-cache needs --domain"}},
 		{"max_phones_0", nil, with("--max-phones", "0"), []string{"--max-phones"}},
@@ -300,7 +309,13 @@ type proc struct {
 
 func startRelay(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(relayBin, args...)
+	return startRelayCmd(t, env, relayBin, args...)
+}
+
+// startRelayCmd starts name (the binary, or a wrapper that execs it).
+func startRelayCmd(t *testing.T, env []string, name string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(name, args...)
 	cmd.Env = env
 	return startCmd(t, cmd)
 }

@@ -56,12 +56,14 @@ type Config struct {
 	ACMECA         string // ModeAutocert; extra root for the ACME server (tests)
 	ACMEEmail      string // ModeAutocert; optional contact
 
-	MetricsListen string // empty = no metrics listener
+	MetricsListen      string // empty = no metrics listener
+	MetricsAllowPublic bool   // serve metrics on a non-loopback address
 
 	ReadHeaderTimeout time.Duration
 	MaxHeaderBytes    int
 	IdleTimeout       time.Duration // keep-alive between plain HTTP requests
 	ShutdownTimeout   time.Duration
+	DrainDelay        time.Duration // lame duck: /healthz 503 while listeners serve, before the drain
 
 	// Relay is the routing core's options (--ping-interval ... --max-phones).
 	Relay relay.Options
@@ -96,6 +98,10 @@ const (
 	DefaultShutdownTimeout    = 10 * time.Second
 	DefaultProxyHeaderTimeout = 5 * time.Second
 	DefaultIdleTimeout        = 30 * time.Second
+	// DefaultDrainDelay is a few load-balancer health-check intervals at
+	// their common 1-2 s: enough for a balancer to see 503 and stop
+	// sending new clients before every connection is closed.
+	DefaultDrainDelay = 5 * time.Second
 )
 
 // Env reads one environment variable; os.Getenv in production, a map in tests.
@@ -125,12 +131,14 @@ func newFlagSet(c *Config, env Env, trust *string, sink *flagSink) *flag.FlagSet
 	fs.StringVar(&c.ACMEDirectory, "acme-directory", "", "ACME directory URL (default: Let's Encrypt production)")
 	fs.StringVar(&c.ACMECA, "acme-ca", "", "PEM file of an extra CA to trust for the ACME server (testing)")
 	fs.StringVar(&c.ACMEEmail, "acme-email", "", "contact address given to the ACME CA (optional)")
-	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "Prometheus /metrics listen address, e.g. 127.0.0.1:9090 (off when empty)")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "Prometheus /metrics (and /healthz) listen address, e.g. 127.0.0.1:9090 (off when empty)")
+	fs.BoolVar(&c.MetricsAllowPublic, "metrics-allow-public", false, "allow --metrics-listen on a non-loopback address (firewall it: anyone who reaches it sees the relay's counts)")
 
 	fs.DurationVar(&c.ReadHeaderTimeout, "read-header-timeout", DefaultReadHeaderTimeout, "time allowed to read request headers (slow-loris bound; also the TLS handshake deadline)")
 	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", DefaultMaxHeaderBytes, "largest accepted request header block (431 beyond)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", DefaultIdleTimeout, "how long an idle keep-alive HTTP connection is kept")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "drain deadline on SIGINT/SIGTERM (every connection gets 1001)")
+	fs.DurationVar(&c.DrainDelay, "drain-delay", DefaultDrainDelay, "on SIGINT/SIGTERM, how long /healthz answers 503 while the listeners keep serving, before the drain (0 skips)")
 
 	o := &c.Relay
 	fs.DurationVar(&o.PingInterval, "ping-interval", o.PingInterval, "WebSocket ping interval")
@@ -296,6 +304,20 @@ func (c *Config) parseCIDRs(s string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
+// IsLoopback reports whether a listen address (host:port) binds loopback
+// only: localhost or a loopback IP. An empty host binds every interface.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
 // resolveMode picks the one serving mode and refuses mixtures.
 func (c *Config) resolveMode(set map[string]bool) error {
 	var modes []string
@@ -346,6 +368,12 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(l.addr); err != nil {
 			return c.refuse(l.name, l.addr, "is not host:port: use e.g. 127.0.0.1:8080 or :443")
 		}
+	}
+	if c.MetricsListen != "" && !c.MetricsAllowPublic && !IsLoopback(c.MetricsListen) {
+		return c.refuse("metrics-listen", c.MetricsListen, "is not a loopback address: use e.g. 127.0.0.1:9090, or add --metrics-allow-public and firewall it")
+	}
+	if c.DrainDelay < 0 {
+		return c.must("drain-delay", c.DrainDelay, "0 (no lame-duck window) or positive")
 	}
 	for _, d := range []struct {
 		name string

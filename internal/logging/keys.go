@@ -47,10 +47,11 @@ const (
 	KeyCount      = "count"       // a number of things (phones evicted, frames dropped)
 	KeyDurationMS = "duration_ms" // elapsed whole milliseconds
 	KeyIncident   = "incident"    // random panic incident id; joins the 500 to the log line
-	KeyError      = "error"       // start-up and listener errors only: request-path errors can carry peer input
+	KeyError      = "error"       // start-up, listener, certificate reload and CA errors only: request-path errors can carry peer input
 	KeyOutcome    = "outcome"     // push wake outcome from push.Outcome's closed set
 	KeyTokenFP    = "token_fp"    // 8 hex digits of a push token's SHA-256 (push.Fingerprint), never the token
 	KeyHTTPStatus = "http_status" // status of an outbound call's answer (FCM); never its body
+	KeyNotAfter   = "not_after"   // expiry (RFC 3339) of the relay's own TLS certificate
 
 	KeyInstanceID    = "instance_id"    // this cluster instance's id (--instance-id or random at start)
 	KeyPeer          = "peer"           // another cluster instance's id, as published on NATS
@@ -66,7 +67,7 @@ var callerKeys = map[string]struct{}{
 	KeyServerID: {}, KeyConnID: {}, KeyRole: {}, KeyRemote: {}, KeyDevice: {},
 	KeyVersion: {}, KeyUserAgent: {}, KeyCloseCode: {}, KeyReason: {}, KeyCount: {},
 	KeyDurationMS: {}, KeyIncident: {}, KeyError: {},
-	KeyOutcome: {}, KeyTokenFP: {}, KeyHTTPStatus: {},
+	KeyOutcome: {}, KeyTokenFP: {}, KeyHTTPStatus: {}, KeyNotAfter: {},
 	KeyInstanceID: {}, KeyPeer: {}, KeyClusterName: {}, KeyLeaseMS: {}, KeyNATSConnected: {},
 }
 

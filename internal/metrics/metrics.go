@@ -50,6 +50,15 @@ type Metrics struct {
 	// ClusterLinksLost counts cross-instance phones closed 1011 because
 	// their frames may have been lost, by relay.LinkLoss.
 	ClusterLinksLost *prometheus.CounterVec
+	// CertNotAfter is the serving TLS certificate's expiry (Unix seconds);
+	// 0 until a certificate is loaded, obtained or found in the cache.
+	CertNotAfter prometheus.Gauge
+	// ACMEErrors counts failures to obtain or cache the autocert
+	// certificate for the configured domain.
+	ACMEErrors prometheus.Counter
+	// CertReloads counts SIGHUP reloads of the static certificate by result
+	// ("ok", "refused").
+	CertReloads *prometheus.CounterVec
 	// Binaries, Phones and GraceSlots are the registry's current sizes.
 	Binaries, Phones, GraceSlots prometheus.Gauge
 	// queuedBytes reads the relay-wide total of bytes queued for phones at
@@ -96,9 +105,14 @@ func New() *Metrics {
 			Name: "relay_push_wakes_total", Help: "Push wakes from binaries by outcome.",
 		}, []string{"outcome"}),
 		PushInFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_push_in_flight", Help: "FCM requests running now."}),
-		Binaries:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_binaries", Help: "Live binaries holding a slot."}),
-		Phones:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_phones", Help: "Connected phones."}),
-		GraceSlots:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_grace_slots", Help: "Slots in their grace period."}),
+		CertNotAfter: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_tls_cert_not_after_seconds", Help: "Expiry of the serving TLS certificate, Unix seconds."}),
+		ACMEErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_acme_errors_total", Help: "Failures to obtain or cache the autocert certificate."}),
+		CertReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_tls_cert_reloads_total", Help: "SIGHUP reloads of the static TLS certificate by result.",
+		}, []string{"result"}),
+		Binaries:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_binaries", Help: "Live binaries holding a slot."}),
+		Phones:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_phones", Help: "Connected phones."}),
+		GraceSlots: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_grace_slots", Help: "Slots in their grace period."}),
 		ClusterLinksLost: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_cluster_links_lost_total", Help: "Cross-instance phones closed 1011 because frames may have been lost, by reason.",
 		}, []string{"reason"}),
@@ -114,6 +128,12 @@ func New() *Metrics {
 	f(m.PushWakes)
 	f(m.PushInFlight)
 	f(m.ClusterLinksLost)
+	f(m.CertNotAfter)
+	f(m.ACMEErrors)
+	f(m.CertReloads)
+	for _, r := range []string{"ok", "refused"} {
+		m.CertReloads.WithLabelValues(r)
+	}
 	f(m.Binaries)
 	f(m.Phones)
 	f(m.GraceSlots)

@@ -58,7 +58,9 @@ func TestNonCanonicalPaths_404EmptyNoEcho(t *testing.T) {
 // already did with one (`[::1]:443`).
 func TestHostPolicy_IPv6WithoutPort(t *testing.T) {
 	hp := hostPolicy{"::1": true, "relay.example.test": true, "192.0.2.7": true}
-	h := hp.wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	var g hostGate
+	g.set(hp)
+	h := g.wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
 	for host, want := range map[string]int{
 		"[::1]":                   http.StatusNoContent,
 		"[::1]:443":               http.StatusNoContent,

@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestMetricsListener_OnlyMetrics(t *testing.T) {
+func TestMetricsListener_OnlyMetricsAndHealthz(t *testing.T) {
 	r := start(t, "--metrics-listen", "127.0.0.1:0")
 	base := "http://" + r.srv.Addr("metrics").String()
 	resp, err := http.Get(base + "/metrics")
@@ -21,7 +21,19 @@ func TestMetricsListener_OnlyMetrics(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, 200, resp.StatusCode)
 	require.Contains(t, string(body), "relay_frames_dropped_total")
-	for _, path := range []string{"/", "/debug/pprof/", "/healthz", "/metricsX"} {
+	// /healthz by IP, for balancers that cannot send the TLS name.
+	resp, err = http.Get(base + "/healthz")
+	require.NoError(t, err)
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+	require.Contains(t, string(body), `"status":"ok"`)
+	r.srv.LameDuck()
+	resp, err = http.Get(base + "/healthz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 503, resp.StatusCode, "the metrics listener's /healthz follows the lame duck too")
+	for _, path := range []string{"/", "/debug/pprof/", "/healthzX", "/metricsX"} {
 		resp, err := http.Get(base + path)
 		require.NoError(t, err)
 		body, _ := io.ReadAll(resp.Body)

@@ -13,9 +13,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pyrycode/relay/internal/admission"
@@ -25,6 +27,7 @@ import (
 	"github.com/pyrycode/relay/internal/metrics"
 	"github.com/pyrycode/relay/internal/push"
 	"github.com/pyrycode/relay/internal/relay"
+	"github.com/pyrycode/relay/internal/tlsconf"
 )
 
 // ErrListen wraps a listener that could not be bound (exit 2: the relay
@@ -41,9 +44,15 @@ type Server struct {
 	admit   *admission.Controller
 	cluster *cluster.Cluster // nil on a single instance
 
-	tlsConfig   *tls.Config  // nil in insecure mode
-	hosts       hostPolicy   // nil: any Host accepted
-	acmeHandler http.Handler // autocert mode: the port-80 handler
+	tlsConfig   *tls.Config         // nil in insecure mode
+	static      *tlsconf.StaticCert // ModeStatic: the pair SIGHUP reloads
+	hosts       hostGate            // unset: any Host accepted
+	acmeHandler http.Handler        // autocert mode: the port-80 handler
+
+	// lameDuck is set by LameDuck: /healthz answers 503 while every
+	// listener keeps serving, so balancers stop sending new clients before
+	// the drain closes anyone.
+	lameDuck atomic.Bool
 
 	started time.Time // for /healthz uptime_seconds
 
@@ -152,7 +161,7 @@ func onlyGET(h http.HandlerFunc) http.HandlerFunc {
 // load balancer stops sending clients to a relay that is closing every
 // connection. no-store: a cache in front must not answer for a dead relay.
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
-	if s.relay.Draining() {
+	if s.lameDuck.Load() || s.relay.Draining() {
 		w.Header().Set("Retry-After", "5")
 		emptyStatus(w, http.StatusServiceUnavailable)
 		return
@@ -222,6 +231,9 @@ func (w httpErrorWriter) Write(p []byte) (int, error) {
 func (s *Server) metricsHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", s.metrics.Handler())
+	// The same /healthz as the public listener, reachable by IP without a
+	// TLS name: a health check for balancers in TLS modes (docs/deploy.md).
+	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { emptyStatus(w, http.StatusNotFound) })
 	return withGenericBodies(canonicalOnly(mux))
 }
@@ -276,7 +288,11 @@ func (s *Server) Listen() error {
 		ln, err := net.Listen("tcp", w.addr)
 		if err != nil {
 			s.closeListeners()
-			return fmt.Errorf("%w: %s listener on %s: %v", ErrListen, w.name, w.addr, err)
+			hint := ""
+			if errors.Is(err, os.ErrPermission) {
+				hint = " (ports below 1024 need CAP_NET_BIND_SERVICE: AmbientCapabilities=CAP_NET_BIND_SERVICE in the systemd unit, or setcap cap_net_bind_service=+ep on the binary)"
+			}
+			return fmt.Errorf("%w: %s listener on %s: %v%s", ErrListen, w.name, w.addr, err, hint)
 		}
 		if ln, err = s.wrapListener(w.name, ln); err != nil {
 			s.closeListeners()
@@ -331,10 +347,16 @@ func (s *Server) Addr(name string) net.Addr {
 
 // Serve starts every listener and logs where it listens. Errors arrive on Done.
 func (s *Server) Serve() {
+	s.checkFDLimit()
 	for _, l := range s.servers {
 		s.log.Info("listening", "event", "listening", "listener", l.name, "addr", l.ln.Addr().String(), "mode", string(s.cfg.Mode))
-		if ta, ok := l.ln.Addr().(*net.TCPAddr); ok && l.name == "metrics" && !ta.IP.IsLoopback() {
-			s.log.Warn("metrics listener is not on loopback: anyone who reaches it sees the relay's counts", "event", "metrics_not_loopback", "addr", ta.String())
+		if ta, ok := l.ln.Addr().(*net.TCPAddr); ok && !ta.IP.IsLoopback() {
+			switch {
+			case l.name == "metrics": // allowed by --metrics-allow-public
+				s.log.Warn("metrics listener is not on loopback: anyone who reaches it sees the relay's counts", "event", "metrics_not_loopback", "addr", ta.String())
+			case l.name == "public" && s.cfg.Mode == config.ModeInsecure:
+				s.log.Warn("plain-HTTP listener is not on loopback: tokens and frames cross the network in the clear unless a TLS proxy is the only peer", "event", "insecure_not_loopback", "addr", ta.String())
+			}
 		}
 		s.wg.Add(1)
 		go func(l *listenerServer) {
@@ -345,6 +367,11 @@ func (s *Server) Serve() {
 		}(l)
 	}
 }
+
+// LameDuck starts the lame-duck window: /healthz (public and metrics
+// listeners) answers 503 while every listener keeps serving. Shutdown
+// follows it.
+func (s *Server) LameDuck() { s.lameDuck.Store(true) }
 
 // Done delivers the first runtime failure of a listener.
 func (s *Server) Done() <-chan error { return s.errc }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/pyrycode/relay/internal/config"
 	"github.com/pyrycode/relay/internal/tlsconf"
@@ -19,12 +20,20 @@ import (
 // nil accepts every Host (insecure mode: a proxy in front owns the names).
 type hostPolicy map[string]bool
 
-func (hp hostPolicy) wrap(h http.Handler) http.Handler {
-	if hp == nil {
-		return h
-	}
+// hostGate holds the current hostPolicy: a reloaded static certificate
+// brings its own names.
+type hostGate struct{ p atomic.Pointer[hostPolicy] }
+
+func (g *hostGate) set(hp hostPolicy) { g.p.Store(&hp) }
+
+func (g *hostGate) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !hp[hostName(r.Host)] {
+		p := g.p.Load()
+		if p == nil || *p == nil {
+			h.ServeHTTP(w, r)
+			return
+		}
+		if !(*p)[hostName(r.Host)] {
 			emptyStatus(w, http.StatusMisdirectedRequest)
 			return
 		}
@@ -54,12 +63,13 @@ func hostName(host string) string {
 func (s *Server) setupTLS() error {
 	switch s.cfg.Mode {
 	case config.ModeStatic:
-		tc, err := tlsconf.StaticTLSConfig(s.cfg.TLSCert, s.cfg.TLSKey)
+		sc, err := tlsconf.NewStaticCert(s.cfg.TLSCert, s.cfg.TLSKey)
 		if err != nil {
 			return err
 		}
-		s.tlsConfig = tc
-		s.hosts = hostsOf(tc.Certificates[0])
+		s.static = sc
+		s.tlsConfig = sc.TLSConfig()
+		s.servingStatic("loaded")
 	case config.ModeAutocert:
 		opts := tlsconf.AutocertOptions{
 			Domain:       s.cfg.Domain,
@@ -78,20 +88,18 @@ func (s *Server) setupTLS() error {
 		if err != nil {
 			return err
 		}
+		s.observeAutocert(m)
 		s.tlsConfig = tlsconf.AutocertTLSConfig(m)
-		s.hosts = hostPolicy{strings.ToLower(s.cfg.Domain): true}
+		s.tlsConfig.GetCertificate = s.autocertGetCertificate(m.GetCertificate)
+		s.hosts.set(hostPolicy{strings.ToLower(s.cfg.Domain): true})
 		s.acmeHandler = tlsconf.ChallengeHandler(m)
 	}
 	return nil
 }
 
 // hostsOf accepts the certificate's DNS and IP names; a certificate with no
-// names (unusual) leaves the Host unchecked.
-func hostsOf(c tls.Certificate) hostPolicy {
-	leaf := c.Leaf
-	if leaf == nil && len(c.Certificate) > 0 {
-		leaf, _ = x509.ParseCertificate(c.Certificate[0])
-	}
+// names (unusual, warned about at start) leaves the Host unchecked.
+func hostsOf(leaf *x509.Certificate) hostPolicy {
 	if leaf == nil || len(leaf.DNSNames)+len(leaf.IPAddresses) == 0 {
 		return nil
 	}

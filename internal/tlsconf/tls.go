@@ -170,25 +170,18 @@ func ServerTLSConfig() *tls.Config {
 }
 
 // StaticTLSConfig loads the certificate chain and private key from PEM files
-// and returns ServerTLSConfig serving them.
+// (LoadKeyPair) and returns ServerTLSConfig serving them.
 //
 // The key file is refused (ErrKeyFileInsecure) when any "other" permission
 // bit is set. Group bits are allowed on purpose: Debian's ssl-cert group
 // convention (0640 root:ssl-cert) and Kubernetes fsGroup mounts grant the
 // key to the relay through its group. Symlinks are followed (Kubernetes
-// secret volumes are symlinks) and the target's mode is checked. The pair is
-// read once; rotate by restarting the relay.
+// secret volumes are symlinks) and the target's mode is checked. To rotate
+// the pair without a restart, serve a StaticCert and Reload it.
 func StaticTLSConfig(certFile, keyFile string) (*tls.Config, error) {
-	fi, err := os.Stat(keyFile)
+	cert, err := LoadKeyPair(certFile, keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("tlsconf: TLS key file: %w", err)
-	}
-	if perm := fi.Mode().Perm(); perm&0o007 != 0 {
-		return nil, fmt.Errorf("%w: %s has mode %#o; want 0600 or 0640 (chmod 600 %s)", ErrKeyFileInsecure, keyFile, perm, keyFile)
-	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("tlsconf: load TLS key pair: %w", err)
+		return nil, err
 	}
 	cfg := ServerTLSConfig()
 	cfg.Certificates = []tls.Certificate{cert}

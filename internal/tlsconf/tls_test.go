@@ -825,3 +825,60 @@ func TestChallengeHandler_OversizedToken_404(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, resp.StatusCode)
 	require.Empty(t, body)
 }
+
+// Swapped flags are named as such, before the (world-readable) chain in
+// the key's place draws a chmod complaint.
+func TestLoadKeyPair_Swapped_SaysSo(t *testing.T) {
+	certFile, keyFile := writePair(t, 0o600)
+	_, err := LoadKeyPair(keyFile, certFile) // the cert is 0644
+	require.ErrorIs(t, err, ErrKeyPairSwapped)
+	require.NotErrorIs(t, err, ErrKeyFileInsecure)
+	require.Contains(t, err.Error(), keyFile)
+	require.Contains(t, err.Error(), certFile)
+	require.NotContains(t, err.Error(), "chmod")
+
+	// Two keys, or two certificates, are not "swapped".
+	_, err = LoadKeyPair(keyFile, keyFile)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, ErrKeyPairSwapped)
+}
+
+func TestStaticCert_Reload_SwapsOnlyAGoodPair(t *testing.T) {
+	certFile, keyFile := writePair(t, 0o600)
+	sc, err := NewStaticCert(certFile, keyFile)
+	require.NoError(t, err)
+	first := sc.Leaf()
+
+	// A pair that does not match: refused, the old one keeps serving.
+	otherCert, otherKey := newPairPEM(t)
+	writeFileMode(t, keyFile, otherKey, 0o600)
+	require.Error(t, sc.Reload())
+	require.Same(t, first, sc.Leaf())
+
+	// A good new pair is served by the next handshake.
+	writeFileMode(t, certFile, otherCert, 0o644)
+	require.NoError(t, sc.Reload())
+	require.NotSame(t, first, sc.Leaf())
+	got, err := sc.TLSConfig().GetCertificate(&tls.ClientHelloInfo{})
+	require.NoError(t, err)
+	require.Equal(t, sc.Leaf().Raw, got.Certificate[0])
+}
+
+// newPairPEM is a fresh self-signed ECDSA pair for testDomain.
+func newPairPEM(t *testing.T) (certPEM, keyPEM []byte) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: testDomain},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		DNSNames:     []string{testDomain},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	require.NoError(t, err)
+	kd, err := x509.MarshalPKCS8PrivateKey(k)
+	require.NoError(t, err)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})
+}
