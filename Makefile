@@ -28,7 +28,7 @@ CYCLONEDX_VERSION ?= v1.10.0
 CYCLONEDX      := $(TOOLS)/cyclonedx-gomod-$(CYCLONEDX_VERSION)/cyclonedx-gomod
 SBOM_VERSION   := $(or $(VERSION),devel)
 
-.PHONY: build test run vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb units clean
+.PHONY: build test run cluster cluster-figures vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb units clean
 
 ## build: the shipped binary: static (CGO_ENABLED=0, so the same file runs in the
 ## FROM-scratch image), -trimpath, version and revision stamped.
@@ -43,6 +43,16 @@ test:
 run: build
 	@echo "relay: binaries dial ws://$(ADDR)/v1/server, phones ws://$(ADDR)/v1/client; health at http://$(ADDR)/healthz"
 	$(BIN) serve --insecure-listen $(ADDR)
+
+## cluster: a local cluster (docs/cluster.md): an embedded NATS with JetStream and three relays on
+## 127.0.0.1:8081-8083 in cluster mode; loopback only; Ctrl-C stops them.
+cluster: build
+	$(GO) run ./cmd/relay-cluster --relay $(BIN)
+
+## cluster-figures: cross- vs same-instance round trip (p50/p99) and one phone's throughput, one run
+## (docs/cluster.md, Figures); embedded NATS and two relays on 127.0.0.1.
+cluster-figures:
+	RELAY_CLUSTER_FIGURES=1 $(GO) test -count=1 -run '^TestClusterFigures$$' -v ./internal/cluster
 
 vet:
 	$(GO) vet ./...
