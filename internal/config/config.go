@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -234,7 +235,11 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 	}
 	c.Admission.TrustedProxies = prefixes
 	c.Sockets.Trusted = prefixes
-	c.Production = env("RELAY_PRODUCTION") == "1"
+	prod, err := parseProduction(env("RELAY_PRODUCTION"))
+	if err != nil {
+		return Config{}, err
+	}
+	c.Production = prod
 	if err := c.resolveMode(set); err != nil {
 		return Config{}, err
 	}
@@ -299,6 +304,13 @@ func (c *Config) parseCIDRs(s string) ([]netip.Prefix, error) {
 			}
 			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
 		}
+		// An IPv4-mapped prefix (::ffff:127.0.0.0/104) means those IPv4
+		// addresses, which every layer sees unmapped; normalised once here
+		// so the socket cap, the HTTP admission and the PROXY listener all
+		// exempt the same peers.
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
 		out = append(out, p.Masked())
 	}
 	return out, nil
@@ -316,6 +328,21 @@ func IsLoopback(addr string) bool {
 	}
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.Unmap().IsLoopback()
+}
+
+// parseProduction reads RELAY_PRODUCTION like every other boolean RELAY_*
+// variable (1, t, true, TRUE, True, 0, f, false, ...; unset is false). A
+// value that is neither refuses the start: it is a security switch, and
+// "yes" or "on" silently meaning off would fail open.
+func parseProduction(v string) (bool, error) {
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, &Error{Problem: fmt.Sprintf("RELAY_PRODUCTION=%s is not a boolean: use 1 or true (production policy on), 0 or false (off)", show(v))}
+	}
+	return b, nil
 }
 
 // resolveMode picks the one serving mode and refuses mixtures.

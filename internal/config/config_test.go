@@ -117,7 +117,7 @@ func TestRefusals_NameTheSourceAndAValidValue(t *testing.T) {
 		"zero duration from env":   {nil, map[string]string{"RELAY_PONG_TIMEOUT": "0s"}, "RELAY_PONG_TIMEOUT=0s must be positive, e.g. 30s"},
 		"size with a suffix":       {[]string{"--max-message-bytes", "256KiB"}, nil, "--max-message-bytes 256KiB is not a whole number of bytes, e.g. 262144"},
 		"size too small":           {[]string{"--max-message-bytes", "10"}, nil, "--max-message-bytes 10 must be at least 1024, e.g. 262144"},
-		"size below another":       {[]string{"--phone-queue-bytes", "2048"}, nil, "--phone-queue-bytes 2048 must be at least --max-message-bytes (262144)"},
+		"size below another":       {[]string{"--phone-queue-bytes", "2048"}, nil, "--phone-queue-bytes 2048 must be at least --max-message-bytes plus 64, the per-item charge (262208)"},
 		"admission field":          {[]string{"--upgrade-burst", "0"}, nil, "--upgrade-burst 0 must be at least 1, e.g. 20"},
 		"admission field from env": {nil, map[string]string{"RELAY_MAX_CONNS": "100000"}, "--max-tracked-ips 65536 must be more than --max-conns (100000)"},
 		"socket limits":            {[]string{"--max-sockets-per-ip", "0"}, nil, "--max-sockets-per-ip 0 must be at least 1, e.g. 128"},

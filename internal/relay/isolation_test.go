@@ -383,3 +383,21 @@ func TestOutboxShed_ReleasesInFlightAtOnce_DoneReleasesNothingMore(t *testing.T)
 	require.Zero(t, budget.used.Load(), "released twice")
 	require.Equal(t, DropPhoneClosing, o.push(outItem{frame: []byte("{}")}))
 }
+
+// Issue 13 item 5: the smallest per-phone queue the options accept holds
+// one maximum-size message with its per-item charge: the largest legal
+// envelope reaches an idle phone instead of closing it 1011.
+func TestPhoneQueue_SmallestAcceptedHoldsLargestFrame(t *testing.T) {
+	o := fastOptions()
+	o.PhoneQueueBytes = o.MaxMessageBytes
+	require.ErrorIs(t, o.Validate(), ErrInvalidOptions, "a queue that cannot hold one frame and its charge")
+	h := newHarness(t, func(o *Options) { o.PhoneQueueBytes = o.MaxMessageBytes + itemOverhead })
+	bin := h.dialBinary(sid)
+	p, id := h.dialPhone(sid, bin)
+	head := fmt.Sprintf(`{"conn_id":%q,"frame":{"p":"`, id)
+	env := head + strings.Repeat("x", int(fastOptions().MaxMessageBytes)-len(head)-3) + `"}}`
+	require.Len(t, env, int(fastOptions().MaxMessageBytes))
+	bin.send(env)
+	require.Contains(t, p.next(), `"p":"xxxx`)
+	p.silent(100 * time.Millisecond)
+}

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/pyrycode/relay/internal/fielderr"
@@ -114,9 +115,6 @@ func (o Options) Validate() error {
 	bad := func(field string, v any, want string) error {
 		return &fielderr.Error{Field: field, Value: v, Want: want, Err: ErrInvalidOptions}
 	}
-	below := func(field string, v any, than string, tv any) error {
-		return &fielderr.Error{Field: field, Value: v, Want: "at least", Than: than, ThanValue: tv, Err: ErrInvalidOptions}
-	}
 	positive := []struct {
 		name string
 		d    time.Duration
@@ -137,8 +135,11 @@ func (o Options) Validate() error {
 	switch {
 	case o.MaxMessageBytes < 1024:
 		return bad("MaxMessageBytes", o.MaxMessageBytes, "at least 1024")
-	case o.PhoneQueueBytes < o.MaxMessageBytes:
-		return below("PhoneQueueBytes", o.PhoneQueueBytes, "MaxMessageBytes", o.MaxMessageBytes)
+	case o.PhoneQueueBytes < o.MaxMessageBytes+itemOverhead:
+		// A queue must hold one legal frame with its per-item charge, or a
+		// maximum-size frame closes an idle phone 1011. MaxQueuedBytes is
+		// at least PhoneQueueBytes (below), so it holds one too.
+		return bad("PhoneQueueBytes", o.PhoneQueueBytes, fmt.Sprintf("at least --max-message-bytes plus %d, the per-item charge (%d)", itemOverhead, o.MaxMessageBytes+itemOverhead))
 	case o.MaxQueuedBytes < 0:
 		return bad("MaxQueuedBytes", o.MaxQueuedBytes, "0 (no ceiling) or positive")
 	case o.MaxQueuedBytes != 0 && o.MaxQueuedBytes < o.PhoneQueueBytes:
