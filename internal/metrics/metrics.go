@@ -59,6 +59,9 @@ type Metrics struct {
 	// CertReloads counts SIGHUP reloads of the static certificate by result
 	// ("ok", "refused").
 	CertReloads *prometheus.CounterVec
+	// QueuedBytesLimit is --max-queued-bytes (0 = none), so dashboards and
+	// alerts can put relay_queued_bytes against its ceiling.
+	QueuedBytesLimit prometheus.Gauge
 	// Binaries, Phones and GraceSlots are the registry's current sizes.
 	Binaries, Phones, GraceSlots prometheus.Gauge
 	// queuedBytes reads the relay-wide total of bytes queued for phones at
@@ -110,6 +113,9 @@ func New() *Metrics {
 		CertReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_tls_cert_reloads_total", Help: "SIGHUP reloads of the static TLS certificate by result.",
 		}, []string{"result"}),
+		QueuedBytesLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_queued_bytes_limit", Help: "The relay-wide ceiling on queued bytes (--max-queued-bytes; 0 = none).",
+		}),
 		Binaries:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_binaries", Help: "Live binaries holding a slot."}),
 		Phones:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_phones", Help: "Connected phones."}),
 		GraceSlots: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_grace_slots", Help: "Slots in their grace period."}),
@@ -118,6 +124,11 @@ func New() *Metrics {
 		}, []string{"reason"}),
 	}
 	f(m.Upgrades)
+	// Closed label sets are pre-registered, so a fresh relay already exports
+	// them at zero (rate() and alerts see a series from the first scrape).
+	for _, role := range []string{"binary", "phone"} {
+		m.Upgrades.WithLabelValues(role)
+	}
 	f(m.Closes)
 	f(m.FramesRouted)
 	f(m.FramesDropped)
@@ -125,6 +136,9 @@ func New() *Metrics {
 	f(m.SocketsRefused)
 	f(m.Panics)
 	f(m.HTTPErrors)
+	for _, kind := range []string{"tls_handshake", "other"} {
+		m.HTTPErrors.WithLabelValues(kind)
+	}
 	f(m.PushWakes)
 	f(m.PushInFlight)
 	f(m.ClusterLinksLost)
@@ -134,6 +148,7 @@ func New() *Metrics {
 	for _, r := range []string{"ok", "refused"} {
 		m.CertReloads.WithLabelValues(r)
 	}
+	f(m.QueuedBytesLimit)
 	f(m.Binaries)
 	f(m.Phones)
 	f(m.GraceSlots)

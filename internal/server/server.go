@@ -89,6 +89,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	}
 	s.admit = adm
 	// The credentials file is checked here, before any port is bound.
+	s.metrics.QueuedBytesLimit.Set(float64(cfg.Relay.MaxQueuedBytes))
 	ps, err := push.New(cfg.Push, push.Deps{Log: log, Metrics: s.metrics})
 	if err != nil {
 		return nil, err
