@@ -17,7 +17,7 @@ type Controller struct {
 	maxConns int
 	v6Bits   int
 	now      func() time.Time
-	onReject func(Reason)
+	onReject func(Reason, netip.Addr)
 	capRetry string // CapRetryAfter in whole seconds, preformatted
 
 	mu   sync.Mutex
@@ -81,7 +81,7 @@ func (c *Controller) Middleware(next http.Handler) http.Handler {
 			w.Header().Set("Retry-After", retry)
 			w.WriteHeader(reason.status())
 			if c.onReject != nil {
-				c.onReject(reason)
+				c.onReject(reason, ip)
 			}
 			return
 		}

@@ -184,7 +184,7 @@ func TestOnReject_ReportsEachReason(t *testing.T) {
 	o.UpgradeBurst = 2
 	clk := newFakeClock()
 	o.Now = clk.Now
-	o.OnReject = func(r Reason) { mu.Lock(); got[r]++; mu.Unlock() }
+	o.OnReject = func(r Reason, _ netip.Addr) { mu.Lock(); got[r]++; mu.Unlock() }
 	c := newController(t, o)
 	b := newBlocker()
 	s := startServer(t, c.Middleware(b), nil)

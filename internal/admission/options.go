@@ -84,9 +84,10 @@ type Options struct {
 	Now func() time.Time
 
 	// OnReject, if set, is called once per refused request with the reason
-	// (after the answer is decided, outside any lock). Use it to count
-	// rejections; it must be safe for concurrent use and fast.
-	OnReject func(Reason)
+	// and the client address it was charged to (after the answer is
+	// decided, outside any lock). Use it to count and log rejections; it
+	// must be safe for concurrent use and fast.
+	OnReject func(Reason, netip.Addr)
 }
 
 // Defaults, sized for a small VPS (1–2 vCPU, 1–2 GiB RAM).

@@ -28,8 +28,9 @@ type SocketLimits struct {
 	IPv6PrefixLen int
 	// Trusted are the proxy prefixes exempt from MaxPerIP (--trust-proxy).
 	Trusted []netip.Prefix
-	// OnReject, if set, is called once per refused socket.
-	OnReject func(SocketReason)
+	// OnReject, if set, is called once per refused socket with the
+	// socket peer's address.
+	OnReject func(SocketReason, netip.Addr)
 }
 
 // SocketReason says why a socket was closed at accept. A refused socket is
@@ -114,7 +115,7 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		if reason := ll.admit(key, exempt); reason != "" {
 			_ = c.Close()
 			if ll.l.OnReject != nil {
-				ll.l.OnReject(reason)
+				ll.l.OnReject(reason, normalize(addrOf(c.RemoteAddr())))
 			}
 			continue
 		}

@@ -60,7 +60,7 @@ func newLimited(t *testing.T, l SocketLimits) (net.Listener, *atomic.Int64) {
 		t.Fatal(err)
 	}
 	var rejected atomic.Int64
-	l.OnReject = func(SocketReason) { rejected.Add(1) }
+	l.OnReject = func(SocketReason, netip.Addr) { rejected.Add(1) }
 	ln, err := LimitListener(raw, l)
 	if err != nil {
 		t.Fatal(err)

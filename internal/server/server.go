@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path"
 	"strings"
@@ -54,6 +55,9 @@ type Server struct {
 	// the drain closes anyone.
 	lameDuck atomic.Bool
 
+	// refusals logs refused requests and sockets within a line budget.
+	refusals *refusalLog
+
 	started time.Time // for /healthz uptime_seconds
 
 	servers []*listenerServer
@@ -71,12 +75,15 @@ type listenerServer struct {
 // New validates what can be validated before binding any port (TLS
 // material, the certificate cache) and builds the handler chain.
 func New(cfg config.Config, log *slog.Logger) (*Server, error) {
-	s := &Server{cfg: cfg, log: log, metrics: metrics.New(), errc: make(chan error, 4), started: time.Now()}
+	s := &Server{cfg: cfg, log: log, refusals: newRefusalLog(log), metrics: metrics.New(), errc: make(chan error, 4), started: time.Now()}
 	if err := s.setupTLS(); err != nil {
 		return nil, err
 	}
 	ao := cfg.Admission
-	ao.OnReject = func(r admission.Reason) { s.metrics.Rejected.WithLabelValues(string(r)).Inc() }
+	ao.OnReject = func(r admission.Reason, ip netip.Addr) {
+		s.metrics.Rejected.WithLabelValues(string(r)).Inc()
+		s.refusals.refused(string(r), ip)
+	}
 	for _, r := range admission.AllReasons {
 		s.metrics.Rejected.WithLabelValues(string(r))
 	}
@@ -318,7 +325,10 @@ func (s *Server) wrapListener(name string, raw net.Listener) (net.Listener, erro
 		return raw, nil // loopback, operator-only
 	}
 	sl := s.cfg.Sockets
-	sl.OnReject = func(r admission.SocketReason) { s.metrics.SocketsRefused.WithLabelValues(string(r)).Inc() }
+	sl.OnReject = func(r admission.SocketReason, ip netip.Addr) {
+		s.metrics.SocketsRefused.WithLabelValues(string(r)).Inc()
+		s.refusals.refused(string(r), ip)
+	}
 	ln, err := admission.LimitListener(raw, sl) // config.Validate checked the limits
 	if err != nil {
 		_ = raw.Close()
