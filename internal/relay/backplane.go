@@ -32,7 +32,9 @@ type Backplane interface {
 	// ErrClusterUnavailable when the claim store or owner cannot be reached.
 	Join(ctx context.Context, serverID string) (JoinOutcome, error)
 	// Send publishes one message to instance to. An error means the message
-	// is lost: the caller closes the phone it concerned.
+	// is lost: the caller closes the phone it concerned. m.Frame aliases
+	// the caller's read buffer, reused after Send returns: an
+	// implementation that keeps the frame must copy it.
 	Send(to string, m LinkMessage) error
 }
 

@@ -129,31 +129,41 @@ func peerCause(err error) closeCause {
 	return closeCause{code: code, byPeer: true, notify: true}
 }
 
-// msgReader reads whole messages into one buffer reused from message to
-// message. The read timeout starts when the message's first frame header
-// arrives, so an idle connection is left to the heartbeat while a slow
-// sender cannot hold a reader and its buffer forever; onTimeout closes the
-// connection, which unblocks the read. One timer serves every message
-// (re-armed, never re-allocated), and it and the buffer are made on the
-// first message, so an idle connection holds neither.
+// msgReader reads whole messages into buffers shared through a pool. The
+// read timeout starts when the message's first frame header arrives, so an
+// idle connection is left to the heartbeat while a slow sender cannot hold
+// a reader and its buffer forever; onTimeout closes the connection, which
+// unblocks the read. One timer serves every message (re-armed, never
+// re-allocated). A message's buffer goes back to the pool when the next
+// read begins, before it waits: an idle connection holds no buffer, and a
+// busy one reuses the same few.
 type msgReader struct {
 	ws        *websocket.Conn
 	timeout   time.Duration
 	onTimeout func()
 	timer     *time.Timer
-	buf       []byte
+	buf       *[]byte // the last message's buffer, until the next read
 }
 
-// maxKeptReadBuffer is the largest read buffer kept between messages: a
-// connection that once received a 256 KiB message does not pin 256 KiB
-// for the rest of its life.
+// readBuffers holds read buffers between messages (*[]byte, so Put does
+// not allocate).
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, 0, minReadBuffer); return &b }}
+
+// maxKeptReadBuffer is the largest read buffer returned to the pool: one
+// 256 KiB message does not leave 256 KiB parked for good.
 const maxKeptReadBuffer = 64 << 10
 
-// minReadBuffer is the first buffer's size; it grows by doubling.
+// minReadBuffer is a new buffer's size; it grows by doubling.
 const minReadBuffer = 1 << 10
 
 // read returns the next message. data is valid until the next call.
 func (m *msgReader) read() (typ websocket.MessageType, data []byte, err error) {
+	if m.buf != nil {
+		if cap(*m.buf) <= maxKeptReadBuffer {
+			readBuffers.Put(m.buf)
+		}
+		m.buf = nil
+	}
 	typ, r, err := m.ws.Reader(context.Background())
 	if err != nil {
 		return 0, nil, err
@@ -163,13 +173,8 @@ func (m *msgReader) read() (typ websocket.MessageType, data []byte, err error) {
 	} else {
 		m.timer.Reset(m.timeout)
 	}
-	if cap(m.buf) > maxKeptReadBuffer {
-		m.buf = nil
-	}
-	if m.buf == nil {
-		m.buf = make([]byte, 0, minReadBuffer)
-	}
-	buf := m.buf[:0]
+	m.buf = readBuffers.Get().(*[]byte)
+	buf := (*m.buf)[:0]
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)] // grow (doubling)
@@ -185,7 +190,7 @@ func (m *msgReader) read() (typ websocket.MessageType, data []byte, err error) {
 		}
 	}
 	m.timer.Stop()
-	m.buf = buf
+	*m.buf = buf
 	return typ, buf, err
 }
 

@@ -59,7 +59,8 @@ type outbox struct {
 	budget *byteBudget
 
 	mu    sync.Mutex
-	items []outItem
+	items []outItem // queued: items[head:]
+	head  int
 	bytes int64
 	// inflight is the charge of the item the writer holds (between next
 	// and done); 0 when none, or once shed released it early.
@@ -69,12 +70,21 @@ type outbox struct {
 	// shed frees the in-flight charge too.
 	backlog atomic.Int64
 	sealed  bool // a close is queued or the phone is ending: accept nothing more
-	wake    chan struct{}
-	stopped chan struct{}
+	// start starts a writer goroutine (called with mu held) when an item is
+	// queued and none is running; the writer drains until the queue is
+	// empty and exits. An idle phone so holds no parked writer (a goroutine
+	// stack of 8 KiB or more each, idle RSS), and a busy one keeps its
+	// writer for as long as items keep coming. nil: nothing is started
+	// (tests that drain by hand).
+	start   func()
+	running bool
 }
 
+// keptQueueItems is the largest queue array a drained outbox keeps.
+const keptQueueItems = 64
+
 func newOutbox(limit int64, budget *byteBudget) *outbox {
-	return &outbox{limit: limit, budget: budget, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
+	return &outbox{limit: limit, budget: budget}
 }
 
 // push queues it. It returns "" on success, or why it refused: the phone's
@@ -91,21 +101,28 @@ func (o *outbox) push(it outItem) DropReason {
 	case !o.budget.acquire(n):
 		return DropRelayBacklog
 	}
+	if o.head > 0 && len(o.items) == cap(o.items) {
+		// Full, with taken items in front: slide the queue down rather than
+		// grow, so a queue that never drains does not grow without bound.
+		n := copy(o.items, o.items[o.head:])
+		clear(o.items[n:])
+		o.items, o.head = o.items[:n], 0
+	}
 	o.items = append(o.items, it)
 	o.bytes += n
 	o.backlog.Store(o.bytes)
 	if it.closeCode != 0 {
 		o.sealed = true
 	}
-	select {
-	case o.wake <- struct{}{}:
-	default:
+	if !o.running && o.start != nil {
+		o.running = true
+		o.start()
 	}
 	return ""
 }
 
-// writeNext blocks until an item is queued (ok false once stop is called),
-// hands its frame, if it has one, to write, and then releases the item's
+// writeNext takes the next item (ok false when none is queued: the writer
+// then exits, and the next push starts another), hands its frame, if it has one, to write, and then releases the item's
 // charge, whatever write returned and whether or not there was a frame: a
 // close-only directive is charged itemOverhead like any item, and releasing
 // only items with a frame leaked that charge from the relay-wide budget
@@ -124,26 +141,30 @@ func (o *outbox) writeNext(write func(frame []byte) error) (closeCode int, ok bo
 	return it.closeCode, true, err
 }
 
-// next blocks until an item is queued or stop is called. The caller must
-// release the item with done; writeNext is the only caller.
+// next takes the queue's head, or reports an empty (or stopped) queue and
+// marks the writer gone. The caller must release the item with done;
+// writeNext is the only caller.
 func (o *outbox) next() (outItem, bool) {
-	for {
-		o.mu.Lock()
-		if len(o.items) > 0 {
-			it := o.items[0]
-			o.items[0] = outItem{}
-			o.items = o.items[1:]
-			o.inflight = it.cost()
-			o.mu.Unlock()
-			return it, true
-		}
-		o.mu.Unlock()
-		select {
-		case <-o.wake:
-		case <-o.stopped:
-			return outItem{}, false
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.head == len(o.items) {
+		o.running = false
+		return outItem{}, false
+	}
+	it := o.items[o.head]
+	o.items[o.head] = outItem{}
+	o.head++
+	if o.head == len(o.items) {
+		// Drained: reuse the array from its start (no allocation per
+		// frame in steady state), unless a burst grew it past
+		// keptQueueItems, which an idle phone should not hold on to.
+		o.items, o.head = o.items[:0], 0
+		if cap(o.items) > keptQueueItems {
+			o.items = nil
 		}
 	}
+	o.inflight = it.cost()
+	return it, true
 }
 
 // done releases the accounting of the item returned by next, unless shed
@@ -158,23 +179,20 @@ func (o *outbox) done(outItem) {
 	o.budget.release(n)
 }
 
-// stop seals the outbox, discards what is queued and wakes the writer.
-// Safe to call more than once.
+// stop seals the outbox and discards what is queued; a running writer
+// finds the queue empty and exits. Safe to call more than once.
 func (o *outbox) stop() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.sealed = true
 	var n int64
-	for _, it := range o.items {
+	for _, it := range o.items[o.head:] {
 		n += it.cost()
 	}
-	o.items = nil
+	o.items, o.head = nil, 0
 	o.bytes -= n
 	o.backlog.Store(o.bytes)
 	o.budget.release(n)
-	if !isClosed(o.stopped) {
-		close(o.stopped)
-	}
 }
 
 // shed is stop for a phone closed to make room under the relay-wide
@@ -185,7 +203,7 @@ func (o *outbox) stop() {
 // none), which the caller honours instead of its own 1011.
 func (o *outbox) shed() (released int64, inflight bool, directive int) {
 	o.mu.Lock()
-	for _, it := range o.items {
+	for _, it := range o.items[o.head:] {
 		released += it.cost()
 		if it.closeCode != 0 {
 			directive = it.closeCode
@@ -194,13 +212,10 @@ func (o *outbox) shed() (released int64, inflight bool, directive int) {
 	inflight = o.inflight > 0
 	released += o.inflight
 	o.inflight = 0
-	o.items = nil
+	o.items, o.head = nil, 0
 	o.bytes -= released
 	o.backlog.Store(o.bytes)
 	o.sealed = true
-	if !isClosed(o.stopped) {
-		close(o.stopped)
-	}
 	o.mu.Unlock()
 	o.budget.release(released)
 	return released, inflight, directive

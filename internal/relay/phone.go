@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 
 	"github.com/coder/websocket"
 )
@@ -26,7 +27,8 @@ type phoneConn struct {
 	joinedUnder *binaryConn // binary holding the slot at join; nil in grace
 	out         *outbox
 
-	rd msgReader
+	rd      msgReader
+	writers sync.WaitGroup // the outbox's writer, while one runs
 	// Cluster mode (remote.go): route is set when this socket's slot is on
 	// another instance; link is set when this is a stub in a slot here for
 	// a phone whose socket is on another instance (it has no wsEnd).
@@ -50,6 +52,13 @@ func (p *phoneConn) logAttrs(event string) []any {
 func (p *phoneConn) run() {
 	rl := p.rl
 	p.initIO()
+	// A writer runs only while the outbox has items (outbox.start); every
+	// Add happens under the outbox's lock before stop seals it, so the Wait
+	// below sees them all.
+	p.out.start = func() {
+		p.writers.Add(1)
+		go func() { defer p.writers.Done(); p.writeLoop() }()
+	}
 	if code, reason := p.join(); code != 0 {
 		p.end(closeCause{code: code, reason: reason})
 		rl.log.Info("phone refused", append(p.logAttrs("phone_refused"), "close_code", int(code))...)
@@ -60,8 +69,6 @@ func (p *phoneConn) run() {
 	rl.m.Upgrades.WithLabelValues("phone").Inc()
 	rl.log.Info("phone joined", p.logAttrs("phone_joined")...)
 
-	writerDone := make(chan struct{})
-	go func() { defer close(writerDone); p.writeLoop() }()
 	hb := rl.hb.add(p.ws, p.pc, p.ended, func() {
 		p.end(closeCause{code: CodeInternal, reason: reasonHeartbeat, notify: true})
 	})
@@ -70,7 +77,7 @@ func (p *phoneConn) run() {
 	rl.hb.remove(hb)
 
 	p.out.stop()
-	<-writerDone
+	p.writers.Wait()
 	<-p.gone // the socket is closed before the handler (and its admission slot) is released
 	if p.route != nil {
 		p.leaveRemote()
