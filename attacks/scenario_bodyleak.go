@@ -58,6 +58,11 @@ func runBodyLeak(ctx context.Context, t *Target) Result {
 	cases := []leakCase{
 		{"unknown path", t.buildRequest("GET", "/"+c, nil), is(404), true},
 		{"unknown path with query", t.buildRequest("GET", "/v1/"+c+"?q="+c, [][2]string{{"X-Any", c}}), is(404), true},
+		// Non-canonical paths: net/http's mux answers them 307 with the URL,
+		// query included, in Location and an HTML body, past admission.
+		{"non-canonical upgrade path", t.buildRequest("GET", "//v1/server?x-pyrycode-token="+c+"&a=%3Cb%3E", nil), is(404), true},
+		{"dot segment in a path", t.buildRequest("GET", "/v1/./client?t="+c, nil), is(404), true},
+		{"doubled slash before healthz", t.buildRequest("GET", "//healthz?t="+c, nil), is(404), true},
 		{"metrics on public listener", t.buildRequest("GET", "/metrics", nil), is(404), true},
 		{"pprof on public listener", t.buildRequest("GET", "/debug/pprof/", nil), is(404), true},
 		{"expvar on public listener", t.buildRequest("GET", "/debug/vars", nil), is(404), true},
