@@ -28,7 +28,7 @@ CYCLONEDX_VERSION ?= v1.10.0
 CYCLONEDX      := $(TOOLS)/cyclonedx-gomod-$(CYCLONEDX_VERSION)/cyclonedx-gomod
 SBOM_VERSION   := $(or $(VERSION),devel)
 
-.PHONY: build test run cluster cluster-figures vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb units clean
+.PHONY: build test run cluster cluster-figures vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb units image image-root image-smoke buildah clean
 
 ## build: the shipped binary: static (CGO_ENABLED=0, so the same file runs in the
 ## FROM-scratch image), -trimpath, version and revision stamped.
@@ -137,6 +137,24 @@ $(VULNDB_DIR)/index/db.json:
 ## every unit in deploy/ (systemd-analyze comes with systemd; no service manager needed).
 units:
 	$(GO) test -count=1 -run 'TestUnits' -v ./deploy
+
+## image: the FROM-scratch container image (Containerfile) of the static bin/relay, built
+## with buildah (no daemon; vfs storage, chroot isolation). IMAGE names it.
+IMAGE   ?= localhost/pyrycode-relay:$(SBOM_VERSION)
+BUILDAH := buildah --storage-driver vfs
+image: build image-root buildah
+	$(BUILDAH) bud --isolation chroot -q -f Containerfile -t $(IMAGE) .
+
+## image-root: the image's directory skeleton (the certificate cache at 0700).
+image-root:
+	rm -rf bin/image-root && install -d -m 0700 bin/image-root/var/lib/relay/certs
+
+## image-smoke: relay version and a serve /healthz check inside the image.
+image-smoke: image
+	BUILDAH='$(BUILDAH)' tools/image/smoke.sh $(IMAGE) $(BIN)
+
+buildah:
+	@command -v buildah >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah >/dev/null; }
 
 clean:
 	rm -rf bin bench.txt sbom.json

@@ -151,3 +151,14 @@ func TestBinary_NoPprofNoExpvarEndpoints(t *testing.T) {
 	p.signal(t, syscall.SIGTERM)
 	require.Equal(t, 0, p.wait(t, 10*time.Second))
 }
+
+// TestBinary_EmbedsFallbackRoots: the binary carries its own CA roots (the
+// FROM-scratch image has no /etc/ssl/certs), linked as the fallback module.
+func TestBinary_EmbedsFallbackRoots(t *testing.T) {
+	out, err := exec.Command("go", "version", "-m", relayBin).Output()
+	require.NoError(t, err)
+	require.Regexp(t, `(?m)^\s+dep\s+golang\.org/x/crypto/x509roots/fallback\s`, string(out))
+	syms, err := exec.Command("go", "tool", "nm", relayBin).Output()
+	require.NoError(t, err)
+	require.Regexp(t, `(?m) golang\.org/x/crypto/x509roots/fallback\.init`, string(syms), "the fallback's init (which registers the roots) is linked")
+}
