@@ -242,7 +242,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.Notes = append(rep.Notes, "idle runs need a local relay process and were skipped for --target")
 		idle = nil
 	}
-	for cycle := 1; cycle <= cfg.Cycles && len(idle) > 0; cycle++ {
+	// Idle runs take the idle window twice each: one cycle.
+	for cycle := 1; cycle <= 1 && len(idle) > 0; cycle++ {
 		for _, w := range idle {
 			// The forwarder first: it has no heartbeat, so its window only
 			// needs to show the memory is flat.
@@ -260,9 +261,6 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			rr.Cycle = cycle
 			rep.Results = append(rep.Results, rr)
 			fmt.Fprintln(progress, progressLine(rr))
-		}
-		if cfg.Suite == "table" || cfg.Suite == "smoke" {
-			break // one idle cycle: each takes the idle window twice
 		}
 	}
 	rep.Comparisons = compare(rep.Results)

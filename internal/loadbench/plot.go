@@ -1,7 +1,6 @@
 package loadbench
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -87,7 +86,7 @@ func WritePlots(rep *Report, dir string) ([]string, error) {
 		var xys plotter.XYs
 		for _, c := range rep.Comparisons {
 			if c.Workload.Kind == Idle && get(c) != 0 {
-				xys = append(xys, plotter.XY{X: float64(c.Relay.Workload.Conns), Y: get(c)})
+				xys = append(xys, plotter.XY{X: float64(c.Workload.Conns), Y: get(c)})
 			}
 		}
 		sort.Slice(xys, func(i, j int) bool { return xys[i].X < xys[j].X })
@@ -110,7 +109,7 @@ func WritePlots(rep *Report, dir string) ([]string, error) {
 		}
 
 		p = plot.New()
-		p.Title.Text = fmt.Sprintf("Relay CPU while idle (heartbeats), %% of one core")
+		p.Title.Text = "Relay CPU while idle (heartbeats), % of one core"
 		p.X.Label.Text = "idle connections"
 		p.Y.Label.Text = "% of a core"
 		p.Y.Min = 0

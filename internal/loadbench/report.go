@@ -88,7 +88,7 @@ func RenderTable(w io.Writer, rep *Report) error {
 			tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "idle\tforwarder KiB/conn\trelay KiB/conn\tRSS ratio\trelay growth KiB/conn (window)\trelay heartbeat CPU\tset-up conns/s (fwd / relay)")
 		}
-		fmt.Fprintf(tw, "%d conns\t%.1f\t%.1f\t%s\t%+.2f (%.0f s)\t%.3f%% of a core\t%.0f / %.0f\n", c.Relay.Workload.Conns,
+		fmt.Fprintf(tw, "%d conns\t%.1f\t%.1f\t%s\t%+.2f (%.0f s)\t%.3f%% of a core\t%.0f / %.0f\n", c.Workload.Conns,
 			c.Forwarder.RSSPerConnKiB, c.Relay.RSSPerConnKiB, ratioText(c.RSSRatio), c.Relay.RSSGrowthKiB,
 			c.Relay.IdleSeconds, c.Relay.IdleCPUPercent, c.Forwarder.SetupPerSec, c.Relay.SetupPerSec)
 	}

@@ -66,6 +66,7 @@ type Result struct {
 	RTTP99MS    float64 `json:"rtt_p99_ms,omitempty"`
 
 	// Idle runs.
+	ConnsHeld      int       `json:"conns_held,omitempty"` // Workload.Conns rounded to whole binaries or pairs
 	SetupPerSec    float64   `json:"setup_per_sec,omitempty"`
 	RSSPerConnKiB  float64   `json:"rss_per_conn_kib,omitempty"`
 	RSSGrowthKiB   float64   `json:"rss_growth_per_conn_kib,omitempty"` // over the idle window, per connection
@@ -339,7 +340,7 @@ func runIdle(ctx context.Context, d *dialer, w Workload, kind string, idle, sett
 		return res, firstErr
 	}
 	conns := groups * per
-	res.Workload.Conns = conns
+	res.ConnsHeld = conns
 	res.SetupPerSec = float64(conns) / time.Since(t0).Seconds()
 	sleepCtx(ctx, settle) // set-up garbage is collected, handshakes finished
 	rss1, _ := rssBytes(p.pid)
