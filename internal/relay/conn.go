@@ -149,9 +149,17 @@ type msgReader struct {
 // not allocate).
 var readBuffers = sync.Pool{New: func() any { b := make([]byte, 0, minReadBuffer); return &b }}
 
-// maxKeptReadBuffer is the largest read buffer returned to the pool: one
-// 256 KiB message does not leave 256 KiB parked for good.
-const maxKeptReadBuffer = 64 << 10
+// maxKeptReadBuffer is the largest buffer returned to the pool: room for
+// a default-sized largest message (256 KiB) and its envelope. The pool
+// drops what it holds across garbage collections, so a burst of large
+// messages does not leave its buffers parked for good.
+const maxKeptReadBuffer = 320 << 10
+
+func putReadBuffer(b *[]byte) {
+	if cap(*b) <= maxKeptReadBuffer {
+		readBuffers.Put(b)
+	}
+}
 
 // minReadBuffer is a new buffer's size; it grows by doubling.
 const minReadBuffer = 1 << 10
@@ -159,9 +167,7 @@ const minReadBuffer = 1 << 10
 // read returns the next message. data is valid until the next call.
 func (m *msgReader) read() (typ websocket.MessageType, data []byte, err error) {
 	if m.buf != nil {
-		if cap(*m.buf) <= maxKeptReadBuffer {
-			readBuffers.Put(m.buf)
-		}
+		putReadBuffer(m.buf)
 		m.buf = nil
 	}
 	typ, r, err := m.ws.Reader(context.Background())

@@ -39,6 +39,9 @@ func (b *byteBudget) release(n int64) {
 type outItem struct {
 	frame     []byte
 	closeCode int
+	// buf is frame's pooled buffer (readBuffers), returned once the frame
+	// is written; nil for a frame that did not come from the pool.
+	buf *[]byte
 }
 
 // itemOverhead is charged per queued item on top of its frame bytes: the
@@ -169,7 +172,10 @@ func (o *outbox) next() (outItem, bool) {
 
 // done releases the accounting of the item returned by next, unless shed
 // released it already.
-func (o *outbox) done(outItem) {
+func (o *outbox) done(it outItem) {
+	if it.buf != nil {
+		putReadBuffer(it.buf) // written: the library kept no reference
+	}
 	o.mu.Lock()
 	n := o.inflight
 	o.inflight = 0

@@ -205,7 +205,12 @@ func (p *phoneConn) deliver(frame []byte, closeCode int) {
 	}
 	it := outItem{closeCode: closeCode}
 	if frame != nil {
-		it.frame = append(make([]byte, 0, len(frame)), frame...)
+		// A pooled copy: the writer returns it after the write, so steady
+		// traffic allocates no frame buffers (a refused or discarded item's
+		// buffer is left to the garbage collector).
+		it.buf = readBuffers.Get().(*[]byte)
+		*it.buf = append((*it.buf)[:0], frame...)
+		it.frame = *it.buf
 	}
 	reason := p.out.push(it)
 	// At the ceiling, shed other phones until the frame fits or no phone
