@@ -96,7 +96,7 @@ bench:
 ## paired and pinned, on 127.0.0.1 only; the table of docs/performance.md, its JSON and plots in docs/perf/.
 ## About 12 minutes on 2 cores. PERF_FLAGS="--suite table --cycles 5" etc.; needs `ulimit -n` >= 10100.
 perf: build
-	$(GO) run ./cmd/relay-bench --relay $(BIN) --suite all --json docs/perf/report.json --plots docs/perf $(PERF_FLAGS)
+	$(GO) run ./cmd/relay-bench --relay $(BIN) --suite all --json docs/perf/report.json --markdown docs/perf/tables.md --plots docs/perf $(PERF_FLAGS)
 
 ## sbom: CycloneDX SBOM of the shipped binary (bin/relay: its linked modules, go.sum
 ## hashes, toolchain, stamped with VERSION), checked against `go version -m` of it.

@@ -56,6 +56,8 @@ func run(args []string) int {
 	conns := fs.String("conns", "", "comma-separated idle connection counts for the conns suite (default 1000,5000,10000)")
 	jsonOut := fs.String("json", "", "write the full report as JSON to this file (- for stdout, replacing the table)")
 	plots := fs.String("plots", "", "write PNG plots of the sweeps into this directory")
+	markdown := fs.String("markdown", "", "write the tables as Markdown to this file")
+	fromJSON := fs.String("from-json", "", "render a saved --json report (table, --markdown, --plots) instead of running")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -92,7 +94,20 @@ func run(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rep, err := loadbench.Run(ctx, cfg)
+	var rep *loadbench.Report
+	if *fromJSON != "" {
+		b, rerr := os.ReadFile(*fromJSON)
+		if rerr == nil {
+			rep = new(loadbench.Report)
+			rerr = json.Unmarshal(b, rep)
+		}
+		if rerr != nil {
+			fmt.Fprintf(os.Stderr, "relay-bench: --from-json: %v\n", rerr)
+			return 1
+		}
+	} else {
+		rep, err = loadbench.Run(ctx, cfg)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "relay-bench: %v\n", err)
 		if rep == nil || len(rep.Results) == 0 {
@@ -102,7 +117,15 @@ func run(args []string) int {
 	if *jsonOut != "-" {
 		_ = loadbench.RenderTable(os.Stdout, rep)
 	}
-	if *jsonOut != "" {
+	if *markdown != "" {
+		var b strings.Builder
+		_ = loadbench.RenderMarkdown(&b, rep)
+		if werr := os.WriteFile(*markdown, []byte(b.String()), 0o644); werr != nil {
+			fmt.Fprintf(os.Stderr, "relay-bench: %v\n", werr)
+			return 1
+		}
+	}
+	if *jsonOut != "" && *fromJSON == "" {
 		b, _ := json.MarshalIndent(rep, "", "  ")
 		b = append(b, '\n')
 		if *jsonOut == "-" {

@@ -144,3 +144,42 @@ func busyText(rep *Report, w Workload, server string) string {
 	}
 	return strings.Join(parts, " ")
 }
+
+// RenderMarkdown writes the report's tables in Markdown, as
+// docs/performance.md shows them.
+func RenderMarkdown(w io.Writer, rep *Report) error {
+	m := rep.Machine
+	fmt.Fprintf(w, "Run %s on %s, %d CPUs, %s, Linux %s; servers pinned: %v, GOMAXPROCS=%d; load average %.1f before and %.1f after.\n\n",
+		rep.Started.Format("2006-01-02 15:04 UTC"), m.CPUModel, m.CPUs, m.GoVersion, m.Kernel, m.Pinned, m.GOMAXPROCS, rep.LoadBefore, rep.LoadAfter)
+	fmt.Fprintln(w, "| workload | forwarder | relay | CPU ratio (forwarder ÷ relay per message) | throughput ratio | p99 ratio | cycles |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	for _, c := range rep.Comparisons {
+		if c.Workload.Kind == Idle {
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %d |\n", c.Workload.Name(), figures(c.Forwarder), figures(c.Relay),
+			ratioText(c.CPURatio), ratioText(c.ThroughputRatio), ratioText(c.P99Ratio), c.CPURatio.N)
+	}
+	idle := false
+	for _, c := range rep.Comparisons {
+		if c.Workload.Kind != Idle {
+			continue
+		}
+		if !idle {
+			idle = true
+			fmt.Fprintln(w, "\n| idle connections | forwarder KiB/conn | relay KiB/conn | RSS ratio | relay RSS growth, KiB/conn (window) | relay CPU while idle | set-up conns/s (forwarder / relay) |")
+			fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+		}
+		fmt.Fprintf(w, "| %d | %.1f | %.1f | %s | %+.2f (%.0f s) | %.3f %% of a core | %.0f / %.0f |\n", c.Workload.Conns,
+			c.Forwarder.RSSPerConnKiB, c.Relay.RSSPerConnKiB, ratioText(c.RSSRatio), c.Relay.RSSGrowthKiB,
+			c.Relay.IdleSeconds, c.Relay.IdleCPUPercent, c.Forwarder.SetupPerSec, c.Relay.SetupPerSec)
+	}
+	fmt.Fprintln(w, "\n| target | goal | measured | met |")
+	fmt.Fprintln(w, "|---|---|---|---|")
+	for _, t := range Targets(rep) {
+		if t.Found {
+			fmt.Fprintf(w, "| %s | %s | %.3f | %s |\n", t.What, t.Goal, t.Value, map[bool]string{true: "yes", false: "**no**"}[t.Met])
+		}
+	}
+	return nil
+}
