@@ -62,7 +62,7 @@ func (b *binaryConn) run() {
 		rl.bp.SetGrace(b.serverID, true)
 	}
 	<-b.gone
-	rl.log.Info("binary closed", append(b.logAttrs("binary_closed"), "close_code", int(b.cause.code))...)
+	rl.log.Info("binary closed", append(b.logAttrs("binary_closed"), b.cause.logAttrs()...)...)
 	rl.countClose("binary", b.cause)
 }
 
@@ -197,7 +197,7 @@ func (b *binaryConn) write(msg []byte, wait time.Duration) bool {
 	}
 	defer func() { <-b.turn }()
 	if err := b.ws.Write(context.Background(), websocket.MessageText, msg); err != nil {
-		b.end(closeCause{code: CodeInternal, reason: reasonWriteFailed})
+		b.end(closeCause{code: CodeInternal, reason: writeFailure(err)})
 		return false
 	}
 	return true

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -31,6 +32,7 @@ const (
 	reasonReadTimeout = "read timeout"
 	reasonBacklog     = "backlog full"
 	reasonWriteFailed = "write failed"
+	reasonWriteStall  = "write timeout"
 	reasonReplaced    = "replaced by a new binary"
 	reasonNoBinary    = "no binary for this server"
 	reasonConflict    = "server already claimed"
@@ -38,6 +40,36 @@ const (
 	reasonBadFrame    = "invalid frame"
 	reasonBinaryFrame = "text frames only"
 )
+
+// closeLabels name, for the close log line, the causes an operator asks
+// about most ("why was my phone closed 1011?"): which timer fired, or which
+// write failed. A closed set; other causes carry their close code only.
+var closeLabels = map[string]string{
+	reasonHeartbeat:   "pong_timeout",
+	reasonReadTimeout: "read_timeout",
+	reasonWriteStall:  "write_timeout",
+	reasonWriteFailed: "write_failed",
+	reasonBacklog:     "backlog_full",
+	reasonReplaced:    "replaced",
+}
+
+// logAttrs is the close code and, when it has one, the cause's label.
+func (c closeCause) logAttrs() []any {
+	a := []any{"close_code", int(c.code)}
+	if l := closeLabels[c.reason]; l != "" {
+		a = append(a, "reason", l)
+	}
+	return a
+}
+
+// writeFailure is the reason for a write that failed: a write deadline
+// that passed (the peer stopped taking bytes) or any other error.
+func writeFailure(err error) string {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return reasonWriteStall
+	}
+	return reasonWriteFailed
+}
 
 // closeCause records why a connection ended. The first cause wins: a
 // connection is closed once, and its close notice (phones) carries that code.
@@ -121,7 +153,7 @@ func peerCause(err error) closeCause {
 		// Our side closed the socket before any cause was recorded: only
 		// the library does that, when a control frame's write (a ping, at
 		// most 5 s) times out. That is a write failure, not the peer's 1001.
-		return closeCause{code: CodeInternal, reason: reasonWriteFailed, sent: true, notify: true}
+		return closeCause{code: CodeInternal, reason: reasonWriteStall, sent: true, notify: true}
 	}
 	if code == -1 || code == websocket.StatusNoStatusRcvd {
 		code = CodeGoingAway // protocol §5: no status, or no close frame at all

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -75,7 +76,8 @@ func newMemHarness(t *testing.T, mutate func(*Options)) *harness {
 	if mutate != nil {
 		mutate(&o)
 	}
-	rl, err := New(o, Deps{})
+	logs := &logBuffer{}
+	rl, err := New(o, Deps{Log: slog.New(slog.NewJSONHandler(logs, nil))})
 	require.NoError(t, err)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/server", rl.ServeBinary)
@@ -86,7 +88,7 @@ func newMemHarness(t *testing.T, mutate func(*Options)) *harness {
 	go func() { defer close(served); _ = srv.Serve(ln) }()
 	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return ln.dial(ctx) }}
 	h := &harness{t: t, rl: rl, ws: "ws://relay.test", client: &http.Client{Transport: tr},
-		dial: func() (net.Conn, error) { return ln.dial(context.Background()) }, addr: "relay.test"}
+		dial: func() (net.Conn, error) { return ln.dial(context.Background()) }, addr: "relay.test", logs: logs}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -88,7 +88,7 @@ func (p *phoneConn) run() {
 	} else {
 		rl.reg.leave(p)
 	}
-	rl.log.Info("phone closed", append(p.logAttrs("phone_closed"), "close_code", int(p.cause.code))...)
+	rl.log.Info("phone closed", append(p.logAttrs("phone_closed"), p.cause.logAttrs()...)...)
 	rl.countClose("phone", p.cause)
 }
 
@@ -168,7 +168,7 @@ func (p *phoneConn) writeLoop() {
 			// why. Claiming 1011 here would tell the binary "write failed"
 			// for a phone that closed cleanly.
 			if !errors.Is(err, net.ErrClosed) {
-				p.end(closeCause{code: CodeInternal, reason: reasonWriteFailed, notify: true})
+				p.end(closeCause{code: CodeInternal, reason: writeFailure(err), notify: true})
 			}
 			return
 		}

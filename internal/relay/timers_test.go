@@ -75,6 +75,8 @@ func TestHeartbeat_SilentPhoneClosed1011_WithNotice(t *testing.T) {
 		env := bin.envelope()
 		require.Equal(t, id, env.ConnID)
 		require.Equal(t, 1011, env.CloseCode)
+		require.Contains(t, h.logs.String(), `"event":"phone_closed"`)
+		require.Contains(t, h.logs.String(), `"close_code":1011,"reason":"pong_timeout"`, "the close line says which timer fired")
 
 		bin.silent(10 * DefaultPingInterval) // ten pings, each answered
 		require.Equal(t, 1, h.rl.Stats().Binaries)
@@ -110,6 +112,7 @@ func TestReadTimeout_TrickledMessageClosed(t *testing.T) {
 		// Its frame never completed, so the binary saw nothing of it; but its
 		// close is reported.
 		require.Equal(t, 1011, bin.envelope().CloseCode)
+		require.Contains(t, h.logs.String(), `"close_code":1011,"reason":"read_timeout"`, "the close line says which timer fired")
 		// The idle phone (heartbeat answered) outlives many read timeouts.
 		idle.silent(10 * DefaultReadTimeout)
 		require.Equal(t, 1, h.rl.Stats().Phones)
