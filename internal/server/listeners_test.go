@@ -61,4 +61,8 @@ func TestHTTPErrorLog_ClientTextNeverLogged(t *testing.T) {
 	}, 5*time.Second, 10*time.Millisecond, "the handshake error was not counted and logged")
 	logs := r.logs.String()
 	require.False(t, strings.Contains(logs, "canary"), "client-chosen text reached the log:\n%s", logs)
+	// The failure is a refusal an operator sees, with the socket peer only.
+	require.Eventually(t, func() bool {
+		return strings.Contains(r.logs.String(), `"event":"refused","reason":"tls_handshake","remote":"127.0.0.1"`)
+	}, 5*time.Second, 10*time.Millisecond, "no refusal line for the failed handshake:\n%s", r.logs.String())
 }

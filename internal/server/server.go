@@ -212,7 +212,7 @@ func (s *Server) httpServer(h http.Handler) *http.Server {
 		IdleTimeout:       s.cfg.IdleTimeout,
 		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
 		TLSConfig:         s.tlsConfig,
-		ErrorLog:          log.New(httpErrorWriter{s.log, s.metrics}, "", 0),
+		ErrorLog:          log.New(httpErrorWriter{s.log, s.metrics, s.refusals}, "", 0),
 	}
 }
 
@@ -221,8 +221,9 @@ func (s *Server) httpServer(h http.Handler) *http.Server {
 // protocols and addresses, so it is counted by kind and logged as a fixed
 // phrase only.
 type httpErrorWriter struct {
-	log     *slog.Logger
-	metrics *metrics.Metrics
+	log      *slog.Logger
+	metrics  *metrics.Metrics
+	refusals *refusalLog
 }
 
 func (w httpErrorWriter) Write(p []byte) (int, error) {
@@ -232,7 +233,29 @@ func (w httpErrorWriter) Write(p []byte) (int, error) {
 	}
 	w.metrics.HTTPErrors.WithLabelValues(kind).Inc()
 	w.log.Debug("http server error", "event", "http_error", "reason", kind)
+	if a, ok := handshakePeer(p); ok {
+		w.refusals.refused(kind, a)
+	}
 	return len(p), nil
+}
+
+// handshakePeer is the socket peer in net/http's "TLS handshake error from
+// ADDR: ..." line. The address is the kernel's, not client text, and is
+// only kept if it parses as one; everything after it is dropped.
+func handshakePeer(line []byte) (netip.Addr, bool) {
+	_, rest, ok := bytes.Cut(line, []byte("TLS handshake error from "))
+	if !ok {
+		return netip.Addr{}, false
+	}
+	addr, _, ok := bytes.Cut(rest, []byte(": "))
+	if !ok {
+		return netip.Addr{}, false
+	}
+	ap, err := netip.ParseAddrPort(string(addr))
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return ap.Addr().Unmap(), true
 }
 
 // metricsHandler serves GET /metrics only; everything else is 404.
