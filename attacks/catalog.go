@@ -138,6 +138,7 @@ func Catalog() []Scenario {
 		slowLoris(),
 		oversizedFrame(),
 		slowConsumer(),
+		slowBinary(),
 		crossTenant(),
 		headerAbuse(),
 		bodyLeak(),

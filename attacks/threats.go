@@ -56,6 +56,7 @@ func Threats() []Threat {
 		{"TM-DOS-8", "Relay-wide queued bytes", Verified, ""},
 		{"TM-DOS-9", "Bandwidth amplification", Verified, ""},
 		{"TM-DOS-10", "Dead peers hold resources", Verified, ""},
+		{"TM-DOS-11", "Phones get their binary closed", Verified, ""},
 		{"TM-LOG-1", "Secrets and payloads in logs", Verified, ""},
 		{"TM-LOG-2", "Log injection", Verified, ""},
 		{"TM-LOG-3", "Log rotation and retention", NotExecutable, "operational: journald/logrotate policy on the host"},
