@@ -86,25 +86,19 @@ func localTarget(t *testing.T) *Target {
 // verdict fails the test, a Skip must give its reason.
 func TestScenarios(t *testing.T) {
 	target := localTarget(t)
-	tlsTarget := localTLSTarget(t) // TLSOnly scenarios: static-certificate mode
+	// TLSOnly scenarios run against a relay serving each key type (see keyRSA).
+	tlsTargets := []struct {
+		key string
+		tgt *Target
+	}{{keyRSA, localTLSTarget(t, keyRSA)}, {keyECDSA, localTLSTarget(t, keyECDSA)}}
 	for _, sc := range Catalog() {
 		t.Run(sc.ID, func(t *testing.T) {
-			target := target
-			if sc.TLSOnly {
-				target = tlsTarget
+			if !sc.TLSOnly {
+				runScenario(t, target, sc)
+				return
 			}
-			before := len(target.Local.Started())
-			rep := RunOne(context.Background(), target, sc)
-			t.Logf("%s in %v: %s", rep.Result.Verdict, rep.Duration.Round(time.Millisecond), rep.Result.Evidence)
-			switch rep.Result.Verdict {
-			case Fail:
-				for _, p := range target.Local.Started()[before:] {
-					t.Logf("log of a relay this scenario started (%s):\n%s", p.Addr, tail(p.LogText(), 3000))
-				}
-				t.Fatalf("%s FAILED: %s\nmain relay log tail:\n%s", sc.ID, rep.Result.Evidence, tail(target.Local.Main.LogText(), 1500))
-			case Skip:
-				require.NotEmpty(t, rep.Result.Evidence, "a skip must say why")
-				t.Skip(rep.Result.Evidence)
+			for _, tt := range tlsTargets {
+				t.Run(tt.key, func(t *testing.T) { runScenario(t, tt.tgt, sc) })
 			}
 		})
 	}
@@ -114,6 +108,25 @@ func TestScenarios(t *testing.T) {
 	// The main relay survived the whole catalog.
 	_, _, err := target.healthz(context.Background())
 	require.NoError(t, err, "main relay stopped serving during the attacks")
+}
+
+// runScenario runs sc against target: a Fail verdict fails the test with
+// the logs of the relays involved, a Skip must give its reason.
+func runScenario(t *testing.T, target *Target, sc Scenario) {
+	t.Helper()
+	before := len(target.Local.Started())
+	rep := RunOne(context.Background(), target, sc)
+	t.Logf("%s in %v: %s", rep.Result.Verdict, rep.Duration.Round(time.Millisecond), rep.Result.Evidence)
+	switch rep.Result.Verdict {
+	case Fail:
+		for _, p := range target.Local.Started()[before:] {
+			t.Logf("log of a relay this scenario started (%s):\n%s", p.Addr, tail(p.LogText(), 3000))
+		}
+		t.Fatalf("%s FAILED: %s\nmain relay log tail:\n%s", sc.ID, rep.Result.Evidence, tail(target.Local.Main.LogText(), 1500))
+	case Skip:
+		require.NotEmpty(t, rep.Result.Evidence, "a skip must say why")
+		t.Skip(rep.Result.Evidence)
+	}
 }
 
 // TestAttackCommand_RemoteMode drives Main the way an operator would,

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,8 +55,33 @@ func newServerID() string {
 }
 
 // canary returns a unique marker that must never come back from the relay
-// (responses) or appear in its log.
+// (responses) or appear in its log, metrics or bodies. Search for it with
+// leakOf, which also finds any 8-character piece of its random part.
 func canary(label string) string { return "pyrycanary" + label + randHex(8) }
+
+// pieceLen is the length of the canary pieces leakOf looks for: a relay
+// that logs half a token, or its first 8 characters, leaks it all the
+// same, and 8 random hex digits (32 bits) never turn up by chance.
+const pieceLen = 8
+
+// randomTailRE is a secret's random part: its trailing hex digits.
+var randomTailRE = regexp.MustCompile(`[0-9a-f]+$`)
+
+// leakOf reports where hay carries a secret, whole or any pieceLen-long
+// piece of its random part (the fixed prefix of a canary, or a token's
+// "ghp_", is no secret). It returns "" when hay carries none of it.
+func leakOf(hay, secret string) string {
+	if strings.Contains(hay, secret) {
+		return "the whole value"
+	}
+	tail := randomTailRE.FindString(secret)
+	for i := 0; i+pieceLen <= len(tail); i++ {
+		if p := tail[i : i+pieceLen]; strings.Contains(hay, p) {
+			return fmt.Sprintf("its piece %q (characters %d-%d of %d)", p, len(secret)-len(tail)+i+1, len(secret)-len(tail)+i+pieceLen, len(secret))
+		}
+	}
+	return ""
+}
 
 // binaryHeaders are a valid /v1/server header set.
 func binaryHeaders(serverID string) http.Header {

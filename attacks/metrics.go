@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
 	"strconv"
@@ -44,6 +45,18 @@ func newMetricsScraper(ctx context.Context, p *Process) (*metricsScraper, error)
 		return nil, errors.New("relay logged no metrics listener")
 	}
 	return &metricsScraper{url: "http://" + addr + "/metrics", hc: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}}, nil
+}
+
+// text returns the /metrics page as served.
+func (m *metricsScraper) text(ctx context.Context) (string, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, m.url, nil)
+	resp, err := m.hc.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	return string(b), err
 }
 
 // scrape returns every sample keyed by its series as printed, e.g.

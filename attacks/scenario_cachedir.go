@@ -19,9 +19,10 @@ import (
 // calibration run shows which). The mode is left as it was: the relay never
 // chmods. A 0700 cache starts and listens.
 //
-// The keys are files inside the cache, so the entries are checked too: a
-// 0644 key file in an otherwise 0700 cache is refused the same way, the
-// line naming the file. The 0700 control holds a 0600 file, so a relay
+// The keys are files inside the cache, so the entries are checked too:
+// every group and world bit is tried alone on the directory and on a key
+// file in an otherwise 0700 cache, each refused the same way, the line
+// naming the directory or the file. The 0700 control holds a 0600 file, so a relay
 // that refused any file at all would fail it.
 //
 // The ACME directory is https://127.0.0.1:1/dir: nothing listens there and
@@ -29,7 +30,7 @@ import (
 func cacheDir() Scenario {
 	return Scenario{
 		ID:      "ATK-CACHE-DIR",
-		Title:   "Cache dir at 0750/0755/0777/0770, a symlink, or holding a 0644 file: exit 2, one line naming it, before any port; 0700 starts",
+		Title:   "Cache dir or a file in it with any group or world bit, or a symlink: exit 2, one line naming it, before any port; 0700 starts",
 		Threats: []string{"TM-CERT-1"},
 		Mode:    LocalOnly,
 		Run:     runCacheDir,
@@ -106,81 +107,81 @@ func runCacheDir(ctx context.Context, t *Target) Result {
 		return Failf("calibration: 0700 cache with held ports exited %d with %q, want exit 2 on the bind", code, tail(logText(p), 200))
 	}
 
-	cases := []struct {
-		name string
-		mode fs.FileMode
-		link bool
-	}{{"0750", 0o750, false}, {"0755", 0o755, false}, {"0777", 0o777, false}, {"0770", 0o770, false}, {"symlink to 0700", 0o700, true}}
-	var seen []string
-	for _, c := range cases {
-		dir, err := mkdir("c"+strings.ReplaceAll(c.name, " ", "-"), c.mode)
-		if err != nil {
-			return Failf("mkdir: %v", err)
-		}
-		arg := dir
-		if c.link {
-			arg = dir + "-link"
-			if err := os.Symlink(dir, arg); err != nil {
-				return Failf("symlink: %v", err)
-			}
-		}
+	// refused starts a relay on cache arg and requires the refusal: exit 2,
+	// one stderr line naming named as an insecure cache, no port tried.
+	refused := func(what, arg, named string) error {
 		p, err := start(cacheFlags(arg, held[0], held[1])...)
 		if err == nil {
 			p.Stop()
-			return Failf("cache %s (%s): the relay started and listened on %s", c.name, arg, p.Addr)
+			return fmt.Errorf("cache check (CheckCacheDir): %s: the relay started and listened on %s", what, p.Addr)
 		}
 		line, code := refusalLine(p)
-		if code != 2 {
-			return Failf("cache %s: exit code %d, want 2; stderr: %q", c.name, code, tail(logText(p), 300))
+		switch {
+		case code != 2:
+			return fmt.Errorf("%s: exit code %d, want 2; stderr: %q", what, code, tail(logText(p), 300))
+		case len(nonEmpty(p.Log())) != 1:
+			return fmt.Errorf("%s: %d stderr lines, want one: %q", what, len(nonEmpty(p.Log())), tail(logText(p), 300))
+		case !looksLikeCacheRefusal(line, named):
+			return fmt.Errorf("%s: refusal %q does not name %s as an insecure cache", what, line, named)
+		case strings.Contains(line, held[0]) || strings.Contains(line, held[1]) || strings.Contains(line, "address already in use"):
+			return fmt.Errorf("%s: refusal mentions a listener, so a port was tried first: %q", what, line)
 		}
-		if n := len(nonEmpty(p.Log())); n != 1 {
-			return Failf("cache %s: %d stderr lines, want one: %q", c.name, n, tail(logText(p), 300))
-		}
-		if !looksLikeCacheRefusal(line, arg) {
-			return Failf("cache %s: refusal %q does not name the insecure cache %s", c.name, line, arg)
-		}
-		if strings.Contains(line, held[0]) || strings.Contains(line, held[1]) || strings.Contains(line, "address already in use") {
-			return Failf("cache %s: refusal mentions a listener, so a port was tried first: %q", c.name, line)
-		}
-		fi, err := os.Lstat(dir)
-		if err != nil || fi.Mode().Perm() != c.mode {
-			return Failf("cache %s: the relay changed the directory (now %v, err %v)", c.name, modeOf(fi), err)
-		}
-		if c.link {
-			if li, err := os.Lstat(arg); err != nil || li.Mode()&fs.ModeSymlink == 0 {
-				return Failf("cache %s: the symlink was replaced", c.name)
-			}
-		}
-		seen = append(seen, c.name)
+		return nil
 	}
 
-	// A loose file inside an otherwise 0700 cache.
-	loose, err := mkdir("loose-file", 0o700)
+	// Every group and world bit, one at a time, on the directory and on a
+	// key file inside an otherwise 0700 cache: the rule is "any such bit",
+	// so a check that let one through (0750 tried, 0710 missed; 0644
+	// tried, 0640 missed) fails here.
+	var dirModes, fileModes []string
+	for _, bit := range []fs.FileMode{0o040, 0o020, 0o010, 0o004, 0o002, 0o001} {
+		mode := 0o700 | bit
+		dir, err := mkdir(fmt.Sprintf("dir-%04o", mode), mode)
+		if err != nil {
+			return Failf("mkdir: %v", err)
+		}
+		if err := refused(fmt.Sprintf("cache dir %04o", mode), dir, dir); err != nil {
+			return Failf("%v", err)
+		}
+		if fi, err := os.Lstat(dir); err != nil || fi.Mode().Perm() != mode {
+			return Failf("cache dir %04o: the relay changed the directory (now %v, err %v)", mode, modeOf(fi), err)
+		}
+		dirModes = append(dirModes, fmt.Sprintf("%04o", mode))
+
+		fmode := 0o600 | bit
+		in, err := mkdir(fmt.Sprintf("file-%04o", fmode), 0o700)
+		if err != nil {
+			return Failf("mkdir: %v", err)
+		}
+		file, err := writeFileMode(filepath.Join(in, cacheKeyFile), fmode)
+		if err != nil {
+			return Failf("write key file: %v", err)
+		}
+		if err := refused(fmt.Sprintf("0700 cache holding a %04o file", fmode), in, file); err != nil {
+			return Failf("%v", err)
+		}
+		if fi, err := os.Lstat(file); err != nil || fi.Mode().Perm() != fmode {
+			return Failf("%04o file in the cache: the relay changed it (now %v, err %v)", fmode, modeOf(fi), err)
+		}
+		fileModes = append(fileModes, fmt.Sprintf("%04o", fmode))
+	}
+
+	// A symlink to a 0700 directory.
+	target, err := mkdir("link-target", 0o700)
 	if err != nil {
 		return Failf("mkdir: %v", err)
 	}
-	file, err := writeFileMode(filepath.Join(loose, cacheKeyFile), 0o644)
-	if err != nil {
-		return Failf("write key file: %v", err)
+	link := target + "-link"
+	if err := os.Symlink(target, link); err != nil {
+		return Failf("symlink: %v", err)
 	}
-	p, err = start(cacheFlags(loose, held[0], held[1])...)
-	if err == nil {
-		p.Stop()
-		return Failf("0700 cache holding a 0644 file: the relay started and listened on %s", p.Addr)
+	if err := refused("cache symlink to a 0700 dir", link, link); err != nil {
+		return Failf("%v", err)
 	}
-	line, code := refusalLine(p)
-	switch {
-	case code != 2:
-		return Failf("0700 cache holding a 0644 file: exit code %d, want 2; stderr: %q", code, tail(logText(p), 300))
-	case len(nonEmpty(p.Log())) != 1:
-		return Failf("0700 cache holding a 0644 file: %d stderr lines, want one: %q", len(nonEmpty(p.Log())), tail(logText(p), 300))
-	case !looksLikeCacheRefusal(line, file):
-		return Failf("0700 cache holding a 0644 file: refusal %q does not name the file %s as insecure", line, file)
+	if li, err := os.Lstat(link); err != nil || li.Mode()&fs.ModeSymlink == 0 {
+		return Failf("cache symlink: the symlink was replaced")
 	}
-	if fi, err := os.Lstat(file); err != nil || fi.Mode().Perm() != 0o644 {
-		return Failf("0644 file in the cache: the relay changed it (now %v, err %v)", modeOf(fi), err)
-	}
-	seen = append(seen, "0700 holding a 0644 file")
+	seen := []string{"dir " + strings.Join(dirModes, "/"), "a 0700 dir holding a " + strings.Join(fileModes, "/") + " file", "a symlink"}
 
 	return Passf("caches %s: each exit 2 with one line naming the cache (or the file) as insecure, ports held by the attacker never reached, mode unchanged; a 0700 cache holding a 0600 file started; with the ports held it fails differently (%q)",
 		strings.Join(seen, ", "), tail(bindLine, 90))

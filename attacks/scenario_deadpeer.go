@@ -21,13 +21,24 @@ import (
 // heartbeat, so only the probe can free the slot in time. A live
 // incumbent, probed the same way, keeps its slot and the claimant gets
 // 4409: the probe must tell the two apart.
+//
+// The bounds are tight, so a pong deadline or probe several times too long
+// fails: the dead phone's notice must come within ping + pong +
+// --close-timeout (the notice follows the close handshake the dead phone
+// never answers) of its join, plus half of ping + pong as slack; the
+// takeover within the probe plus half of it. The relay's timers fire on
+// time; the slack covers the close frames' trips over loopback and the
+// scheduler of a loaded 2-core machine (tens of milliseconds, measured
+// well under 100). No earlier than 90 % of the configured time either, so
+// it is that timer at work. The passing run is the positive control.
 const (
 	deadPeerPing  = 300 * time.Millisecond
 	deadPeerPong  = 300 * time.Millisecond
-	deadPeerSlack = 10 * time.Second
+	deadPeerClose = 100 * time.Millisecond // --close-timeout
+	deadPeerSlack = (deadPeerPing + deadPeerPong) / 2
 	// deadPeerProbe is --probe-timeout of the takeover relay.
 	deadPeerProbe      = 500 * time.Millisecond
-	deadPeerProbeSlack = 3 * time.Second
+	deadPeerProbeSlack = deadPeerProbe / 2
 )
 
 func deadPeer() Scenario {
@@ -44,23 +55,30 @@ func runDeadPeer(ctx context.Context, t *Target) Result {
 	if _, skip := localOrSkip(t); skip != nil {
 		return *skip
 	}
-	st, err := newStage(ctx, t, 2, "--ping-interval", deadPeerPing.String(), "--pong-timeout", deadPeerPong.String())
+	// The dead phone joins first; its heartbeat starts at its join, which
+	// is after start and before start + setup.
+	start := time.Now()
+	st, err := newStage(ctx, t, 2, "--ping-interval", deadPeerPing.String(), "--pong-timeout", deadPeerPong.String(), "--close-timeout", deadPeerClose.String())
 	if err != nil {
 		return Failf("%v", err)
 	}
 	defer st.Close()
 	s, dead, live := st.s, st.phones[0], st.phones[1] // dead never reads, so never answers a ping
 	live.StartReading()
-	start := time.Now()
-	budget := deadPeerPing + deadPeerPong + deadPeerSlack
-	e, ok := s.BinR.waitEnvelope(budget, &s.Seen, func(e envelope) bool { return e.ConnID == dead.ConnID && e.CloseCode != 0 })
+	setup := time.Since(start)
+	budget := setup + deadPeerPing + deadPeerPong + deadPeerClose + deadPeerSlack
+	e, ok := s.BinR.waitEnvelope(budget-time.Since(start), &s.Seen, func(e envelope) bool { return e.ConnID == dead.ConnID && e.CloseCode != 0 })
+	took := time.Since(start)
 	if !ok {
-		return Failf("phone that never answers pings still open after %v (ping %v, pong %v)", budget, deadPeerPing, deadPeerPong)
+		return Failf("heartbeat (heartbeat in internal/relay/conn.go, --pong-timeout): phone that never answers pings still open %v after the stage was set (ping %v + pong %v + close %v + %v slack, setup %v)",
+			took.Round(time.Millisecond), deadPeerPing, deadPeerPong, deadPeerClose, deadPeerSlack, setup.Round(time.Millisecond))
 	}
 	if e.CloseCode != 1011 {
 		return Failf("dead phone closed with %d, want 1011", e.CloseCode)
 	}
-	took := time.Since(start)
+	if took < (deadPeerPing+deadPeerPong)*9/10 {
+		return Failf("dead phone closed after %v, before ping %v + pong %v could elapse: not the heartbeat at work", took, deadPeerPing, deadPeerPong)
+	}
 	if n := noticeIn(s.Seen, live.ConnID); n != 0 {
 		return Failf("live phone was closed too (%d)", n)
 	}
@@ -71,8 +89,8 @@ func runDeadPeer(ctx context.Context, t *Target) Result {
 	if err != nil {
 		return Failf("dead incumbent binary: %v", err)
 	}
-	return Passf("silent phone closed 1011 after %v (ping %v + pong %v), binary notified; live phone and binary still relaying; %s",
-		took.Round(10*time.Millisecond), deadPeerPing, deadPeerPong, takeover)
+	return Passf("silent phone's notice %v after setup began (setup %v; bound: setup + ping %v + pong %v + close %v + %v slack), closed 1011; live phone and binary still relaying; %s",
+		took.Round(10*time.Millisecond), setup.Round(10*time.Millisecond), deadPeerPing, deadPeerPong, deadPeerClose, deadPeerSlack, takeover)
 }
 
 // deadIncumbent runs the takeover half on a relay of its own with
@@ -100,6 +118,9 @@ func deadIncumbent(ctx context.Context, t *Target) (string, error) {
 	}
 	defer rival.CloseNow()
 	if code := startReader(ctx, rival).closeCode(deadPeerProbe + deadPeerProbeSlack); code != 4409 {
+		if code == 0 {
+			return "", fmt.Errorf("conflict probe (binaryConn.claim): a claim against a live incumbent got no answer within the %v probe + %v", deadPeerProbe, deadPeerProbeSlack)
+		}
 		return "", fmt.Errorf("a claim against a live incumbent ended with %d, want 4409 (the probe must see it answer)", code)
 	}
 	if _, err := live.roundTrip(lp, 3*time.Second); err != nil {
@@ -153,12 +174,13 @@ func deadIncumbent(ctx context.Context, t *Target) (string, error) {
 	defer next.Close()
 	budget := deadPeerProbe + deadPeerProbeSlack
 	for i, r := range phones {
-		if code := r.closeCode(budget); code != 4404 {
-			return "", fmt.Errorf("phone %d of the dead incumbent: close %d within %v of the claim, want 4404 (evicted by the takeover); the claimant's close: %d", i+1, code, budget, next.BinR.closeCode(0))
+		if code := r.closeCode(budget - time.Since(start)); code != 4404 {
+			return "", fmt.Errorf("conflict probe (binaryConn.claim, --probe-timeout): phone %d of the dead incumbent: close %d within %v of the claim (probe %v + %v slack), want 4404 (evicted by the takeover); the claimant's close: %d",
+				i+1, code, time.Since(start).Round(time.Millisecond), deadPeerProbe, deadPeerProbeSlack, next.BinR.closeCode(0))
 		}
 	}
 	took := time.Since(start)
-	if took < deadPeerProbe/2 {
+	if took < deadPeerProbe*9/10 {
 		return "", fmt.Errorf("the dead incumbent was replaced after %v, before the %v probe could have timed out", took, deadPeerProbe)
 	}
 	if code := next.BinR.closeCode(0); code != 0 {

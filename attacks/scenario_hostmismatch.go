@@ -88,7 +88,7 @@ func runHostMismatch(ctx context.Context, t *Target) Result {
 				return Failf("%s with Host %q: 421 carries upgrade headers", p.name, host)
 			}
 			h, _, _ := net.SplitHostPort(host)
-			if bytes.Contains(rr.All, []byte(tok)) || bytes.Contains(rr.All, []byte(id)) || (h != "" && h != ip && bytes.Contains(rr.All, []byte(h))) {
+			if leakOf(string(rr.All), tok) != "" || bytes.Contains(rr.All, []byte(id)) || (h != "" && h != ip && bytes.Contains(rr.All, []byte(h))) {
 				return Failf("%s with Host %q: the 421 echoed the request", p.name, host)
 			}
 			n++

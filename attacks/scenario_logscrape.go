@@ -128,6 +128,15 @@ func runLogScrape(ctx context.Context, t *Target) Result {
 	if c, _, err := tt.dial(ctx, "/v1/server", binaryHeaders(s.ServerID)); err == nil {
 		startReader(ctx, c).closeCode(5 * time.Second)
 	}
+	// The metrics page, read before shutdown, must not carry them either.
+	m, err := newMetricsScraper(ctx, p)
+	if err != nil {
+		return Failf("metrics: %v", err)
+	}
+	metricsPage, err := m.text(ctx)
+	if err != nil {
+		return Failf("metrics: %v", err)
+	}
 	phR := ph.StartReading()
 	if code := p.Stop(); code != 0 {
 		return Failf("relay exit code %d after SIGTERM, want 0", code)
@@ -142,8 +151,11 @@ func runLogScrape(ctx context.Context, t *Target) Result {
 	}
 	all := strings.Join(lines, "\n")
 	for c, what := range never {
-		if strings.Contains(all, c) {
-			return Failf("the log contains the %s canary", what)
+		if where := leakOf(all, c); where != "" {
+			return Failf("log key allowlist (filter.add in internal/logging): the log contains the %s canary: %s", what, where)
+		}
+		if where := leakOf(metricsPage, c); where != "" {
+			return Failf("closed metric labels: /metrics contains the %s canary: %s", what, where)
 		}
 	}
 	for i, line := range lines {
@@ -163,7 +175,7 @@ func runLogScrape(ctx context.Context, t *Target) Result {
 	if strings.HasPrefix(gl, "FAIL") {
 		return Failf("%s", gl)
 	}
-	return Passf("%d log lines after a session, 13 error paths and shutdown: %d canaries absent, keys allowlisted, no control/bidi characters (device name logged sanitised: %v); %s",
+	return Passf("%d log lines after a session, 13 error paths and shutdown: %d canaries absent from log and /metrics, whole and in every 8-character piece; keys allowlisted, no control/bidi characters (device name logged sanitised: %v); %s",
 		len(lines), len(never), deviceSeen, gl)
 }
 

@@ -120,10 +120,16 @@ func spoofForwardedFor(ctx context.Context, t *Target) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("%s out of tokens with %s: %q: no answer (%v)", drained, sh[0], sh[1], err)
 		}
-		if u.Status != http.StatusTooManyRequests || u.retryAfterSecs() < 1 {
+		if u.Status != http.StatusTooManyRequests {
 			u.Close()
-			return "", fmt.Errorf("%s out of upgrade tokens sent %s: %q and was answered %d (Retry-After %q), want 429: the header from an untrusted peer was believed",
-				drained, sh[0], sh[1], u.Status, u.RetryAfter)
+			return "", fmt.Errorf("client address resolution (resolveClientIP): %s out of upgrade tokens sent %s: %q and was answered %d, want 429: the header from an untrusted peer was believed",
+				drained, sh[0], sh[1], u.Status)
+		}
+		if u.retryAfterSecs() < 1 {
+			// The address was not believed (429 under its own); what is
+			// missing is the refusal's back-off hint, a different defence.
+			return "", fmt.Errorf("Retry-After on refusals (Controller.Middleware, TM-DOS-7): %s's 429 carried Retry-After %q, want whole seconds >= 1 (the spoofed %s was correctly ignored)",
+				drained, u.RetryAfter, sh[0])
 		}
 	}
 	if rate1, err := m.value(ctx, mRejRate); err != nil || rate1-rate0 != float64(len(spoofHeaders)) {

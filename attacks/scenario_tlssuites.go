@@ -88,7 +88,7 @@ func runTLSSuites(ctx context.Context, t *Target) Result {
 	}
 	ev := fmt.Sprintf("refused by policy: %s; %s", strings.Join(refused, "; "), control)
 	if len(implied) > 0 {
-		ev += fmt.Sprintf("; also refused, though a %s certificate rules these out by key type alone: %s", key, strings.Join(implied, "; "))
+		ev += fmt.Sprintf("; also refused, though the %s certificate rules these out by key type alone: %s", key, strings.Join(implied, "; "))
 	}
 	return Passf("%s", ev)
 }

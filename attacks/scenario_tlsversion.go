@@ -71,6 +71,7 @@ func runTLSVersion(ctx context.Context, t *Target) Result {
 	}
 
 	var ok []string
+	key := "unknown"
 	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 		cfg := t.tlsConfig()
 		cfg.MinVersion, cfg.MaxVersion = v, v
@@ -82,12 +83,15 @@ func runTLSVersion(ctx context.Context, t *Target) Result {
 			return Failf("%s handshake (verifying %q): %s", tls.VersionName(v), t.tlsName(), o)
 		}
 		ok = append(ok, fmt.Sprintf("%s (%s)", tls.VersionName(v), tls.CipherSuiteName(o.Suite)))
+		key = o.LeafKey
 	}
 
 	scan, _, err := sslscanCrossCheck(ctx, t)
 	if err != nil {
 		return Failf("Go probes passed but %v", err)
 	}
-	return Passf("%s: %s refused with protocol_version before any ServerHello; %s completed with a verified certificate for %q; %s",
-		where, strings.Join(seen, ", "), strings.Join(ok, " and "), t.tlsName(), scan)
+	// The key type is reported: the legacy offers include ECDSA and RSA
+	// suites, but only those matching the certificate were negotiable.
+	return Passf("%s: %s refused with protocol_version before any ServerHello; %s completed with a verified %s certificate for %q; %s",
+		where, strings.Join(seen, ", "), strings.Join(ok, " and "), key, t.tlsName(), scan)
 }

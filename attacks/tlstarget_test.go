@@ -3,6 +3,9 @@ package attacks
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -25,44 +28,69 @@ import (
 // (ATK-HOST-MISMATCH) and clients must use ServerName.
 const tlsTestName = "relay.example.test"
 
-// writeRSACert writes a self-signed RSA-2048 certificate for name (its own
-// root, so it doubles as the CA file) and its key at 0600. RSA, not ECDSA:
-// static-RSA and 3DES suites need an RSA certificate, so only against one
-// does ATK-TLS-SUITES show the suite policy, not the key type, refusing them.
-func writeRSACert(t *testing.T, dir, name string) (certFile, keyFile string, pool *x509.CertPool) {
+// Key types of the static test certificates. TestScenarios runs every
+// TLS scenario against both: RSA, because static-RSA and 3DES suites need
+// an RSA certificate, so only against one does ATK-TLS-SUITES show the
+// suite policy, not the key type, refusing them; ECDSA, because that is
+// what autocert, and so production, serves, and ECDHE-ECDSA suites are
+// negotiable only against it.
+const (
+	keyRSA   = "rsa"
+	keyECDSA = "ecdsa"
+)
+
+// writeCert writes a self-signed certificate of the given key type for
+// name (its own root, so it doubles as the CA file) and its key at 0600.
+func writeCert(t *testing.T, dir, name, keyType string) (certFile, keyFile string, pool *x509.CertPool) {
 	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	require.NoError(t, err)
+	var signer crypto.Signer
+	var keyPEM *pem.Block
+	usage := x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign
+	switch keyType {
+	case keyRSA:
+		key, err := rsa.GenerateKey(rand.Reader, 2048)
+		require.NoError(t, err)
+		signer, keyPEM = key, &pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}
+		usage |= x509.KeyUsageKeyEncipherment
+	case keyECDSA:
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		require.NoError(t, err)
+		der, err := x509.MarshalECPrivateKey(key)
+		require.NoError(t, err)
+		signer, keyPEM = key, &pem.Block{Type: "EC PRIVATE KEY", Bytes: der}
+	default:
+		t.Fatalf("unknown key type %q", keyType)
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(time.Now().UnixNano()),
 		Subject:               pkix.Name{CommonName: name},
 		DNSNames:              []string{name},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageCertSign,
+		KeyUsage:              usage,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, signer.Public(), signer)
 	require.NoError(t, err)
 	cert, err := x509.ParseCertificate(der)
 	require.NoError(t, err)
 	pool = x509.NewCertPool()
 	pool.AddCert(cert)
-	certFile, keyFile = filepath.Join(dir, "relay-cert.pem"), filepath.Join(dir, "relay-key.pem")
+	certFile, keyFile = filepath.Join(dir, "relay-"+keyType+"-cert.pem"), filepath.Join(dir, "relay-"+keyType+"-key.pem")
 	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
-	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), 0o600))
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(keyPEM), 0o600))
 	return certFile, keyFile, pool
 }
 
 // startTLSRelay starts the binary in static-certificate mode on loopback
 // (plus RELAY_ATTACK_EXTRA_FLAGS) and returns the process, the CA file and
 // the flags that serve its certificate.
-func startTLSRelay(t *testing.T, dir string) (*Process, string, *x509.CertPool, []string) {
+func startTLSRelay(t *testing.T, dir, keyType string) (*Process, string, *x509.CertPool, []string) {
 	t.Helper()
 	require.NoError(t, buildErr, "building the relay")
-	certFile, keyFile, pool := writeRSACert(t, dir, tlsTestName)
+	certFile, keyFile, pool := writeCert(t, dir, tlsTestName, keyType)
 	certFlags := []string{"--tls-cert", certFile, "--tls-key", keyFile}
 	args := append(append([]string{"serve"}, certFlags...), "--https-listen", "127.0.0.1:0",
 		"--grace-period", "2s", "--probe-timeout", "1s")
@@ -82,12 +110,13 @@ func startTLSRelay(t *testing.T, dir string) (*Process, string, *x509.CertPool, 
 	return p, certFile, pool, certFlags
 }
 
-// localTLSTarget is the target TLSOnly scenarios run against in
-// TestScenarios: https://127.0.0.1:PORT, verified as relay.example.test.
-func localTLSTarget(t *testing.T) *Target {
+// localTLSTarget is a target TLSOnly scenarios run against in
+// TestScenarios: https://127.0.0.1:PORT serving a certificate of keyType,
+// verified as relay.example.test.
+func localTLSTarget(t *testing.T, keyType string) *Target {
 	t.Helper()
 	dir := t.TempDir()
-	p, _, pool, certFlags := startTLSRelay(t, dir)
+	p, _, pool, certFlags := startTLSRelay(t, dir, keyType)
 	l := &Local{Binary: builtBinary, TestHooksBinary: builtHooksBinary, TempDir: dir, Main: p, TLSFlags: certFlags}
 	if f := os.Getenv("RELAY_ATTACK_EXTRA_FLAGS"); f != "" {
 		l.ExtraFlags = strings.Fields(f)
@@ -101,7 +130,7 @@ func localTLSTarget(t *testing.T) *Target {
 // --server-name NAME`, with no local handles. Every remote-safe TLS
 // scenario must run and pass; against the plain-HTTP target they skip.
 func TestAttackCommand_TLSScenarios(t *testing.T) {
-	p, caFile, _, _ := startTLSRelay(t, t.TempDir())
+	p, caFile, _, _ := startTLSRelay(t, t.TempDir(), keyECDSA)
 	var ids []string
 	for _, sc := range Catalog() {
 		if sc.TLSOnly && sc.Mode == RemoteSafe {
