@@ -82,6 +82,13 @@ attack: build
 attack-local:
 	$(GO) test -race -count=1 -v ./attacks
 
+## mutate: prove every scenario can fail. Each mutant in attacks/mutants/ (a patch weakening one
+## defence; format in its README.md) is applied to a scratch copy, built, and attacked by the checks its
+## header names; fails if a mutant survives, no longer applies or no longer builds.
+## MUTANTS=name,name runs some; MUTATE_FLAGS="-baseline" first proves the checks pass unmutated.
+mutate:
+	$(GO) run ./attacks/cmd/relay-mutate $(if $(MUTANTS),-only $(MUTANTS)) $(MUTATE_FLAGS)
+
 ## load: admission-control figures on 127.0.0.1 (connections held at --max-conns 2000, refusals/s over
 ## the cap, a pair's RTT idle vs during the flood); about 10 s, loopback only. LOAD_FLAGS="--json" etc.
 load: build
