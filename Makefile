@@ -86,6 +86,7 @@ attack-local:
 ## defence; format in its README.md) is applied to a scratch copy, built, and attacked by the checks its
 ## header names; fails if a mutant survives, no longer applies or no longer builds.
 ## MUTANTS=name,name runs some; MUTATE_FLAGS="-baseline" first proves the checks pass unmutated.
+.PHONY: mutate
 mutate:
 	$(GO) run ./attacks/cmd/relay-mutate $(if $(MUTANTS),-only $(MUTANTS)) $(MUTATE_FLAGS)
 

@@ -262,10 +262,14 @@ func declaredSymbols(path string) (map[string]bool, error) {
 // defence; the function, method or type that enforces it is.
 func TestThreatModel_DefenceNamesCode(t *testing.T) {
 	doc, _ := parseThreatModel(t)
+	verified := 0
 	for _, d := range doc {
 		if d.Status != Verified {
+			require.Empty(t, Defences()[d.ID], "%s is not verified: drop it from Defences() in attacks/defences.go", d.ID)
 			continue
 		}
+		verified++
+		require.Equal(t, d.Defence, Defences()[d.ID], "%s: Defences() in attacks/defences.go (what `relay attack --report` shows) must hold the threat's Defence line as written in docs/threat-model.md", d.ID)
 		refs := defenceRefRE.FindAllStringSubmatch(d.Defence, -1)
 		require.NotEmpty(t, refs, "%s is verified but has no Defence line naming the code that enforces it.\n"+
 			"Add, on one line just above its **Verified by:** line in docs/threat-model.md:\n"+
@@ -279,6 +283,7 @@ func TestThreatModel_DefenceNamesCode(t *testing.T) {
 			require.True(t, syms[sym], "%s: Defence names `%s` in %s, which declares no such function, method (Type.Method), type, var or const (renamed or moved? update the Defence line)", d.ID, sym, file)
 		}
 	}
+	require.Len(t, Defences(), verified, "Defences() in attacks/defences.go names a threat docs/threat-model.md lacks")
 }
 
 // scenarioFile is the file that must host a scenario: ATK-PER-IP-FLOOD is

@@ -16,6 +16,7 @@ import (
 // Main implements `relay attack`:
 //
 //	relay attack --target URL [--only IDS] [--json] [--ca FILE] [--timeout D]
+//	             [--junit FILE] [--report FILE.html] [--prom-textfile FILE]
 //	relay attack --list
 //
 // It runs the remote-safe scenarios (each with the load stated in its
@@ -34,8 +35,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	serverName := fs.String("server-name", "", "TLS server name to verify (default: the target's host)")
 	list := fs.Bool("list", false, "print the threat <-> scenario map and exit")
 	timeout := fs.Duration("timeout", 10*time.Minute, "deadline for the whole run")
+	junitFile := fs.String("junit", "", "also write the results as JUnit XML to FILE")
+	reportFile := fs.String("report", "", "also write a self-contained HTML report (threat, defence, scenario, bounds, result, evidence) to FILE")
+	promFile := fs.String("prom-textfile", "", "also write Prometheus textfile-collector metrics (one result gauge per scenario, the run's time) to FILE")
 	help := func() int {
-		fmt.Fprintln(stdout, "usage: relay attack --target URL [--only IDS] [--json] [--ca FILE] [--server-name NAME] [--timeout D]\n       relay attack --list")
+		fmt.Fprintln(stdout, "usage: relay attack --target URL [--only IDS] [--json] [--ca FILE] [--server-name NAME] [--timeout D] [--junit FILE] [--report FILE.html] [--prom-textfile FILE]\n       relay attack --list")
 		fs.SetOutput(stdout)
 		fs.PrintDefaults()
 		return 0
@@ -100,11 +104,25 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
+	info := RunInfo{Target: base.String(), Started: time.Now()}
 	reports := Run(ctx, t, filter, stderr)
+	info.Duration = time.Since(info.Started)
 	if *asJSON {
 		err = RenderJSON(stdout, reports)
 	} else {
 		err = RenderTable(stdout, reports)
+	}
+	for _, out := range []struct {
+		file   string
+		render func(io.Writer, []Report, RunInfo) error
+	}{{*junitFile, RenderJUnit}, {*reportFile, RenderHTML}, {*promFile, RenderPromTextfile}} {
+		if out.file == "" {
+			continue
+		}
+		if werr := writeFileAtomic(out.file, func(w io.Writer) error { return out.render(w, reports, info) }); werr != nil {
+			fmt.Fprintf(stderr, "relay attack: %v\n", werr)
+			err = werr
+		}
 	}
 	if err != nil || Failed(reports) {
 		return 1

@@ -1,0 +1,42 @@
+package attacks
+
+// Defences maps each verified threat to its **Defence** line in
+// docs/threat-model.md: the files and symbols of the code that enforces it.
+// Kept in Go, like Threats, for `relay attack --report` on an operator's
+// machine without the repository; TestThreatModel_DefenceNamesCode keeps
+// it equal to the doc.
+func Defences() map[string]string {
+	return map[string]string{
+		"TM-DOS-1": "`internal/server/server.go` `Server.httpServer` (ReadHeaderTimeout, MaxHeaderBytes); `internal/admission/sockets.go` `limitListener.admit`",
+		"TM-DOS-2": "`internal/relay/conn.go` `msgReader.read` (the per-message deadline on both legs); `internal/relay/heartbeat.go` `heartbeats.ping`",
+		"TM-DOS-3": "`internal/relay/relay.go` `Relay.accept` (SetReadLimit before any read)",
+		"TM-DOS-4": "`internal/relay/outbox.go` `outbox.push`; `internal/relay/phone.go` `phoneConn.closeForBacklog`",
+		"TM-DOS-5": "`internal/admission/controller.go` `Controller.admit`; `internal/admission/sockets.go` `limitListener.admit`",
+		"TM-DOS-6": "`internal/admission/controller.go` `Controller.admit`; `internal/admission/table.go` `table.get`",
+		"TM-DOS-7": "`internal/admission/controller.go` `Controller.admit`; `internal/admission/controller.go` `retryAfterSeconds`",
+		"TM-DOS-8": "`internal/relay/outbox.go` `byteBudget.acquire`; `internal/relay/relay.go` `Relay.shedLargestBacklog`",
+		"TM-DOS-9": "`internal/relay/binary.go` `binaryConn.readLoop` (one envelope to at most one phone); `internal/relay/phone.go` `phoneConn.readLoop`",
+		"TM-DOS-10": "`internal/relay/heartbeat.go` `heartbeats.ping`; `internal/relay/binary.go` `binaryConn.claim` (the conflict probe)",
+		"TM-LOG-1": "`internal/logging/handler.go` `filter.add` (key allowlist)",
+		"TM-LOG-2": "`internal/logging/sanitize.go` `Sanitize`; `internal/server/server.go` `httpErrorWriter.Write`",
+		"TM-CERT-1": "`internal/tlsconf/tls.go` `CheckCacheDir`",
+		"TM-TLS-1": "`internal/tlsconf/tls.go` `ServerTLSConfig` (MinVersion)",
+		"TM-TLS-2": "`internal/tlsconf/tls.go` `ServerTLSConfig` (CipherSuites)",
+		"TM-LEAK-1": "`internal/server/recover.go` `withRecovery`",
+		"TM-LEAK-2": "`internal/server/respond.go` `genericBodyWriter.WriteHeader`; `internal/relay/relay.go` `Relay.badRequest`",
+		"TM-LEAK-3": "`internal/server/server.go` `Server.healthz`; `internal/server/server.go` `Server.metricsHandler`",
+		"TM-ROUTE-1": "`internal/relay/registry.go` `registry.lookupPhone`",
+		"TM-ROUTE-2": "`internal/relay/headers.go` `ParseBinaryHeaders`; `internal/relay/headers.go` `ParsePhoneHeaders`; `internal/relay/headers.go` `ValidServerID`",
+		"TM-ROUTE-3": "`internal/relay/connid.go` `newConnID`",
+		"TM-ROUTE-4": "`internal/relay/relay.go` `Relay.ServePhone` (the token is kept only with ForwardV1Token); `internal/relay/phone.go` `phoneConn.readLoop` (first envelope only)",
+		"TM-NET-1": "`internal/admission/clientip.go` `resolveClientIP`; `internal/admission/proxy.go` `proxyPolicy`",
+		"TM-HOST-1": "`internal/server/tls.go` `hostGate.wrap`",
+		"TM-OUT-1": "`internal/push/sender.go` `Sender.admit` (per-server-id bucket); `internal/push/fcm.go` `wakeBody` (fixed body)",
+		"TM-OUT-2": "`internal/push/sender.go` `Sender.TryWake` (in-flight cap, drop not queue); `internal/relay/relay.go` `Relay.wake` (hand-off off the read loop)",
+		"TM-OUT-3": "`internal/push/sender.go` `Sender.send` (logs `Fingerprint` only); `internal/push/credentials.go` `loadCredentials` (fixed-word refusals)",
+		"TM-OUT-4": "`internal/push/sender.go` `Sender.post` (per-request timeout, Retry-After); `internal/push/tokens.go` `tokenCache.get`",
+		"TM-OUT-5": "`internal/push/credentials.go` `checkCredentialsInfo`; `internal/push/owner_unix.go` `checkOwner`",
+		"TM-CLU-1": "`internal/cluster/claims.go` `keyFor`; `internal/cluster/claims.go` `Cluster.get` (the server-id check); `internal/relay/remote.go` `Relay.Receive`; `internal/relay/registry.go` `registry.lookupPhone`",
+		"TM-CLU-2": "`internal/cluster/cluster.go` `Cluster.bucket` (TTL = lease); `internal/cluster/claims.go` `Cluster.refresh`; `internal/cluster/claims.go` `Cluster.Acquire` (1013 while the owner is unreachable)",
+	}
+}

@@ -1,0 +1,239 @@
+package attacks
+
+import (
+	"encoding/xml"
+	"fmt"
+	"html/template"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Outputs of `relay attack` for review, CI and monitoring, besides the
+// table and JSON: JUnit XML (what CI systems display), a self-contained
+// HTML page (threat -> scenario -> defence -> result, readable offline),
+// and a Prometheus textfile (for node_exporter's textfile collector, so a
+// regression in a deployed relay raises an alert).
+
+// RunInfo describes one run for the report formats.
+type RunInfo struct {
+	Target   string
+	Started  time.Time
+	Duration time.Duration
+}
+
+type junitSuites struct {
+	XMLName xml.Name     `xml:"testsuites"`
+	Suites  []junitSuite `xml:"testsuite"`
+}
+
+type junitSuite struct {
+	Name      string      `xml:"name,attr"`
+	Tests     int         `xml:"tests,attr"`
+	Failures  int         `xml:"failures,attr"`
+	Skipped   int         `xml:"skipped,attr"`
+	Time      string      `xml:"time,attr"`
+	Timestamp string      `xml:"timestamp,attr"`
+	Cases     []junitCase `xml:"testcase"`
+}
+
+type junitCase struct {
+	Name      string        `xml:"name,attr"`
+	Classname string        `xml:"classname,attr"`
+	Time      string        `xml:"time,attr"`
+	Failure   *junitMessage `xml:"failure,omitempty"`
+	Skipped   *junitMessage `xml:"skipped,omitempty"`
+	SystemOut string        `xml:"system-out,omitempty"`
+}
+
+type junitMessage struct {
+	Message string `xml:"message,attr"`
+	Text    string `xml:",chardata"`
+}
+
+// RenderJUnit writes the reports as JUnit XML: one testsuite for the run,
+// one testcase per scenario (classname: its threats), failures and skips
+// carrying the evidence.
+func RenderJUnit(w io.Writer, reports []Report, info RunInfo) error {
+	s := junitSuite{Name: "relay attack " + info.Target, Tests: len(reports),
+		Time: secs(info.Duration), Timestamp: info.Started.UTC().Format(time.RFC3339)}
+	for _, r := range reports {
+		c := junitCase{Name: r.Scenario.ID + ": " + r.Scenario.Title, Classname: "attacks." + strings.Join(r.Scenario.Threats, "+"),
+			Time: secs(r.Duration), SystemOut: r.Result.Evidence}
+		msg := &junitMessage{Message: oneLine(r.Result.Evidence), Text: r.Result.Evidence}
+		switch r.Result.Verdict {
+		case Fail:
+			s.Failures++
+			c.Failure = msg
+		case Skip:
+			s.Skipped++
+			c.Skipped = msg
+		}
+		s.Cases = append(s.Cases, c)
+	}
+	if _, err := io.WriteString(w, xml.Header); err != nil {
+		return err
+	}
+	enc := xml.NewEncoder(w)
+	enc.Indent("", "  ")
+	if err := enc.Encode(junitSuites{Suites: []junitSuite{s}}); err != nil {
+		return err
+	}
+	_, err := io.WriteString(w, "\n")
+	return err
+}
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()) }
+
+// promResult is the value of relay_attack_scenario_result.
+func promResult(v Verdict) int {
+	switch v {
+	case Pass:
+		return 1
+	case Skip:
+		return -1
+	}
+	return 0
+}
+
+// RenderPromTextfile writes the run in the Prometheus text format for the
+// node_exporter textfile collector: one result gauge per scenario (1 pass,
+// 0 fail, -1 skipped), its duration, and the run's time and length. Alert
+// on relay_attack_scenario_result == 0, and on
+// time() - relay_attack_last_run_timestamp_seconds growing past a day.
+func RenderPromTextfile(w io.Writer, reports []Report, info RunInfo) error {
+	var b strings.Builder
+	b.WriteString("# HELP relay_attack_scenario_result Last `relay attack` result per scenario: 1 pass, 0 fail, -1 skipped.\n")
+	b.WriteString("# TYPE relay_attack_scenario_result gauge\n")
+	for _, r := range reports {
+		fmt.Fprintf(&b, "relay_attack_scenario_result{scenario=%q,threats=%q} %d\n", r.Scenario.ID, strings.Join(r.Scenario.Threats, ","), promResult(r.Result.Verdict))
+	}
+	b.WriteString("# HELP relay_attack_scenario_duration_seconds How long each scenario of the last run took.\n")
+	b.WriteString("# TYPE relay_attack_scenario_duration_seconds gauge\n")
+	for _, r := range reports {
+		fmt.Fprintf(&b, "relay_attack_scenario_duration_seconds{scenario=%q} %s\n", r.Scenario.ID, secs(r.Duration))
+	}
+	failed := 0
+	for _, r := range reports {
+		if r.Result.Verdict == Fail {
+			failed++
+		}
+	}
+	b.WriteString("# HELP relay_attack_failed_scenarios Scenarios that failed in the last run.\n")
+	b.WriteString("# TYPE relay_attack_failed_scenarios gauge\n")
+	fmt.Fprintf(&b, "relay_attack_failed_scenarios %d\n", failed)
+	b.WriteString("# HELP relay_attack_last_run_timestamp_seconds When the last run started (Unix time).\n")
+	b.WriteString("# TYPE relay_attack_last_run_timestamp_seconds gauge\n")
+	fmt.Fprintf(&b, "relay_attack_last_run_timestamp_seconds %d\n", info.Started.Unix())
+	b.WriteString("# HELP relay_attack_run_duration_seconds How long the last run took.\n")
+	b.WriteString("# TYPE relay_attack_run_duration_seconds gauge\n")
+	fmt.Fprintf(&b, "relay_attack_run_duration_seconds %s\n", secs(info.Duration))
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// reportThreat is one threat row of the HTML report.
+type reportThreat struct {
+	ID, Title, Status, Note, Defence string
+	Scenarios                        []reportScenario
+}
+
+type reportScenario struct {
+	ID, Title, Mode, Bounds, Verdict, Evidence, Duration string
+}
+
+var reportTmpl = template.Must(template.New("report").Parse(`<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>relay attack report: {{.Target}}</title>
+<style>
+body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;width:100%}
+th,td{border:1px solid #ccc;padding:.35em .5em;vertical-align:top;text-align:left}
+th{background:#f3f3f3}
+code{font-size:12px}
+.PASS{background:#e6f4ea}.FAIL{background:#fce8e6;font-weight:bold}.SKIP{background:#fef7e0}
+.none{color:#888}
+</style></head><body>
+<h1>relay attack report</h1>
+<p>Target <code>{{.Target}}</code>, started {{.Started}}, took {{.Duration}}:
+{{.Passed}} passed, {{.Failed}} failed, {{.Skipped}} skipped of {{.Total}} scenarios run.</p>
+<table>
+<tr><th>Threat</th><th>Defence (code that enforces it)</th><th>Scenario</th><th>Bounds used</th><th>Result</th><th>Evidence</th></tr>
+{{range .Threats}}{{$t := .}}{{if .Scenarios}}{{range $i, $s := .Scenarios}}<tr>
+{{if eq $i 0}}<td rowspan="{{len $t.Scenarios}}"><b>{{$t.ID}}</b> {{$t.Title}}</td><td rowspan="{{len $t.Scenarios}}"><code>{{$t.Defence}}</code></td>{{end}}
+<td><b>{{$s.ID}}</b> ({{$s.Mode}})<br>{{$s.Title}}</td><td>{{$s.Bounds}}</td><td class="{{$s.Verdict}}">{{$s.Verdict}}<br>{{$s.Duration}}</td><td>{{$s.Evidence}}</td>
+</tr>{{end}}{{else}}<tr><td><b>{{.ID}}</b> {{.Title}}</td><td><code>{{.Defence}}</code></td><td colspan="4" class="none">{{.Status}}{{if .Note}}: {{.Note}}{{end}}</td></tr>{{end}}
+{{end}}</table>
+</body></html>
+`))
+
+// RenderHTML writes a self-contained page (no scripts, no external
+// resources): per threat of the model, the code that defends it and each
+// scenario run against it, with its bounds, verdict and evidence line.
+// Threats whose scenarios did not run here say why.
+func RenderHTML(w io.Writer, reports []Report, info RunInfo) error {
+	ran := map[string][]Report{}
+	passed, failed, skipped := 0, 0, 0
+	for _, r := range reports {
+		for _, th := range r.Scenario.Threats {
+			ran[th] = append(ran[th], r)
+		}
+		switch r.Result.Verdict {
+		case Pass:
+			passed++
+		case Fail:
+			failed++
+		default:
+			skipped++
+		}
+	}
+	defences := Defences()
+	var threats []reportThreat
+	for _, th := range Threats() {
+		rt := reportThreat{ID: th.ID, Title: th.Title, Status: th.Status.String(), Note: th.Note, Defence: defences[th.ID]}
+		if th.Status == Verified && len(ran[th.ID]) == 0 {
+			rt.Status, rt.Note = "not run here", "its scenarios are local-only or were not selected"
+		}
+		reps := ran[th.ID]
+		sort.SliceStable(reps, func(i, j int) bool { return reps[i].Scenario.ID < reps[j].Scenario.ID })
+		for _, r := range reps {
+			b := r.Scenario.Bounds
+			if b == "" {
+				b = "local relay of its own"
+			}
+			rt.Scenarios = append(rt.Scenarios, reportScenario{ID: r.Scenario.ID, Title: r.Scenario.Title, Mode: r.Scenario.Mode.String(),
+				Bounds: b, Verdict: r.Result.Verdict.String(), Evidence: r.Result.Evidence, Duration: r.Duration.Round(time.Millisecond).String()})
+		}
+		threats = append(threats, rt)
+	}
+	return reportTmpl.Execute(w, map[string]any{
+		"Target": info.Target, "Started": info.Started.UTC().Format(time.RFC3339), "Duration": info.Duration.Round(time.Millisecond).String(),
+		"Passed": passed, "Failed": failed, "Skipped": skipped, "Total": len(reports), "Threats": threats,
+	})
+}
+
+// writeFileAtomic writes path through a temporary file in the same
+// directory and a rename, so a reader (the textfile collector, a CI
+// artefact upload) never sees half a file.
+func writeFileAtomic(path string, render func(io.Writer) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // no-op after the rename
+	if err := render(f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
