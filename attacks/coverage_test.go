@@ -6,6 +6,7 @@ import (
 	"go/parser"
 	"go/token"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -381,5 +382,26 @@ func TestMutants_EveryVerifiedThreat(t *testing.T) {
 		sort.Strings(got)
 		sort.Strings(have)
 		require.Equal(t, have, got, "%s: the **Mutants:** line in docs/threat-model.md must list exactly the mutants whose Threat names it", d.ID)
+	}
+}
+
+// TestMutants_StillApply: every mutant still applies to the tree, so a
+// refactor of a defence's code cannot quietly retire the mutant that
+// proves its scenario (`make mutate` then checks they are caught).
+func TestMutants_StillApply(t *testing.T) {
+	git, err := exec.LookPath("git")
+	if err != nil {
+		t.Skip("git not installed")
+	}
+	mutants, err := LoadMutants("mutants")
+	require.NoError(t, err)
+	for _, m := range mutants {
+		cmd := exec.Command(git, "apply", "--check", "-")
+		cmd.Dir = ".."
+		cmd.Stdin = strings.NewReader(m.Patch)
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "attacks/mutants/%s.patch no longer applies to %v: %s\n"+
+			"The defence's code changed: weaken it again the same way (%s), take `git diff` and replace the diff below the header\n"+
+			"(attacks/mutants/README.md), then check `make mutate MUTANTS=%s` still catches it.", m.Name, m.Files, out, m.Weakens, m.Name)
 	}
 }
