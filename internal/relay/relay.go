@@ -31,6 +31,10 @@ type Deps struct {
 	// Waker takes binaries' push wakes (internal/push). Nil drops them,
 	// counted as push_unconfigured.
 	Waker Waker
+	// OnReject, if set, is called once per upgrade request the core refuses
+	// (after counting it), with the reason and the request, so the caller
+	// can log who was refused. It must be fast and safe for concurrent use.
+	OnReject func(RejectReason, *http.Request)
 }
 
 // Waker takes a binary's push wake off its read loop. Wake must return at
@@ -50,6 +54,7 @@ type Relay struct {
 	budget     *byteBudget
 	hb         *heartbeats // the one ping scheduler for every connection
 	remoteAddr func(*http.Request) string
+	onReject   func(RejectReason, *http.Request)
 	waker      Waker
 	// Per-frame counters, resolved once: a label lookup per frame is
 	// avoidable work on the hot path.
@@ -73,7 +78,7 @@ func New(opts Options, d Deps) (*Relay, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	rl := &Relay{opts: opts, log: d.Log, m: d.Metrics, remoteAddr: d.RemoteAddr, waker: d.Waker, conns: make(map[*wsEnd]struct{})}
+	rl := &Relay{opts: opts, log: d.Log, m: d.Metrics, remoteAddr: d.RemoteAddr, onReject: d.OnReject, waker: d.Waker, conns: make(map[*wsEnd]struct{})}
 	if rl.log == nil {
 		rl.log = slog.New(slog.NewJSONHandler(io.Discard, nil))
 	}
@@ -146,7 +151,7 @@ func (rl *Relay) accept(w http.ResponseWriter, r *http.Request) *wsEnd {
 	hc := &hijackCapture{ResponseWriter: w, writeTimeout: rl.opts.WriteTimeout}
 	ws, err := websocket.Accept(hc, r, acceptOptions)
 	if err != nil {
-		rl.countReject(RejectBadUpgrade)
+		rl.countReject(RejectBadUpgrade, r)
 		return nil // the library answered; the server's body filter keeps it generic
 	}
 	ws.SetReadLimit(rl.opts.MaxMessageBytes)
@@ -188,8 +193,8 @@ func (h *hijackCapture) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func (h *hijackCapture) Unwrap() http.ResponseWriter { return h.ResponseWriter }
 
 // badRequest answers 400 with an empty body: no hint of which header failed.
-func (rl *Relay) badRequest(w http.ResponseWriter) {
-	rl.countReject(RejectBadHeaders)
+func (rl *Relay) badRequest(w http.ResponseWriter, r *http.Request) {
+	rl.countReject(RejectBadHeaders, r)
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusBadRequest)
 }
@@ -198,7 +203,7 @@ func (rl *Relay) badRequest(w http.ResponseWriter) {
 func (rl *Relay) ServeBinary(w http.ResponseWriter, r *http.Request) {
 	h, err := ParseBinaryHeaders(r.Header)
 	if err != nil {
-		rl.badRequest(w)
+		rl.badRequest(w, r)
 		return
 	}
 	rl.serve(w, r, func(e *wsEnd, remote string) func() {
@@ -211,7 +216,7 @@ func (rl *Relay) ServeBinary(w http.ResponseWriter, r *http.Request) {
 func (rl *Relay) ServePhone(w http.ResponseWriter, r *http.Request) {
 	h, err := ParsePhoneHeaders(r.Header)
 	if err != nil {
-		rl.badRequest(w)
+		rl.badRequest(w, r)
 		return
 	}
 	rl.serve(w, r, func(e *wsEnd, remote string) func() {
@@ -322,8 +327,11 @@ func (rl *Relay) countDrop(reason DropReason) {
 
 // countReject counts one upgrade request refused for reason; the caller
 // answers it.
-func (rl *Relay) countReject(reason RejectReason) {
+func (rl *Relay) countReject(reason RejectReason, r *http.Request) {
 	rl.m.Rejected.WithLabelValues(string(reason)).Inc()
+	if rl.onReject != nil {
+		rl.onReject(reason, r)
+	}
 }
 
 // countClose counts a connection's end. The label is the relay's own close code,

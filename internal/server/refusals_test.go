@@ -40,11 +40,32 @@ func TestRefusals_LoggedWithReasonAndAddress_WithinBudget(t *testing.T) {
 		return len(suppressed) == 1
 	}, 5*time.Second, 20*time.Millisecond, "no summary of the suppressed lines:\n%s", r.log.String())
 	require.Len(t, refused, refusalLogBudget)
+	// The first request was admitted, then refused by header validation
+	// (bad_headers); the other 49 by the rate limit: 50 refusals in all.
+	require.Equal(t, "bad_headers", refused[0]["reason"])
 	for _, m := range refused {
 		require.Equal(t, "INFO", m["level"])
-		require.Equal(t, "rate_limited", m["reason"])
 		require.Equal(t, "127.0.0.1", m["remote"])
 	}
-	// The first request was admitted (and refused by header validation).
-	require.EqualValues(t, requests-1-refusalLogBudget, suppressed[0]["count"])
+	for _, m := range refused[1:] {
+		require.Equal(t, "rate_limited", m["reason"])
+	}
+	require.EqualValues(t, requests-refusalLogBudget, suppressed[0]["count"])
+}
+
+// A request the routing core refuses (400, bad headers) is logged the same
+// way: reason and client address, never which header.
+func TestRefusals_BadHeadersLogged(t *testing.T) {
+	r := start(t)
+	req, err := http.NewRequest(http.MethodGet, r.base+"/v1/client", nil)
+	require.NoError(t, err)
+	req.Header.Set("X-Pyrycode-Server", "bad id with spaces")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	require.Eventually(t, func() bool {
+		return strings.Contains(r.log.String(), `"event":"refused","reason":"bad_headers","remote":"127.0.0.1"`)
+	}, 5*time.Second, 10*time.Millisecond, "no refusal line:\n%s", r.log.String())
+	require.NotContains(t, r.log.String(), "bad id with spaces")
 }

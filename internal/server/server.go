@@ -102,7 +102,12 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.push = ps
-	rl, err := relay.New(cfg.Relay, relay.Deps{Log: log, Metrics: s.metrics, RemoteAddr: clientAddr, Waker: ps})
+	onReject := func(reason relay.RejectReason, r *http.Request) {
+		if a, err := netip.ParseAddr(clientAddr(r)); err == nil {
+			s.refusals.refused(string(reason), a)
+		}
+	}
+	rl, err := relay.New(cfg.Relay, relay.Deps{Log: log, Metrics: s.metrics, RemoteAddr: clientAddr, Waker: ps, OnReject: onReject})
 	if err != nil {
 		return nil, err
 	}
