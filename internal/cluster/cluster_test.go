@@ -169,8 +169,10 @@ func TestCluster_MaxPhonesAcrossInstances_4429(t *testing.T) {
 // binary reaches only its own phones, even addressing the other's conn_ids.
 func TestCluster_CrossTenantIsolation(t *testing.T) {
 	e := newEnv(t, 3)
-	s1, s2 := "tenant~"+newID("iso"), "tenant."+newID("iso")
-	s2 = "tenant." + s1[len("tenant~"):]
+	// The two ids differ only in '~' versus '.', the look-alike pair a
+	// careless KV key encoding would collapse into one key.
+	s1 := "tenant~" + newID("iso")
+	s2 := "tenant." + s1[len("tenant~"):]
 	b1 := binaryAt(t, e.relays[0], s1)
 	b2 := binaryAt(t, e.relays[1], s2)
 	var p1, p2 []*conn
