@@ -34,10 +34,12 @@ type Options struct {
 //     it, and a slog.Group attribute with a key is dropped (one with an empty
 //     key is inlined, as slog specifies, and its members checked one by one);
 //   - the message and every string value pass through Sanitize;
+//   - a byte slice of any named type is written only as "<its type name>",
+//     even when it has a String method (json.RawMessage does since Go 1.27);
 //   - an error or fmt.Stringer is written as its sanitised text; a named
 //     scalar type (type Role string) as its scalar; anything else of kind Any
-//     (struct, map, slice, []byte, pointer) only as "<its type name>", never
-//     its contents, since it could be a payload or a token.
+//     (struct, map, slice, pointer) only as "<its type name>", never its
+//     contents, since it could be a payload or a token.
 //
 // WithAttrs and WithGroup return handlers that keep enforcing all of this.
 type Handler struct {
