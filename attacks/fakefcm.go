@@ -62,6 +62,21 @@ var (
 )
 
 // startFakeGoogle listens on 127.0.0.1.
+// localFakeGoogle is the push scenarios' prologue: a local target and a
+// fake Google (token endpoint and FCM) on loopback, which the caller closes.
+func localFakeGoogle(t *Target) (*Local, *fakeGoogle, *Result) {
+	l, skip := localOrSkip(t)
+	if skip != nil {
+		return nil, nil, skip
+	}
+	g, err := startFakeGoogle()
+	if err != nil {
+		r := Failf("fake FCM: %v", err)
+		return nil, nil, &r
+	}
+	return l, g, nil
+}
+
 func startFakeGoogle() (*fakeGoogle, error) {
 	fakeKeyOnce.Do(func() { fakeKey, fakeKeyErr = rsa.GenerateKey(rand.Reader, 2048) })
 	if fakeKeyErr != nil {

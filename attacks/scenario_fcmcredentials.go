@@ -31,13 +31,9 @@ func fcmCredentials() Scenario {
 }
 
 func runFCMCredentials(ctx context.Context, t *Target) Result {
-	l, skip := localOrSkip(t)
+	l, g, skip := localFakeGoogle(t)
 	if skip != nil {
 		return *skip
-	}
-	g, err := startFakeGoogle()
-	if err != nil {
-		return Failf("fake FCM: %v", err)
 	}
 	defer g.Close()
 	root, err := os.MkdirTemp(l.TempDir, "fcm-creds-")

@@ -78,13 +78,9 @@ func settledSends(ctx context.Context, g *fakeGoogle, quiet, max time.Duration) 
 }
 
 func runPushFlood(ctx context.Context, t *Target) Result {
-	l, skip := localOrSkip(t)
+	l, g, skip := localFakeGoogle(t)
 	if skip != nil {
 		return *skip
-	}
-	g, err := startFakeGoogle()
-	if err != nil {
-		return Failf("fake FCM: %v", err)
 	}
 	defer g.Close()
 	p, err := startPushRelay(ctx, l, g, "--push-burst", fmt.Sprint(pushBurst), "--push-interval", "10s",

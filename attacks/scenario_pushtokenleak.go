@@ -37,13 +37,9 @@ func pushTokenLeak() Scenario {
 }
 
 func runPushTokenLeak(ctx context.Context, t *Target) Result {
-	l, skip := localOrSkip(t)
+	l, g, skip := localFakeGoogle(t)
 	if skip != nil {
 		return *skip
-	}
-	g, err := startFakeGoogle()
-	if err != nil {
-		return Failf("fake FCM: %v", err)
 	}
 	defer g.Close()
 	p, err := startPushRelay(ctx, l, g, "--log-level", "debug", "--push-timeout", "2s", "--push-burst", "6", "--shutdown-timeout", "1s")
