@@ -208,7 +208,7 @@ func FuzzProxyListener(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	ln := WrapListener(tcp, mustPrefixes(f, "127.0.0.2/32"), headerTimeout)
+	ln := WrapListener(tcp, mustPrefixes(f, "127.0.0.2/32"), headerTimeout, nil)
 	f.Cleanup(func() { ln.Close() })
 	addr := tcp.Addr().String()
 

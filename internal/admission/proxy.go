@@ -3,8 +3,10 @@ package admission
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
@@ -29,6 +31,33 @@ const DefaultProxyHeaderTimeout = 5 * time.Second
 // errProxyHeader is the (internal) validation failure; the library turns it
 // into a read error and the HTTP server closes the connection.
 var errProxyHeader = errors.New("relay: admission: unacceptable PROXY header")
+
+// ErrProxyHeaderRefused prefixes the read error of a connection whose PROXY
+// header stage refused it (see the Reason* constants below). The TLS
+// handshake error net/http logs then carries it, so the server can tell a
+// PROXY refusal (already logged with its reason) from a handshake failure.
+var ErrProxyHeaderRefused = errors.New("relay: PROXY header refused")
+
+// Why the PROXY header stage refused a connection. They are SocketReasons:
+// like the socket caps, they end a connection before any HTTP request.
+const (
+	// ReasonProxyMissing: a trusted proxy sent bytes that are not a PROXY
+	// v2 header (the proxy is not configured to send one).
+	ReasonProxyMissing SocketReason = "proxy_header_missing"
+	// ReasonProxyTimeout: a trusted proxy sent no complete header within
+	// the header timeout.
+	ReasonProxyTimeout SocketReason = "proxy_header_timeout"
+	// ReasonProxyBad: a trusted proxy sent a header the relay does not
+	// accept (v1, malformed, not TCP, no usable source address).
+	ReasonProxyBad SocketReason = "proxy_header_bad"
+	// ReasonProxyUntrusted: a peer outside --trust-proxy sent a PROXY
+	// header, trying to choose its own address.
+	ReasonProxyUntrusted SocketReason = "proxy_header_untrusted"
+)
+
+// AllProxyReasons lists the PROXY header stage's SocketReasons, so metrics
+// can pre-register them.
+var AllProxyReasons = []SocketReason{ReasonProxyMissing, ReasonProxyTimeout, ReasonProxyBad, ReasonProxyUntrusted}
 
 // WrapListener returns ln wrapped for the PROXY protocol, with a strict
 // per-peer posture:
@@ -58,7 +87,12 @@ var errProxyHeader = errors.New("relay: admission: unacceptable PROXY header")
 // call. net/http does both in the per-connection goroutine, so the accept
 // loop is never blocked; an http.Server ConnState or ConnContext hook must
 // not call RemoteAddr, as those run in the accept loop.
-func WrapListener(ln net.Listener, trusted []netip.Prefix, headerTimeout time.Duration) net.Listener {
+//
+// onReject, if set, is called once per connection the header stage refuses,
+// with the reason and the socket peer's address (the proxy's, or the
+// untrusted peer's own). A trusted peer that closes without sending a byte
+// (a balancer's TCP health check) is not a refusal and is not reported.
+func WrapListener(ln net.Listener, trusted []netip.Prefix, headerTimeout time.Duration, onReject func(SocketReason, netip.Addr)) net.Listener {
 	if headerTimeout <= 0 {
 		headerTimeout = DefaultProxyHeaderTimeout
 	}
@@ -71,12 +105,125 @@ func WrapListener(ln net.Listener, trusted []netip.Prefix, headerTimeout time.Du
 			norm = append(norm, n...)
 		}
 	}
-	return &proxyproto.Listener{
-		Listener:          ln,
+	pl := &proxyproto.Listener{
+		Listener:          spyListener{ln},
 		ConnPolicy:        proxyPolicy(norm),
 		ValidateHeader:    validateProxyHeader,
 		ReadHeaderTimeout: headerTimeout,
 	}
+	return &refusingListener{Listener: pl, onReject: onReject}
+}
+
+// spyListener hands the PROXY library connections that remember what the
+// header stage saw: go-proxyproto reports a timeout, a silent close and
+// bytes without a header all as ErrNoProxyProtocol.
+type spyListener struct{ net.Listener }
+
+func (l spyListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &spyConn{Conn: c}, nil
+}
+
+type spyConn struct {
+	net.Conn
+	gotBytes atomic.Bool // a byte arrived
+	timedOut atomic.Bool // a read hit its deadline
+}
+
+func (c *spyConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.gotBytes.Store(true)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		c.timedOut.Store(true)
+	}
+	return n, err
+}
+
+// refusingListener reports the header stage's refusals (onReject).
+type refusingListener struct {
+	net.Listener // *proxyproto.Listener
+	onReject     func(SocketReason, netip.Addr)
+}
+
+func (l *refusingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	pc, ok := c.(*proxyproto.Conn)
+	if !ok {
+		return c, nil
+	}
+	spy, ok := pc.Raw().(*spyConn)
+	if !ok {
+		return c, nil
+	}
+	return &refusingConn{Conn: pc, spy: spy, onReject: l.onReject}, nil
+}
+
+// refusingConn classifies the first read error: the header stage's errors
+// (go-proxyproto's sentinels, possibly wrapping the read error that stopped
+// the parser, and errProxyHeader) are never themselves io.EOF or a
+// net.Error, and are returned by every read, the first included.
+type refusingConn struct {
+	net.Conn // *proxyproto.Conn
+	spy      *spyConn
+	onReject func(SocketReason, netip.Addr)
+
+	checked atomic.Bool
+	refused atomic.Bool
+}
+
+// NetConn exposes the socket under the PROXY layer (socket options;
+// tls.Conn's convention).
+func (c *refusingConn) NetConn() net.Conn { return c.spy.Conn }
+
+func (c *refusingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if err == nil {
+		c.checked.Store(true)
+		return n, nil
+	}
+	if !c.checked.Swap(true) {
+		if reason, ok := c.classify(err); ok {
+			c.refused.Store(true)
+			if c.onReject != nil {
+				c.onReject(reason, addrOf(c.spy.Conn.RemoteAddr()))
+			}
+		}
+	}
+	if c.refused.Load() {
+		return n, fmt.Errorf("%w: %w", ErrProxyHeaderRefused, err)
+	}
+	return n, err
+}
+
+// classify maps the first read error to a refusal reason; ok is false for
+// errors that are not refusals (the peer went away, the socket failed).
+func (c *refusingConn) classify(err error) (SocketReason, bool) {
+	// Only the top-level error tells: the header parser wraps the read
+	// error that stopped it (a timeout, an EOF mid-header) in its own.
+	if _, ok := err.(net.Error); ok || err == io.EOF {
+		return "", false
+	}
+	switch {
+	case errors.Is(err, proxyproto.ErrSuperfluousProxyHeader):
+		return ReasonProxyUntrusted, true
+	case c.spy.timedOut.Load(): // silent, or stalled mid-header
+		return ReasonProxyTimeout, true
+	case errors.Is(err, proxyproto.ErrNoProxyProtocol):
+		if c.spy.gotBytes.Load() {
+			return ReasonProxyMissing, true
+		}
+		return "", false // closed without a byte: a TCP health check
+	}
+	return ReasonProxyBad, true
 }
 
 // proxyPolicy: REQUIRE a header from trusted peers, REJECT one from anyone

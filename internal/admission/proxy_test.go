@@ -6,7 +6,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,12 +21,34 @@ import (
 // has no timeouts of its own, so only the PROXY header timeout can cut off a
 // silent peer.
 func proxyServer(t *testing.T, headerTimeout time.Duration) string {
+	return proxyServerReporting(t, headerTimeout, nil)
+}
+
+func proxyServerReporting(t *testing.T, headerTimeout time.Duration, onReject func(SocketReason, netip.Addr)) string {
 	t.Helper()
 	c := newController(t, testOptions())
 	s := startServer(t, c.Middleware(echoIP), func(ln net.Listener) net.Listener {
-		return WrapListener(ln, mustPrefixes(t, "127.0.0.2/32"), headerTimeout)
+		return WrapListener(ln, mustPrefixes(t, "127.0.0.2/32"), headerTimeout, onReject)
 	})
 	return s.Listener.Addr().String()
+}
+
+// refusalRecorder collects what WrapListener reports.
+type refusalRecorder struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (r *refusalRecorder) record(reason SocketReason, a netip.Addr) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, string(reason)+" "+a.String())
+}
+
+func (r *refusalRecorder) list() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.got)
 }
 
 func dialFrom(t *testing.T, src, addr string) net.Conn {
@@ -186,4 +211,65 @@ func TestValidateProxyHeader(t *testing.T) {
 	if err := validateProxyHeader(noSrc); err == nil {
 		t.Fatal("header without source accepted")
 	}
+}
+
+// Every refusal of the header stage is reported once, with its reason and
+// the socket peer (the proxy, or the untrusted sender); a request served
+// and a trusted peer that closes without a byte (a TCP health check) are
+// not refusals.
+func TestProxy_Refusals_ReportedWithReasonAndPeer(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	v1 := v2Header("203.0.113.7")
+	v1.Version = 1
+	cases := []struct {
+		name string
+		src  string
+		send []byte // nil: stay silent; empty: close at once
+		want []string
+	}{
+		{"untrusted sender", "127.0.0.3", append(headerBytes(t, v2Header("203.0.113.7")), plainGET...), []string{"proxy_header_untrusted 127.0.0.3"}},
+		{"trusted, no header", "127.0.0.2", []byte(plainGET), []string{"proxy_header_missing 127.0.0.2"}},
+		{"trusted, silent", "127.0.0.2", nil, []string{"proxy_header_timeout 127.0.0.2"}},
+		{"trusted, stalled mid-header", "127.0.0.2", headerBytes(t, v2Header("203.0.113.7"))[:14], []string{"proxy_header_timeout 127.0.0.2"}},
+		{"trusted, v1 header", "127.0.0.2", append(headerBytes(t, v1), plainGET...), []string{"proxy_header_bad 127.0.0.2"}},
+		{"trusted, closes without a byte", "127.0.0.2", []byte{}, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var rec refusalRecorder
+			addr := proxyServerReporting(t, timeout, rec.record)
+			conn := dialFrom(t, tc.src, addr)
+			if tc.send != nil && len(tc.send) == 0 {
+				conn.Close()
+			} else {
+				wantCutOff(t, conn, tc.send)
+			}
+			// The report is made before the server closes the connection;
+			// the health-check case has nothing to wait for, so give the
+			// server the header timeout to (wrongly) report one.
+			deadline := time.Now().Add(2 * time.Second)
+			if tc.want == nil {
+				deadline = time.Now().Add(2 * timeout)
+			}
+			for time.Now().Before(deadline) && len(rec.list()) < len(tc.want) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if got := rec.list(); !slices.Equal(got, tc.want) {
+				t.Fatalf("reported %q, want %q", got, tc.want)
+			}
+		})
+	}
+	t.Run("served requests", func(t *testing.T) {
+		var rec refusalRecorder
+		addr := proxyServerReporting(t, timeout, rec.record)
+		if st, _ := roundTrip(t, dialFrom(t, "127.0.0.2", addr), headerBytes(t, v2Header("203.0.113.7"))); st != http.StatusOK {
+			t.Fatalf("proxied request: %d", st)
+		}
+		if st, _ := roundTrip(t, dialFrom(t, "127.0.0.3", addr), nil); st != http.StatusOK {
+			t.Fatalf("direct request: %d", st)
+		}
+		if got := rec.list(); len(got) != 0 {
+			t.Fatalf("served requests reported as refusals: %q", got)
+		}
+	})
 }

@@ -31,12 +31,12 @@ type Metrics struct {
 	// FramesDropped counts frames discarded, by relay.DropReason.
 	FramesDropped *prometheus.CounterVec
 	// Rejected counts requests refused before the upgrade, by reason: an
-	// admission.Reason or a relay.RejectReason, each set pre-registered by
-	// its owner.
+	// admission.Reason, a relay.RejectReason or the server's host_mismatch
+	// (421), each set pre-registered by its owner.
 	Rejected *prometheus.CounterVec
-	// SocketsRefused counts sockets closed at accept, before a byte was
-	// read, by admission.SocketReason. They are not requests, so they are
-	// not counted in Rejected.
+	// SocketsRefused counts sockets closed before any request, at accept
+	// (socket caps) or at the PROXY header, by admission.SocketReason. They
+	// are not requests, so they are not counted in Rejected.
 	SocketsRefused *prometheus.CounterVec
 	// Panics counts recovered handler panics.
 	Panics prometheus.Counter
@@ -98,7 +98,7 @@ func New() *Metrics {
 			Name: "relay_requests_rejected_total", Help: "Requests refused before the WebSocket upgrade, by reason.",
 		}, []string{"reason"}),
 		SocketsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "relay_sockets_refused_total", Help: "Sockets closed at accept (socket caps), before a byte was read, by reason.",
+			Name: "relay_sockets_refused_total", Help: "Sockets closed before any request: at accept (socket caps) or at the PROXY header, by reason.",
 		}, []string{"reason"}),
 		Panics: prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_panics_total", Help: "Recovered handler panics."}),
 		HTTPErrors: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -60,7 +60,7 @@ func TestHostPolicy_IPv6WithoutPort(t *testing.T) {
 	hp := hostPolicy{"::1": true, "relay.example.test": true, "192.0.2.7": true}
 	var g hostGate
 	g.set(hp)
-	h := g.wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	h := g.wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }), func(*http.Request) {})
 	for host, want := range map[string]int{
 		"[::1]":                   http.StatusNoContent,
 		"[::1]:443":               http.StatusNoContent,

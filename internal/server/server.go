@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,9 +88,10 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	for _, r := range admission.AllReasons {
 		s.metrics.Rejected.WithLabelValues(string(r))
 	}
-	for _, r := range admission.AllSocketReasons {
+	for _, r := range append(slices.Clone(admission.AllSocketReasons), admission.AllProxyReasons...) {
 		s.metrics.SocketsRefused.WithLabelValues(string(r))
 	}
+	s.metrics.Rejected.WithLabelValues(reasonHostMismatch)
 	adm, err := admission.New(ao) // config.Validate checked the options
 	if err != nil {
 		return nil, err
@@ -152,7 +154,10 @@ func (s *Server) Handler() http.Handler {
 	registerTestHooks(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { emptyStatus(w, http.StatusNotFound) })
 	var h http.Handler = canonicalOnly(mux)
-	h = s.hosts.wrap(h)
+	h = s.hosts.wrap(h, func(r *http.Request) {
+		s.metrics.Rejected.WithLabelValues(reasonHostMismatch).Inc()
+		s.refusals.refused(reasonHostMismatch, s.admit.ClientIP(r))
+	})
 	h = withRecovery(h, s.log, s.metrics)
 	return withGenericBodies(h)
 }
@@ -238,11 +243,18 @@ func (w httpErrorWriter) Write(p []byte) (int, error) {
 	}
 	w.metrics.HTTPErrors.WithLabelValues(kind).Inc()
 	w.log.Debug("http server error", "event", "http_error", "reason", kind)
+	if bytes.Contains(p, proxyRefusedText) {
+		return len(p), nil // the PROXY header stage logged it, with its reason
+	}
 	if a, ok := handshakePeer(p); ok {
 		w.refusals.refused(kind, a)
 	}
 	return len(p), nil
 }
+
+// proxyRefusedText marks a handshake that failed because the PROXY header
+// stage refused the connection (admission.ErrProxyHeaderRefused).
+var proxyRefusedText = []byte(admission.ErrProxyHeaderRefused.Error())
 
 // handshakePeer is the socket peer in net/http's "TLS handshake error from
 // ADDR: ..." line. The address is the kernel's, not client text, and is
@@ -352,18 +364,19 @@ func (s *Server) wrapListener(name string, raw net.Listener) (net.Listener, erro
 	if name == "metrics" {
 		return raw, nil // loopback, operator-only
 	}
-	sl := s.cfg.Sockets
-	sl.OnReject = func(r admission.SocketReason, ip netip.Addr) {
+	onReject := func(r admission.SocketReason, ip netip.Addr) {
 		s.metrics.SocketsRefused.WithLabelValues(string(r)).Inc()
 		s.refusals.refused(string(r), ip)
 	}
+	sl := s.cfg.Sockets
+	sl.OnReject = onReject
 	ln, err := admission.LimitListener(raw, sl) // config.Validate checked the limits
 	if err != nil {
 		_ = raw.Close()
 		return nil, err
 	}
 	if name == "public" && s.cfg.ProxyProtocol {
-		ln = admission.WrapListener(ln, s.cfg.Admission.TrustedProxies, s.cfg.ProxyHeaderTimeout)
+		ln = admission.WrapListener(ln, s.cfg.Admission.TrustedProxies, s.cfg.ProxyHeaderTimeout, onReject)
 	}
 	return ln, nil
 }

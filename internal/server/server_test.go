@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -402,14 +403,15 @@ func TestRejectionMetrics_TypedReasonsPreRegistered(t *testing.T) {
 	for _, x := range relay.AllRejectReasons {
 		requests = append(requests, string(x))
 	}
-	for _, x := range admission.AllSocketReasons {
+	requests = append(requests, reasonHostMismatch)
+	for _, x := range append(slices.Clone(admission.AllSocketReasons), admission.AllProxyReasons...) {
 		sockets = append(sockets, string(x))
 	}
 	sort.Strings(requests)
 	sort.Strings(sockets)
 	require.Equal(t, requests, labelValues(page, "relay_requests_rejected_total"))
 	require.Equal(t, sockets, labelValues(page, "relay_sockets_refused_total"))
-	require.Len(t, requests, 6, "rate_limited, per_ip_cap, global_cap, table_full, bad_headers, bad_upgrade")
+	require.Len(t, requests, 7, "rate_limited, per_ip_cap, global_cap, table_full, bad_headers, bad_upgrade, host_mismatch")
 
 	// Each relay reason is the one its refusal counts.
 	get := func(hdr http.Header) int {

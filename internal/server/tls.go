@@ -26,7 +26,13 @@ type hostGate struct{ p atomic.Pointer[hostPolicy] }
 
 func (g *hostGate) set(hp hostPolicy) { g.p.Store(&hp) }
 
-func (g *hostGate) wrap(h http.Handler) http.Handler {
+// reasonHostMismatch is the refusal reason (log line, and a label of
+// relay_requests_rejected_total) of a request answered 421.
+const reasonHostMismatch = "host_mismatch"
+
+// wrap answers 421 to a Host off the policy and calls refused for it (the
+// Host itself is client text and is never logged).
+func (g *hostGate) wrap(h http.Handler, refused func(*http.Request)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := g.p.Load()
 		if p == nil || *p == nil {
@@ -35,6 +41,7 @@ func (g *hostGate) wrap(h http.Handler) http.Handler {
 		}
 		if !(*p)[hostName(r.Host)] {
 			emptyStatus(w, http.StatusMisdirectedRequest)
+			refused(r)
 			return
 		}
 		h.ServeHTTP(w, r)
