@@ -308,6 +308,23 @@ func (p *Process) BudgetErr() error {
 	return p.budgetErr
 }
 
+// QueuedBytesSettled is the budget conservation check (TM-DOS-8) for a
+// relay started outside a Local (the cluster tests' instances): with its
+// clients gone, relay_queued_bytes must read exactly 0 within a few
+// seconds. nil also when p has no metrics listener.
+func (p *Process) QueuedBytesSettled() error { return p.queuedBytesSettle() }
+
+// Metric reads one series from p's metrics listener (started with
+// --metrics-listen 127.0.0.1:0), e.g.
+// `relay_cluster_links_lost_total{reason="slow_consumer"}`.
+func (p *Process) Metric(ctx context.Context, series string) (float64, error) {
+	m, err := newMetricsScraper(ctx, p)
+	if err != nil {
+		return 0, err
+	}
+	return m.value(ctx, series)
+}
+
 // budgetSettle bounds how long the queued bytes may take to reach zero
 // once the clients are gone: each closing phone's writer finishes its
 // write (its socket is closed, so it fails at once) and releases the

@@ -87,6 +87,18 @@ func newEnv(t *testing.T, n int, extra ...string) *env {
 	require.NoError(t, err)
 	e := &env{t: t, nats: ns}
 	t.Cleanup(func() {
+		// The clients closed first (their cleanups run before this one):
+		// with no queued work left, every live instance's budget must be
+		// back to zero, stub and proxy queues included (TM-DOS-8).
+		if !t.Failed() {
+			for _, r := range e.relays {
+				if r.proc != nil && !r.proc.Exited() {
+					if err := r.proc.QueuedBytesSettled(); err != nil {
+						t.Errorf("relay %s: %v", r.id, err)
+					}
+				}
+			}
+		}
 		for _, r := range e.relays {
 			if r.proc != nil && !r.proc.Exited() {
 				r.proc.Kill()
@@ -114,7 +126,8 @@ func (e *env) start(id string, extra ...string) *instance {
 	args := []string{"serve", "--insecure-listen", "127.0.0.1:0",
 		"--cluster-nats", e.nats.URL(), "--instance-id", id, "--cluster-lease", lease.String(),
 		"--grace-period", grace.String(), "--probe-timeout", "500ms", "--close-timeout", "300ms",
-		"--upgrade-rate", "1000", "--upgrade-burst", "1000", "--log-level", "debug"}
+		"--upgrade-rate", "1000", "--upgrade-burst", "1000", "--log-level", "debug",
+		"--metrics-listen", "127.0.0.1:0"}
 	p, err := attacks.StartProcess(ctx, relayBin, append(args, extra...)...)
 	if err != nil {
 		if p != nil {

@@ -236,6 +236,12 @@ func (p *phoneConn) deliver(frame []byte, closeCode int) {
 // reports whether any bytes were released.
 func (p *phoneConn) shedForRelayBacklog() bool {
 	released, inflight, directive := p.out.shed()
+	if p.link != nil {
+		// A remote phone's stub: its home closes the phone 1011 and its
+		// binary gets the notice, as for a local phone shed here.
+		p.rl.loseStub(p, LossQueue, int(CodeInternal))
+		return released > 0
+	}
 	cause := closeCause{code: CodeInternal, reason: reasonBacklog, notify: true}
 	if directive != 0 {
 		cause = closeCause{code: websocket.StatusCode(directive), directive: true}
@@ -247,6 +253,15 @@ func (p *phoneConn) shedForRelayBacklog() bool {
 		p.dropSocket()
 	}
 	return released > 0
+}
+
+// ending reports whether p is closing: its connection ended or, for a
+// stub, its link did. An ending phone's bytes are already being released.
+func (p *phoneConn) ending() bool {
+	if p.link != nil {
+		return isClosed(p.link.stop)
+	}
+	return isClosed(p.ended)
 }
 
 // closeForBacklog discards the phone's queue and closes it 1011.

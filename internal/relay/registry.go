@@ -356,10 +356,9 @@ func (r *registry) largestBacklog() *phoneConn {
 	var max *phoneConn
 	var maxBytes int64
 	for _, p := range r.phones {
-		if p.link != nil {
-			continue // a remote phone's stub: its bytes are not in this budget
-		}
-		if b := p.out.backlog.Load(); b > maxBytes && !isClosed(p.ended) {
+		// A remote phone's stub is charged to the same budget (the frames
+		// it has waiting for its binary) and is shed the same way.
+		if b := p.out.backlog.Load(); b > maxBytes && !p.ending() {
 			max, maxBytes = p, b
 		}
 	}

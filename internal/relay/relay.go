@@ -303,6 +303,12 @@ func (rl *Relay) Shutdown(ctx context.Context) error {
 // one; the caller retries its push and calls again until the frame fits.
 func (rl *Relay) shedLargestBacklog(p *phoneConn) bool {
 	victim := rl.reg.largestBacklog()
+	if rl.bp != nil {
+		// Cluster mode: phones here whose slot is elsewhere (proxies) are
+		// in the registry of their owner, not this one, yet their queues
+		// are charged here.
+		victim = rl.largestProxyBacklog(victim)
+	}
 	if victim == nil || victim == p || victim.out.backlog.Load() <= p.out.backlog.Load() {
 		return false
 	}

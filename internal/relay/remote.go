@@ -24,12 +24,10 @@ const (
 	reasonLinkLost    = "cluster link lost"
 )
 
-// stubQueueLen bounds the frames a remote phone may have waiting for its
-// binary on the owner (as do their bytes, by PhoneQueueBytes).
-// Back-pressure cannot cross NATS, so a binary that does not keep up loses
-// the phone (1011 with a close notice) instead of stalling the instance's
-// whole inbound subscription.
-const stubQueueLen = 4096
+// stubLeave is the close code of the item that ends a stub's queue: the
+// phone left its home (LinkLeave), behind the frames it sent before. Its
+// own code and notice flag are in the stubLink.
+const stubLeave = -1
 
 // joinTimeout bounds a remote join round trip (store lookup + the owner's
 // answer).
@@ -50,21 +48,36 @@ type proxyRoute struct {
 	lastDown uint64
 }
 
-// stubLink is a phone in a slot here whose socket is on home.
+// stubLink is a phone in a slot here whose socket is on home. Its frames
+// for the binary wait in the stub phoneConn's outbox (as envelopes), which
+// is charged to the relay-wide budget like a local phone's: back-pressure
+// cannot cross NATS, so these are bytes this instance holds for a phone.
 type stubLink struct {
 	home    string
 	created time.Time
-	q       chan LinkMessage // LinkUp and LinkLeave, in arrival order
 	stop    chan struct{}
 	once    sync.Once
 	lastUp  uint64 // Receive only
-	// queued is the bytes waiting in q (frames + itemOverhead each).
-	queued  atomic.Int64
-	downMu  sync.Mutex
-	downSeq uint64
+	// leaveCode and leaveNotify are the first LinkLeave's, written once
+	// (leaving) by Receive before it queues the stubLeave item; the
+	// outbox's lock orders them before the writer reads them.
+	leaving     atomic.Bool
+	leaveCode   int
+	leaveNotify bool
+	downMu      sync.Mutex
+	downSeq     uint64
 }
 
 func (l *stubLink) close() { l.once.Do(func() { close(l.stop) }) }
+
+// closeLink ends stub p: nothing more is delivered for it, and what it had
+// queued for the binary is discarded and its charge released (a frame
+// being written releases its own when the write returns). Every path that
+// takes a stub out of its slot calls it, so the budget returns to zero.
+func (p *phoneConn) closeLink() {
+	p.link.close()
+	p.out.stop()
+}
 
 // SetBackplane turns cluster mode on; self is this instance's id. Call it
 // before serving.
@@ -192,45 +205,101 @@ func (p *phoneConn) leaveRemote() {
 // close code for the phone (CodeNoBinary, CodeTooManyPhones).
 func (rl *Relay) AdmitRemote(home, serverID string) (connID string, code int) {
 	stub := &phoneConn{rl: rl, serverID: serverID, remote: home,
-		out:  newOutbox(rl.opts.PhoneQueueBytes, nil),
-		link: &stubLink{home: home, created: time.Now(), q: make(chan LinkMessage, stubQueueLen), stop: make(chan struct{})}}
+		out:  newOutbox(rl.opts.PhoneQueueBytes, rl.budget),
+		link: &stubLink{home: home, created: time.Now(), stop: make(chan struct{})}}
+	// As for a local phone, a writer runs only while frames are queued.
+	stub.out.start = func() { go stub.dispatch() }
 	if err := rl.reg.join(stub); err != nil {
 		if err == ErrTooManyPhones {
 			return "", int(CodeTooManyPhones)
 		}
 		return "", int(CodeNoBinary)
 	}
-	go stub.dispatch()
 	return stub.connID, 0
 }
 
-// dispatch feeds a stub's frames to the binary it joined under, in order,
-// on the stub's own goroutine: a binary that is slow to take writes stalls
-// only its own remote phones, never the instance's subscription.
+// dispatch feeds a stub's queued envelopes to the binary it joined under,
+// in order, on the stub's own writer goroutine: a binary that is slow to
+// take writes stalls only its own remote phones, never the instance's
+// subscription. It ends when the queue is empty or the phone left.
 func (p *phoneConn) dispatch() {
-	rl := p.rl
 	for {
-		select {
-		case <-p.link.stop:
+		code, ok, _ := p.out.writeNext(p.toBinary)
+		if !ok {
 			return
-		case m := <-p.link.q:
-			if m.Kind == LinkLeave {
-				p.link.close()
-				if b := rl.reg.leave(p); b != nil && m.Notify {
-					b.sendNotice(appendCloseNotice(nil, p.connID, m.Code))
-				}
-				return
-			}
-			p.link.queued.Add(-(int64(len(m.Frame)) + itemOverhead))
-			b := p.joinedUnder
-			if b == nil || !b.holding.Load() {
-				rl.countDrop(DropNoBinary)
-				continue
-			}
-			if b.send(appendPhoneEnvelope(nil, p.connID, m.Token, m.Frame)) {
-				rl.routedToBinary.Inc()
-			}
 		}
+		if code == stubLeave {
+			p.stubLeft()
+			return
+		}
+	}
+}
+
+// toBinary writes one queued envelope of stub p to its binary. It never
+// fails the queue: a frame the binary cannot take is dropped and counted,
+// as a local phone's frame would be.
+func (p *phoneConn) toBinary(env []byte) error {
+	rl := p.rl
+	if isClosed(p.link.stop) {
+		return nil // removed meanwhile: its binary has had its notice
+	}
+	b := p.joinedUnder
+	if b == nil || !b.holding.Load() {
+		rl.countDrop(DropNoBinary)
+		return nil
+	}
+	if b.send(env) {
+		rl.routedToBinary.Inc()
+	}
+	return nil
+}
+
+// stubLeft removes a stub whose phone left its home, after the frames the
+// phone sent before leaving; its binary gets the close notice if one is
+// due.
+func (p *phoneConn) stubLeft() {
+	p.closeLink()
+	if b := p.rl.reg.leave(p); b != nil && p.link.leaveNotify {
+		b.sendNotice(appendCloseNotice(nil, p.connID, p.link.leaveCode))
+	}
+}
+
+// queueUp queues one of stub p's frames (LinkUp) for its binary, charged to
+// the phone's cap and the relay-wide budget. At the relay-wide ceiling the
+// phone furthest behind relay-wide is shed first, exactly as for a frame
+// to a local phone (phoneConn.deliver); if the frame still does not fit,
+// the stub is lost (1011 with a close notice) and nobody else is touched.
+func (rl *Relay) queueUp(stub *phoneConn, m LinkMessage) {
+	env := appendPhoneEnvelope(make([]byte, 0, len(m.Frame)+len(stub.connID)+len(m.Token)+48), stub.connID, m.Token, m.Frame)
+	it := outItem{frame: env}
+	reason := stub.out.push(it)
+	for reason == DropRelayBacklog && rl.shedLargestBacklog(stub) {
+		reason = stub.out.push(it)
+	}
+	switch reason {
+	case "":
+		return
+	case DropPhoneBacklog, DropRelayBacklog:
+		rl.loseStub(stub, LossQueue, int(CodeInternal))
+	}
+	rl.countDrop(reason) // DropPhoneClosing: the stub is gone already
+}
+
+// queueLeave queues the end of stub p behind its frames. Should even that
+// not fit, the frames are discarded (the phone is gone) and the stub ends
+// now, off the subscription's goroutine.
+func (rl *Relay) queueLeave(stub *phoneConn, m LinkMessage) {
+	if !stub.link.leaving.CompareAndSwap(false, true) {
+		rl.countDrop(DropPhoneClosing) // a second leave: forged or duplicated
+		return
+	}
+	stub.link.leaveCode, stub.link.leaveNotify = m.Code, m.Notify
+	switch reason := stub.out.push(outItem{closeCode: stubLeave}); reason {
+	case "", DropPhoneClosing:
+		return
+	default:
+		rl.countDrop(reason)
+		go stub.stubLeft()
 	}
 }
 
@@ -250,7 +319,7 @@ func (p *phoneConn) deliverDown(frame []byte, closeCode int) {
 // loseStub removes a stub whose traffic may have been lost: its binary
 // gets a close notice with code, its home is told to close the phone 1011.
 func (rl *Relay) loseStub(p *phoneConn, loss LinkLoss, code int) {
-	p.link.close()
+	p.closeLink()
 	removed, b := rl.reg.remove(p)
 	if !removed {
 		return
@@ -267,7 +336,7 @@ func (rl *Relay) loseStub(p *phoneConn, loss LinkLoss, code int) {
 // stubEvicted tells a stub's home that the owner evicted the phone (a
 // reclaim, takeover or grace expiry here): it is closed there with code.
 func (rl *Relay) stubEvicted(p *phoneConn, code int) {
-	p.link.close()
+	p.closeLink()
 	_ = rl.bp.Send(p.link.home, LinkMessage{Kind: LinkEvict, ServerID: p.serverID, ConnID: p.connID, Code: code})
 }
 
@@ -287,24 +356,16 @@ func (rl *Relay) Receive(from string, m LinkMessage) {
 			}
 			return
 		}
-		if m.Kind == LinkUp {
-			if m.Seq != stub.link.lastUp+1 {
-				rl.loseStub(stub, LossGap, int(CodeInternal))
-				return
-			}
-			stub.link.lastUp = m.Seq
-			n := int64(len(m.Frame)) + itemOverhead
-			if stub.link.queued.Add(n) > rl.opts.PhoneQueueBytes {
-				stub.link.queued.Add(-n)
-				rl.loseStub(stub, LossQueue, int(CodeInternal))
-				return
-			}
+		if m.Kind == LinkLeave {
+			rl.queueLeave(stub, m)
+			return
 		}
-		select {
-		case stub.link.q <- m:
-		default:
-			rl.loseStub(stub, LossQueue, int(CodeInternal))
+		if m.Seq != stub.link.lastUp+1 {
+			rl.loseStub(stub, LossGap, int(CodeInternal))
+			return
 		}
+		stub.link.lastUp = m.Seq
+		rl.queueUp(stub, m)
 	case LinkDown, LinkEvict:
 		rl.proxMu.Lock()
 		p := rl.proxies[proxyKey{from, m.ConnID}]
@@ -394,7 +455,7 @@ func (rl *Relay) LinkLost(loss LinkLoss) {
 // dropStub removes a stub and sends its binary a close notice with code;
 // its home is not told (it is gone, or closes its side itself).
 func (rl *Relay) dropStub(s *phoneConn, code int) {
-	s.link.close()
+	s.closeLink()
 	if b := rl.reg.leave(s); b != nil {
 		go b.sendNotice(appendCloseNotice(nil, s.connID, code))
 	}
@@ -485,6 +546,23 @@ func (rl *Relay) RemoteClaims() []RemoteClaim {
 type RemoteClaim struct {
 	ServerID, Owner string
 	Epoch           uint64
+}
+
+// largestProxyBacklog returns whichever of victim and this instance's
+// proxies has the most releasable bytes and is not ending.
+func (rl *Relay) largestProxyBacklog(victim *phoneConn) *phoneConn {
+	var maxBytes int64
+	if victim != nil {
+		maxBytes = victim.out.backlog.Load()
+	}
+	rl.proxMu.Lock()
+	defer rl.proxMu.Unlock()
+	for _, p := range rl.proxies {
+		if b := p.out.backlog.Load(); b > maxBytes && !p.ending() {
+			victim, maxBytes = p, b
+		}
+	}
+	return victim
 }
 
 func (rl *Relay) proxySnapshot() []*phoneConn {
