@@ -79,10 +79,25 @@ var pebbleEnv = map[string]string{
 	"PEBBLE_WFE_NONCEREJECT": "0",
 }
 
+// Option changes how Start configures Pebble.
+type Option func(*ca.Profile)
+
+// WithCertValidity makes Pebble issue certificates valid for d (whole
+// seconds, at least 2) instead of its default 90 days. autocert renews a
+// certificate once two thirds of its lifetime have passed (when
+// Manager.RenewBefore is zero), so a few seconds' validity drives real
+// background renewals within a test, without touching the manager.
+func WithCertValidity(d time.Duration) Option {
+	return func(p *ca.Profile) {
+		// Pebble's NotAfter is NotBefore + (ValidityPeriod - 1) seconds.
+		p.ValidityPeriod = uint64(max(d/time.Second, 1)) + 1
+	}
+}
+
 // Start runs Pebble's CA, VA and WFE on 127.0.0.1:0 with an ECDSA CA and
 // returns once the listener accepts connections. Pebble's logs go to t.Log
 // only when ACMETEST_VERBOSE=1 (its goroutines outlive the test otherwise).
-func Start(t testing.TB) *Server {
+func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
 
 	var logOut io.Writer = io.Discard
@@ -97,7 +112,11 @@ func Start(t testing.TB) *Server {
 	}
 
 	store := db.NewMemoryStore()
-	profiles := map[string]ca.Profile{"default": {Description: "default"}}
+	profile := ca.Profile{Description: "default"}
+	for _, o := range opts {
+		o(&profile)
+	}
+	profiles := map[string]ca.Profile{"default": profile}
 	authority := ca.New(logger, store, "", "ecdsa", 0, 1, profiles)
 
 	envMu.Lock()

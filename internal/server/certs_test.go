@@ -1,24 +1,32 @@
 package server
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
+	"fmt"
+	"maps"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pyrycode/relay/internal/acmetest"
 )
 
 // writeCert writes a self-signed P-256 pair valid from notBefore to
@@ -123,4 +131,77 @@ func TestAutocert_CAFailure_LoggedWithCause_Counted(t *testing.T) {
 	require.Contains(t, logs, `"level":"ERROR"`)
 	require.Contains(t, logs, "ca-refusal-canary", "the cause is logged")
 	require.NotContains(t, logs, "other.example.test")
+}
+
+// A background renewal through a real ACME server (Pebble issuing
+// five-second certificates, which autocert renews after two thirds of their
+// life, as it renews Let's Encrypt's 90-day ones 30 days early) is logged
+// as cert_renewed with the domain and the new expiry and nothing else,
+// moves the NotAfter gauge to the new certificate, is served to new
+// handshakes, and leaves open WebSockets working.
+func TestAutocert_Renewal_LoggedGaugeMoves_OpenWebSocketsKeepWorking(t *testing.T) {
+	r := startAutocertRelay(t, acmetest.WithCertValidity(5*time.Second))
+	st, err := r.handshake(t, r.tlsConfig(relayDomain))
+	require.NoError(t, err)
+	first := st.PeerCertificates[0]
+
+	// A binary and a phone paired over WSS before the renewal.
+	bin := r.dialWS(t, "/v1/server", binHdr("renewal"))
+	require.Eventually(t, func() bool { return r.srv.Relay().Stats().Binaries == 1 }, 5*time.Second, 5*time.Millisecond)
+	phone := r.dialWS(t, "/v1/client", phoneHdr("renewal"))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	roundTrip := func(n int) {
+		t.Helper()
+		require.NoError(t, phone.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"n":%d}`, n)))
+		_, msg, err := bin.Read(ctx)
+		require.NoError(t, err)
+		var env struct {
+			ConnID string         `json:"conn_id"`
+			Frame  map[string]any `json:"frame"`
+		}
+		require.NoError(t, json.Unmarshal(msg, &env))
+		require.Equal(t, float64(n), env.Frame["n"])
+		require.NoError(t, bin.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"conn_id":%q,"frame":{"n":%d}}`, env.ConnID, n)))
+		_, msg, err = phone.Read(ctx)
+		require.NoError(t, err)
+		require.JSONEq(t, fmt.Sprintf(`{"n":%d}`, n), string(msg))
+	}
+	roundTrip(1)
+
+	var renewed map[string]any
+	require.Eventually(t, func() bool {
+		for _, l := range strings.Split(r.logs.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["event"] == "cert_renewed" {
+				renewed = m
+				return true
+			}
+		}
+		return false
+	}, 15*time.Second, 20*time.Millisecond, "no renewal logged:\n%s", r.logs.String())
+	keys := slices.Sorted(maps.Keys(renewed))
+	require.Equal(t, []string{"domain", "event", "level", "msg", "not_after", "time"}, keys, "the renewal line carries the names and the expiry only")
+	require.Equal(t, relayDomain, renewed["domain"])
+	require.Equal(t, "INFO", renewed["level"])
+	notAfter, err := time.Parse(time.RFC3339, renewed["not_after"].(string))
+	require.NoError(t, err)
+	require.True(t, notAfter.After(first.NotAfter), "renewed not_after %v is not after the first certificate's %v", notAfter, first.NotAfter)
+	logs := r.logs.String()
+	for _, secret := range []string{"PRIVATE KEY", "BEGIN", "MII"} { // no PEM, no base64 DER
+		require.NotContains(t, logs, secret)
+	}
+
+	// The gauge follows the renewals (autocert keeps renewing these short
+	// certificates, so it may already be past the logged one).
+	require.GreaterOrEqual(t, testutil.ToFloat64(r.srv.metrics.CertNotAfter), float64(notAfter.Unix()))
+	// New handshakes get a renewed certificate.
+	st, err = r.handshake(t, r.tlsConfig(relayDomain))
+	require.NoError(t, err)
+	require.NotEqual(t, first.SerialNumber, st.PeerCertificates[0].SerialNumber)
+	require.True(t, st.PeerCertificates[0].NotAfter.After(first.NotAfter))
+
+	// The sockets opened under the first certificate still carry frames.
+	roundTrip(2)
+	require.Zero(t, testutil.ToFloat64(r.srv.metrics.ACMEErrors))
 }

@@ -61,9 +61,9 @@ func startTLSRelay(t *testing.T, roots *x509.CertPool, args ...string) *tlsRelay
 }
 
 // startAutocertRelay starts Pebble and a relay in --domain mode against it.
-func startAutocertRelay(t *testing.T) *tlsRelay {
+func startAutocertRelay(t *testing.T, opts ...acmetest.Option) *tlsRelay {
 	t.Helper()
-	pebble := acmetest.Start(t)
+	pebble := acmetest.Start(t, opts...)
 	dir := t.TempDir()
 	return startTLSRelay(t, pebble.RootPool(),
 		"--domain", relayDomain,

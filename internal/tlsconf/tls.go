@@ -218,9 +218,11 @@ type AutocertOptions struct {
 	// production CA widens who can impersonate it.
 	HTTPClient *http.Client
 
-	// RenewBefore is how long before expiry renewal starts. Zero (or any
-	// value up to autocert's one-hour jitter) means autocert's default of
-	// 30 days, which leaves room to notice and fix a failing renewal.
+	// RenewBefore is how long before expiry renewal starts (autocert caps
+	// it at 30 days). Zero means autocert's default: a third of the
+	// certificate's lifetime, at most 30 days (30 days for Let's Encrypt's
+	// 90-day certificates), which leaves room to notice and fix a failing
+	// renewal.
 	RenewBefore time.Duration
 }
 
