@@ -143,6 +143,8 @@ type Cluster struct {
 	loopsDone sync.WaitGroup
 	// sem bounds concurrent probe/join handlers (a probe waits for a pong).
 	sem chan struct{}
+	// refusals rate-limits the reconnect refusal log line.
+	refusals refusalLog
 }
 
 // Start connects to NATS and attaches the cluster to rl. NATS need not be
@@ -161,6 +163,7 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 		sem: make(chan struct{}, 64)}
 	nopts := []nats.Option{
 		nats.Name("pyrycode-relay " + opts.InstanceID),
+		nats.CustomInboxPrefix(inboxPrefix(opts.Name, opts.InstanceID)),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.RetryOnFailedConnect(true),
@@ -172,11 +175,10 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 		nats.ReconnectHandler(func(_ *nats.Conn) { c.reconnected() }),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) { c.asyncError(s, err) }),
 	}
-	if opts.CredsFile != "" {
-		nopts = append(nopts, nats.UserCredentials(opts.CredsFile))
-	}
-	if opts.CAFile != "" {
-		nopts = append(nopts, nats.RootCAs(opts.CAFile))
+	nopts = append(nopts, opts.authOptions()...)
+	nopts = append(nopts, nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { c.reconnectFailed(err) }))
+	if err := preflight(strings.Join(opts.URLs, ","), opts.authOptions()); err != nil {
+		return nil, err
 	}
 	nc, err := nats.Connect(strings.Join(opts.URLs, ","), nopts...)
 	if err != nil {
@@ -469,6 +471,12 @@ func (c *Cluster) reconnected() {
 	c.kickRefresh()
 }
 
+func (c *Cluster) reconnectFailed(err error) {
+	if r := refusalReason(err); r != "" && c.refusals.changed(r) {
+		c.log.Warn("NATS refused this instance (TLS or credentials); retrying", "event", "cluster_nats_refused", "reason", r)
+	}
+}
+
 func (c *Cluster) asyncError(s *nats.Subscription, err error) {
 	if errors.Is(err, nats.ErrSlowConsumer) {
 		c.m.slowConsumer.Inc()
@@ -476,7 +484,7 @@ func (c *Cluster) asyncError(s *nats.Subscription, err error) {
 		c.rl.LinkLost(relay.LossSlowConsumer)
 		return
 	}
-	c.log.Warn("NATS error", "event", "cluster_nats_error")
+	c.log.Warn("NATS error", "event", "cluster_nats_error", "reason", natsErrorReason(err))
 }
 
 // Close releases this instance's claims (so their binaries can reclaim on

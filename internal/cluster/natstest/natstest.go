@@ -4,9 +4,13 @@
 package natstest
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -19,8 +23,12 @@ var ErrNotReady = errors.New("natstest: NATS server not ready")
 // Server is an embedded NATS server that can be stopped and started again
 // on the same port and store directory (JetStream state survives).
 type Server struct {
+	cfg  Config
 	dir  string
 	port int
+	// routePort is the route listener's port (cluster nodes), kept across
+	// restarts.
+	routePort int
 
 	mu  sync.Mutex
 	srv *server.Server
@@ -29,8 +37,34 @@ type Server struct {
 // Start runs a server on 127.0.0.1:port (0 picks a free port) with
 // JetStream stored under dir.
 func Start(dir string, port int) (*Server, error) {
-	s := &Server{dir: dir, port: port}
-	if port == 0 {
+	return StartConfig(Config{Dir: dir, Port: port})
+}
+
+// Config is a server's setup beyond the defaults (no auth, no TLS, one
+// node). The zero value of a field keeps its default.
+type Config struct {
+	// Dir is the JetStream store (and where Auth is written).
+	Dir string
+	// Port is the client port on 127.0.0.1; 0 picks a free one.
+	Port int
+	// Auth is nats-server configuration text that turns on decentralized
+	// auth (natsauth.Issuer.ServerConfig): read by nats-server's own
+	// config parser, so the generated file is tested as operators use it.
+	Auth string
+	// TLS, when set, is required of every client.
+	TLS *tls.Config
+	// ClusterName, with ServerName, makes the server a node of a JetStream
+	// cluster: its route listener on 127.0.0.1 (a free port) and Routes,
+	// the route URLs of nodes already running.
+	ClusterName string
+	ServerName  string
+	Routes      []string
+}
+
+// StartConfig runs a server as c says.
+func StartConfig(c Config) (*Server, error) {
+	s := &Server{cfg: c, dir: c.Dir, port: c.Port}
+	if c.Port == 0 {
 		s.port = -1 // nats-server's "random port"
 	}
 	if err := s.Restart(); err != nil {
@@ -39,8 +73,58 @@ func Start(dir string, port int) (*Server, error) {
 	return s, nil
 }
 
+func (s *Server) options() (*server.Options, error) {
+	opts := &server.Options{}
+	if s.cfg.Auth != "" {
+		path := filepath.Join(s.dir, "auth.conf")
+		if err := os.WriteFile(path, []byte(s.cfg.Auth), 0o600); err != nil {
+			return nil, err
+		}
+		o, err := server.ProcessConfigFile(path)
+		if err != nil {
+			return nil, err
+		}
+		opts = o
+	}
+	opts.Host = "127.0.0.1"
+	opts.Port = s.port
+	opts.JetStream = true
+	opts.StoreDir = s.dir
+	opts.NoLog = true
+	opts.NoSigs = true
+	// Loopback only, nothing else listens: no HTTP monitor, no leafnodes.
+	if s.cfg.TLS != nil {
+		opts.TLSConfig = s.cfg.TLS
+		opts.TLS = true
+		opts.TLSTimeout = 2
+	}
+	if s.cfg.ClusterName != "" {
+		opts.ServerName = s.cfg.ServerName
+		opts.Cluster.Name = s.cfg.ClusterName
+		opts.Cluster.Host = "127.0.0.1"
+		opts.Cluster.Port = -1
+		if s.routePort != 0 {
+			opts.Cluster.Port = s.routePort
+		}
+		for _, r := range s.cfg.Routes {
+			u, err := url.Parse(r)
+			if err != nil {
+				return nil, err
+			}
+			opts.Routes = append(opts.Routes, u)
+		}
+	}
+	return opts, nil
+}
+
 // URL is the server's client URL.
 func (s *Server) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.port) }
+
+// TLSURL is the client URL with the tls:// scheme.
+func (s *Server) TLSURL() string { return fmt.Sprintf("tls://127.0.0.1:%d", s.port) }
+
+// RouteURL is the node's route URL (cluster nodes only).
+func (s *Server) RouteURL() string { return fmt.Sprintf("nats-route://127.0.0.1:%d", s.routePort) }
 
 // Port is the bound port.
 func (s *Server) Port() int { return s.port }
@@ -52,14 +136,9 @@ func (s *Server) Restart() error {
 	if s.srv != nil {
 		return nil
 	}
-	opts := &server.Options{
-		Host:      "127.0.0.1",
-		Port:      s.port,
-		JetStream: true,
-		StoreDir:  s.dir,
-		NoLog:     true,
-		NoSigs:    true,
-		// Loopback only, nothing else listens: no HTTP monitor, no cluster.
+	opts, err := s.options()
+	if err != nil {
+		return err
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
@@ -73,6 +152,11 @@ func (s *Server) Restart() error {
 	if s.port <= 0 {
 		if a, ok := srv.Addr().(*net.TCPAddr); ok {
 			s.port = a.Port
+		}
+	}
+	if s.cfg.ClusterName != "" && s.routePort == 0 {
+		if a := srv.ClusterAddr(); a != nil {
+			s.routePort = a.Port
 		}
 	}
 	s.srv = srv
