@@ -148,6 +148,7 @@ func Catalog() []Scenario {
 		deadPeer(),
 		clusterCrossTenant(),
 		clusterDeadOwner(),
+		clusterSplitBrain(),
 		tokenForward(),
 		tlsVersion(),
 		tlsSuites(),

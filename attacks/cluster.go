@@ -23,6 +23,14 @@ type clusterStage struct {
 const clusterLease = 1500 * time.Millisecond
 
 func newClusterStage(ctx context.Context, t *Target, n int, flags ...string) (*clusterStage, *Result) {
+	return newClusterStageVia(ctx, t, make([]string, n), flags...)
+}
+
+// newClusterStageVia is newClusterStage with len(urls) instances, instance
+// i dialling NATS at urls[i] (a cutLink in front of the shared server, say),
+// or at Local.NATSURL where urls[i] is "".
+func newClusterStageVia(ctx context.Context, t *Target, urls []string, flags ...string) (*clusterStage, *Result) {
+	n := len(urls)
 	l, skip := localOrSkip(t)
 	if skip != nil {
 		return nil, skip
@@ -34,7 +42,11 @@ func newClusterStage(ctx context.Context, t *Target, n int, flags ...string) (*c
 	name := "atk" + randHex(6)
 	st := &clusterStage{}
 	for i := 0; i < n; i++ {
-		args := append([]string{"--cluster-nats", l.NATSURL, "--cluster-name", name,
+		url := l.NATSURL
+		if urls[i] != "" {
+			url = urls[i]
+		}
+		args := append([]string{"--cluster-nats", url, "--cluster-name", name,
 			"--instance-id", fmt.Sprintf("%s-%c", name, 'a'+i), "--cluster-lease", clusterLease.String(),
 			"--probe-timeout", "500ms", "--upgrade-burst", "200", "--upgrade-rate", "200"}, flags...)
 		p, err := l.Start(ctx, args...)

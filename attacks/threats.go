@@ -82,6 +82,6 @@ func Threats() []Threat {
 		{"TM-CLU-2", "A dead owner holds its server-ids", Verified, ""},
 		{"TM-CLU-3", "A compromised or sniffed NATS sees every frame", NotExecutable, "operational: whether a deployment runs NATS with TLS and credentials, and who can reach or run NATS, is outside the binary (the relay's side is tested, see Mitigation)"},
 		{"TM-CLU-4", "A rogue instance", NotExecutable, "needs a compromised instance and per-instance NATS permissions, which are deployment configuration"},
-		{"TM-CLU-5", "Lease split brain", Pending, "ATK-CLUSTER-SPLIT-BRAIN (the internal cluster tests `TestCluster_NATSStopped_LocalPairsWork_RemoteRefused_Recovers` and `TestCluster_CrossInstanceTakeover_DeadIncumbent` cover the blip and the takeover)"},
+		{"TM-CLU-5", "Lease split brain", Verified, ""},
 	}
 }
