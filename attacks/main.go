@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -48,14 +49,14 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return help()
 		}
-		fmt.Fprintf(stderr, "relay attack: %v (relay attack -h lists the flags)\n", err)
+		fmt.Fprintf(stderr, "relay: %s (relay attack -h lists the flags)\n", flagProblem(fs, err))
 		return 2
 	}
 	if fs.NArg() == 1 && fs.Arg(0) == "help" {
 		return help()
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "relay attack: unexpected argument %q\n", fs.Arg(0))
+		fmt.Fprintf(stderr, "relay: unexpected argument %q (relay attack -h lists the flags)\n", fs.Arg(0))
 		return 2
 	}
 	if *list {
@@ -66,19 +67,19 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	base, err := parseTarget(*target)
 	if err != nil {
-		fmt.Fprintf(stderr, "relay attack: %v\n", err)
+		fmt.Fprintf(stderr, "relay: %v\n", err)
 		return 2
 	}
 	t := &Target{Base: base, ServerName: *serverName}
 	if *caFile != "" {
 		pem, err := os.ReadFile(*caFile)
 		if err != nil {
-			fmt.Fprintf(stderr, "relay attack: --ca: %v\n", err)
+			fmt.Fprintf(stderr, "relay: --ca: %v\n", err)
 			return 2
 		}
 		t.RootCAs = x509.NewCertPool()
 		if !t.RootCAs.AppendCertsFromPEM(pem) {
-			fmt.Fprintf(stderr, "relay attack: --ca: no PEM certificates in %s\n", *caFile)
+			fmt.Fprintf(stderr, "relay: --ca: no PEM certificates in %s\n", *caFile)
 			return 2
 		}
 	}
@@ -92,11 +93,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			id = strings.TrimSpace(id)
 			sc, ok := known[id]
 			if !ok {
-				fmt.Fprintf(stderr, "relay attack: unknown scenario %q (see --list)\n", id)
+				fmt.Fprintf(stderr, "relay: unknown scenario %q (see --list)\n", id)
 				return 2
 			}
 			if sc.Mode == LocalOnly {
-				fmt.Fprintf(stderr, "relay attack: %s is local-only; it runs in `go test ./attacks`\n", id)
+				fmt.Fprintf(stderr, "relay: %s is local-only; it runs in `go test ./attacks`\n", id)
 				return 2
 			}
 			filter = append(filter, id)
@@ -120,7 +121,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			continue
 		}
 		if werr := writeFileAtomic(out.file, func(w io.Writer) error { return out.render(w, reports, info) }); werr != nil {
-			fmt.Fprintf(stderr, "relay attack: %v\n", werr)
+			fmt.Fprintf(stderr, "relay: %v\n", werr)
 			err = werr
 		}
 	}
@@ -149,4 +150,61 @@ func parseTarget(s string) (*url.URL, error) {
 	}
 	u.Path, u.RawQuery, u.Fragment = "", "", ""
 	return u, nil
+}
+
+// flagProblem rewords the flag package's errors as the relay's other
+// refusals read (cmd/relay's serve does the same in internal/config): the
+// flag as an operator types it (--name), the value given, and what a valid
+// one looks like, instead of "flag provided but not defined: -x" or
+// `invalid value "30" for flag -timeout: parse error`.
+func flagProblem(fs *flag.FlagSet, err error) string {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return "unknown flag --" + printable(name)
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		return "--" + printable(name) + " needs a value"
+	}
+	if arg, ok := strings.CutPrefix(msg, "bad flag syntax: "); ok {
+		return "bad flag syntax " + strconv.Quote(arg) + ": use --name value or --name=value"
+	}
+	// invalid value "V" for flag -NAME: ..., invalid boolean value "V" for -NAME: ...
+	for _, lead := range []string{"invalid value ", "invalid boolean value "} {
+		rest, ok := strings.CutPrefix(msg, lead)
+		if !ok {
+			continue
+		}
+		quoted, err := strconv.QuotedPrefix(rest)
+		if err != nil {
+			break
+		}
+		value, _ := strconv.Unquote(quoted)
+		rest = strings.TrimPrefix(strings.TrimPrefix(rest[len(quoted):], " for flag -"), " for -")
+		name, _, _ := strings.Cut(rest, ":")
+		f := fs.Lookup(name)
+		if f == nil {
+			break
+		}
+		shown := value
+		if strings.ContainsFunc(value, func(r rune) bool { return !strconv.IsPrint(r) || r == ' ' || r == '"' }) || value == "" {
+			shown = strconv.Quote(value)
+		}
+		switch f.Value.(flag.Getter).Get().(type) {
+		case time.Duration:
+			return "--" + name + " " + shown + " is not a duration: use a number with a unit, e.g. " + f.DefValue
+		case bool:
+			return "--" + name + " " + shown + " is not a boolean: use true or false"
+		}
+		return "--" + name + " " + shown + " is not valid"
+	}
+	return printable(msg)
+}
+
+// printable escapes control characters (a flag name is operator text).
+func printable(s string) string {
+	q := strconv.Quote(s)
+	if q[1:len(q)-1] == s {
+		return s
+	}
+	return q
 }

@@ -48,19 +48,60 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "attack":
 		return attacks.Main(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
-		fmt.Fprintln(stdout, buildinfo.Get())
-		return exitOK
+		switch {
+		case len(args) == 1:
+			fmt.Fprintln(stdout, buildinfo.Get())
+			return exitOK
+		case len(args) == 2 && isHelp(args[1]):
+			fmt.Fprintln(stdout, "usage: relay version\n  print the version, VCS revision and Go version (no flags)")
+			return exitOK
+		}
+		return unexpected(stderr, args[1], "relay version takes none")
 	case "help", "-h", "-help", "--help":
-		// relay help serve|attack is their -h.
-		if len(args) == 2 && (args[1] == "serve" || args[1] == "attack") {
+		switch {
+		case len(args) == 1:
+			usage(stdout)
+			return exitOK
+		case len(args) == 2 && (args[1] == "serve" || args[1] == "attack" || args[1] == "version"):
+			// relay help serve|attack|version is their -h.
 			return run([]string{args[1], "-h"}, stdout, stderr)
 		}
-		usage(stdout)
-		return exitOK
+		fmt.Fprintf(stderr, "relay: unknown command %q (see relay help)\n", args[1])
+		return exitRefused
 	default:
+		if strings.HasPrefix(args[0], "-") {
+			// relay --domain x: the flags belong to a command.
+			fmt.Fprintf(stderr, "relay: unknown flag %s: flags follow a command, e.g. relay serve %s (relay serve -h lists the flags)\n", dashed(args[0]), dashed(args[0]))
+			return exitRefused
+		}
 		fmt.Fprintf(stderr, "relay: unknown command %q (see relay help)\n", args[0])
 		return exitRefused
 	}
+}
+
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "-help" || arg == "--help" || arg == "help"
+}
+
+// unexpected refuses an argument a command does not take: a flag is named
+// as --name, anything else quoted.
+func unexpected(stderr io.Writer, arg, why string) int {
+	if strings.HasPrefix(arg, "-") {
+		fmt.Fprintf(stderr, "relay: unknown flag %s (%s)\n", dashed(arg), why)
+	} else {
+		fmt.Fprintf(stderr, "relay: unexpected argument %q (%s)\n", arg, why)
+	}
+	return exitRefused
+}
+
+// dashed is a command-line flag as --name (whatever dashes were typed,
+// without a =value), its name quoted if it is not plain text.
+func dashed(arg string) string {
+	name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+	if q := fmt.Sprintf("%q", name); q[1:len(q)-1] != name {
+		return "--" + q
+	}
+	return "--" + name
 }
 
 func usage(w io.Writer) {

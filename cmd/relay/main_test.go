@@ -177,7 +177,8 @@ func TestServe_Refusals_Exit2OneLine(t *testing.T) {
 		{"ping_interval_no_unit", nil, with("--ping-interval", "30"), []string{"--ping-interval 30 is not a duration", "e.g. 30s"}},
 		{"env_ping_interval_no_unit", []string{"RELAY_PING_INTERVAL=30"}, plain, []string{"RELAY_PING_INTERVAL=30 is not a duration", "e.g. 30s"}},
 		{"max_tracked_ips_not_above_max_conns", nil, with("--max-conns", "70000", "--max-sockets", "140000"), []string{"--max-tracked-ips 65536 must be more than --max-conns (70000)"}},
-		{"unknown_flag", nil, with("--no-such-flag"), []string{"-no-such-flag"}},
+		{"unknown_flag", nil, with("--no-such-flag"), []string{"refusing to start: unknown flag --no-such-flag (relay serve -h lists the flags)"}},
+		{"flag_without_value", nil, with("--ping-interval"), []string{"--ping-interval needs a value, e.g. --ping-interval 30s"}},
 		{"max_message_bytes_10", nil, with("--max-message-bytes", "10"), []string{"--max-message-bytes"}},
 		{"phone_queue_below_max_message", nil, with("--max-message-bytes", "65536", "--phone-queue-bytes", "65535"), []string{"--phone-queue-bytes"}},
 		{"max_queued_below_phone_queue", nil, with("--max-queued-bytes", "1024"), []string{"--max-queued-bytes"}},
@@ -244,6 +245,7 @@ func TestHelp_StdoutExit0_Everywhere(t *testing.T) {
 		{"help"}, {"-h"}, {"--help"},
 		{"serve", "-h"}, {"serve", "--help"}, {"serve", "help"}, {"help", "serve"},
 		{"attack", "-h"}, {"attack", "--help"}, {"attack", "help"}, {"help", "attack"},
+		{"version", "-h"}, {"version", "--help"}, {"help", "version"},
 	} {
 		t.Run(strings.Join(args, "_"), func(t *testing.T) {
 			r := runRelay(t, relayEnv(t), args...)
@@ -285,6 +287,34 @@ func TestVersion_LdflagsStamp(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "relay v9.8.7-test (revision 0123456789abcdef0123456789abcdef01234567, "+
 		runtime.Version()+" "+runtime.GOOS+"/"+runtime.GOARCH+")\n", string(got))
+}
+
+// Usage errors of every command are one relay: line naming the flag as
+// typed (--name) and where the valid ones are listed, exit 2, nothing on
+// stdout: never the flag package's "flag provided but not defined: -x".
+func TestUsageErrors_OneLineNamingTheFlag_Exit2(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve", "--no-such-flag"}, "relay: refusing to start: unknown flag --no-such-flag (relay serve -h lists the flags)"},
+		{[]string{"attack", "--no-such-flag"}, "relay: unknown flag --no-such-flag (relay attack -h lists the flags)"},
+		{[]string{"attack", "--target", "http://127.0.0.1:1", "--timeout", "30"}, "relay: --timeout 30 is not a duration: use a number with a unit, e.g. 10m0s (relay attack -h lists the flags)"},
+		{[]string{"attack", "--json=maybe"}, "relay: --json maybe is not a boolean: use true or false (relay attack -h lists the flags)"},
+		{[]string{"attack", "--target"}, "relay: --target needs a value (relay attack -h lists the flags)"},
+		{[]string{"attack"}, "relay: --target is required"},
+		{[]string{"version", "--no-such-flag"}, "relay: unknown flag --no-such-flag (relay version takes none)"},
+		{[]string{"version", "extra"}, `relay: unexpected argument "extra" (relay version takes none)`},
+		{[]string{"help", "frobnicate"}, `relay: unknown command "frobnicate" (see relay help)`},
+		{[]string{"--domain", "relay.example.test"}, "relay: unknown flag --domain: flags follow a command, e.g. relay serve --domain (relay serve -h lists the flags)"},
+	} {
+		t.Run(strings.Join(tc.args, "_"), func(t *testing.T) {
+			r := runRelay(t, relayEnv(t), tc.args...)
+			requireRefusal(t, r)
+			require.Equal(t, tc.want+"\n", r.stderr)
+			require.Empty(t, r.stdout)
+		})
+	}
 }
 
 func TestUnknownSubcommand_Exit2(t *testing.T) {

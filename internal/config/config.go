@@ -213,8 +213,8 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 		if sink.err != nil { // a value hinted refused; the flag package flattened it
 			return Config{}, sink.err
 		}
-		// Unknown flag or missing argument: the flag package's text names it.
-		return Config{}, &Error{Problem: oneLine(err.Error()) + " (relay serve -h lists the flags)"}
+		// Unknown flag, missing value, bad syntax: reworded, naming the flag.
+		return Config{}, &Error{Problem: flagProblem(err) + " (relay serve -h lists the flags)"}
 	}
 	if fs.NArg() == 1 && fs.Arg(0) == "help" {
 		printUsage(fs, usage)

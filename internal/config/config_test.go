@@ -144,6 +144,23 @@ func TestRefusals_NameTheSourceAndAValidValue(t *testing.T) {
 	}
 }
 
+// The flag package's own errors (unknown flag, missing value, bad syntax)
+// are reworded: the flag as typed (--name), never "flag provided but not
+// defined: -name", and where to look.
+func TestRefusals_FlagPackageErrorsReworded(t *testing.T) {
+	for args, want := range map[string]string{
+		"--insecure-listen 127.0.0.1:0 --no-such-flag":   "unknown flag --no-such-flag (relay serve -h lists the flags)",
+		"--insecure-listen 127.0.0.1:0 -no-such-flag=1":  "unknown flag --no-such-flag (relay serve -h lists the flags)",
+		"--insecure-listen 127.0.0.1:0 --ping-interval":  "--ping-interval needs a value, e.g. --ping-interval 30s (relay serve -h lists the flags)",
+		"--insecure-listen":                              "--insecure-listen needs a value (relay serve -h lists the flags)",
+		"--insecure-listen 127.0.0.1:0 ---ping-interval": "bad flag syntax ---ping-interval: use --name value or --name=value (relay serve -h lists the flags)",
+	} {
+		_, err := Parse(strings.Fields(args), nil, io.Discard)
+		require.ErrorIs(t, err, ErrInvalidConfig, args)
+		require.Equal(t, want, err.Error(), args)
+	}
+}
+
 func plainIf(cond bool, plain []string) []string {
 	if cond {
 		return nil

@@ -220,3 +220,25 @@ func oneLine(s string) string {
 	}
 	return b.String()
 }
+
+// flagProblem rewords the flag package's own errors (an unknown flag, a
+// flag without its value, bad syntax), which name a flag with one dash and
+// say "flag provided but not defined", as the relay's refusals read: the
+// flag as an operator types it (--name) and what to do.
+func flagProblem(err error) string {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return "unknown flag --" + oneLine(name)
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		p := "--" + oneLine(name) + " needs a value"
+		if d := defaultOf(name); d != "" {
+			p += ", e.g. --" + name + " " + d
+		}
+		return p
+	}
+	if arg, ok := strings.CutPrefix(msg, "bad flag syntax: "); ok {
+		return "bad flag syntax " + show(arg) + ": use --name value or --name=value"
+	}
+	return oneLine(msg)
+}
