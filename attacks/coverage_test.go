@@ -2,6 +2,7 @@ package attacks
 
 import (
 	"bufio"
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -404,4 +406,59 @@ func TestMutants_StillApply(t *testing.T) {
 			"The defence's code changed: weaken it again the same way (%s), take `git diff` and replace the diff below the header\n"+
 			"(attacks/mutants/README.md), then check `make mutate MUTANTS=%s` still catches it.", m.Name, m.Files, out, m.Weakens, m.Name)
 	}
+}
+
+// messageCiteRE is a citation of relay code in a scenario's message:
+// "(SYMBOL in internal/PKG/FILE.go, ...)", or a bare "(SYMBOL)" /
+// "(SYMBOL, ...)" where SYMBOL looks like code (camelCase, or
+// Type.method).
+var messageCiteRE = regexp.MustCompile(`\(([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)(?: in ((?:internal|cmd)/[A-Za-z0-9_/]+\.go))?[,)]`)
+
+// TestScenarioMessages_CitedCodeExists: the code a scenario's failure
+// message points a reader at exists. Every citation names its file
+// ("msgReader.read in internal/relay/conn.go") and the file declares the
+// symbol, so a move or rename fails here instead of sending an operator
+// to a function that is gone.
+func TestScenarioMessages_CitedCodeExists(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	require.NoError(t, err)
+	looksLikeCode := regexp.MustCompile(`^[a-z][a-z0-9]*[A-Z]|^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_]`)
+	checked := 0
+	var bad []string
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		af, err := parser.ParseFile(token.NewFileSet(), f, nil, parser.SkipObjectResolution)
+		require.NoError(t, err)
+		ast.Inspect(af, func(n ast.Node) bool {
+			bl, ok := n.(*ast.BasicLit)
+			if !ok || bl.Kind != token.STRING {
+				return true
+			}
+			lit, err := strconv.Unquote(bl.Value)
+			if err != nil {
+				return true
+			}
+			for _, m := range messageCiteRE.FindAllStringSubmatch(lit, -1) {
+				sym, file := m[1], m[2]
+				if file == "" {
+					if looksLikeCode.MatchString(sym) {
+						bad = append(bad, fmt.Sprintf("%s: message cites (%s) without its file; write (%s in internal/PKG/FILE.go)", f, sym, sym))
+					}
+					continue
+				}
+				checked++
+				syms, err := declaredSymbols(filepath.Join("..", file))
+				if err != nil {
+					bad = append(bad, fmt.Sprintf("%s: message cites %s, which does not exist (moved?)", f, file))
+				} else if !syms[sym] {
+					bad = append(bad, fmt.Sprintf("%s: message cites %s in %s, which declares no such symbol (renamed or moved?)", f, sym, file))
+				}
+			}
+			return true
+		})
+	}
+	require.Empty(t, bad)
+	require.GreaterOrEqual(t, checked, 7, "found too few citations: is messageCiteRE still matching the messages?")
 }

@@ -70,7 +70,7 @@ func runDeadPeer(ctx context.Context, t *Target) Result {
 	e, ok := s.BinR.waitEnvelope(budget-time.Since(start), &s.Seen, func(e envelope) bool { return e.ConnID == dead.ConnID && e.CloseCode != 0 })
 	took := time.Since(start)
 	if !ok {
-		return Failf("heartbeat (heartbeat in internal/relay/conn.go, --pong-timeout): phone that never answers pings still open %v after the stage was set (ping %v + pong %v + close %v + %v slack, setup %v)",
+		return Failf("heartbeat (heartbeats.ping in internal/relay/heartbeat.go, --pong-timeout): phone that never answers pings still open %v after the stage was set (ping %v + pong %v + close %v + %v slack, setup %v)",
 			took.Round(time.Millisecond), deadPeerPing, deadPeerPong, deadPeerClose, deadPeerSlack, setup.Round(time.Millisecond))
 	}
 	if e.CloseCode != 1011 {
@@ -119,7 +119,7 @@ func deadIncumbent(ctx context.Context, t *Target) (string, error) {
 	defer rival.CloseNow()
 	if code := startReader(ctx, rival).closeCode(deadPeerProbe + deadPeerProbeSlack); code != 4409 {
 		if code == 0 {
-			return "", fmt.Errorf("conflict probe (binaryConn.claim): a claim against a live incumbent got no answer within the %v probe + %v", deadPeerProbe, deadPeerProbeSlack)
+			return "", fmt.Errorf("conflict probe (binaryConn.claim in internal/relay/binary.go): a claim against a live incumbent got no answer within the %v probe + %v", deadPeerProbe, deadPeerProbeSlack)
 		}
 		return "", fmt.Errorf("a claim against a live incumbent ended with %d, want 4409 (the probe must see it answer)", code)
 	}
@@ -175,7 +175,7 @@ func deadIncumbent(ctx context.Context, t *Target) (string, error) {
 	budget := deadPeerProbe + deadPeerProbeSlack
 	for i, r := range phones {
 		if code := r.closeCode(budget - time.Since(start)); code != 4404 {
-			return "", fmt.Errorf("conflict probe (binaryConn.claim, --probe-timeout): phone %d of the dead incumbent: close %d within %v of the claim (probe %v + %v slack), want 4404 (evicted by the takeover); the claimant's close: %d",
+			return "", fmt.Errorf("conflict probe (binaryConn.claim in internal/relay/binary.go, --probe-timeout): phone %d of the dead incumbent: close %d within %v of the claim (probe %v + %v slack), want 4404 (evicted by the takeover); the claimant's close: %d",
 				i+1, code, time.Since(start).Round(time.Millisecond), deadPeerProbe, deadPeerProbeSlack, next.BinR.closeCode(0))
 		}
 	}

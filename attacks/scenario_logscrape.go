@@ -152,7 +152,7 @@ func runLogScrape(ctx context.Context, t *Target) Result {
 	all := strings.Join(lines, "\n")
 	for c, what := range never {
 		if where := leakOf(all, c); where != "" {
-			return Failf("log key allowlist (filter.add in internal/logging): the log contains the %s canary: %s", what, where)
+			return Failf("log key allowlist (filter.add in internal/logging/handler.go): the log contains the %s canary: %s", what, where)
 		}
 		if where := leakOf(metricsPage, c); where != "" {
 			return Failf("closed metric labels: /metrics contains the %s canary: %s", what, where)

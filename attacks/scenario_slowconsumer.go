@@ -136,7 +136,7 @@ func runSlowConsumer(ctx context.Context, t *Target) Result {
 	}
 	took := time.Since(first)
 	if sentAtClose == 0 {
-		return Failf("phone backlog bound (outbox.push, --phone-queue-bytes): no backlog close %v after the first of %d KiB sent towards a stalled phone (local bound %d KiB: queue %d KiB + kernel buffers); the queue holds more than its cap",
+		return Failf("phone backlog bound (outbox.push in internal/relay/outbox.go, --phone-queue-bytes): no backlog close %v after the first of %d KiB sent towards a stalled phone (local bound %d KiB: queue %d KiB + kernel buffers); the queue holds more than its cap",
 			took.Round(10*time.Millisecond), sent/1024, slowConsumerLocalBound/1024, slowConsumerQueueLocal/1024)
 	}
 	e, ok := s.BinR.waitEnvelope(slowConsumerNoticeWait, &s.Seen, func(e envelope) bool { return e.ConnID == slow.ConnID && e.CloseCode != 0 })

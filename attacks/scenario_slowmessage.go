@@ -124,11 +124,11 @@ func trickle(ws *rawWS, rt time.Duration, leg string) (string, error) {
 				return "", fmt.Errorf("%s leg: connection closed after %v, before the %v read deadline: not the deadline at work (code %d)", leg, took.Round(time.Millisecond), rt, code)
 			}
 			if took > budget {
-				return "", fmt.Errorf("per-message read deadline (readMessage) on the %s leg: closed only after %v, past the %v deadline + %v slack", leg, took.Round(time.Millisecond), rt, slowMsgSlack(rt))
+				return "", fmt.Errorf("per-message read deadline (msgReader.read in internal/relay/conn.go) on the %s leg: closed only after %v, past the %v deadline + %v slack", leg, took.Round(time.Millisecond), rt, slowMsgSlack(rt))
 			}
 			return fmt.Sprintf("cut after %v with %d of %d payload bytes trickled (close %d)", took.Round(time.Millisecond), sent, len(payload), code), nil
 		case <-timer.C:
-			return "", fmt.Errorf("per-message read deadline (readMessage) on the %s leg: trickled message still being read after %v (deadline %v + %v slack), %d bytes sent", leg, budget, rt, slowMsgSlack(rt), sent)
+			return "", fmt.Errorf("per-message read deadline (msgReader.read in internal/relay/conn.go) on the %s leg: trickled message still being read after %v (deadline %v + %v slack), %d bytes sent", leg, budget, rt, slowMsgSlack(rt), sent)
 		case <-tick.C:
 			if i < len(payload)-1 { // never the last byte: the message must stay incomplete
 				if _, err := ws.c.Write([]byte{payload[i] ^ k[i%4]}); err == nil {

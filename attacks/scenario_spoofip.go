@@ -122,13 +122,13 @@ func spoofForwardedFor(ctx context.Context, t *Target) (string, error) {
 		}
 		if u.Status != http.StatusTooManyRequests {
 			u.Close()
-			return "", fmt.Errorf("client address resolution (resolveClientIP): %s out of upgrade tokens sent %s: %q and was answered %d, want 429: the header from an untrusted peer was believed",
+			return "", fmt.Errorf("client address resolution (resolveClientIP in internal/admission/clientip.go): %s out of upgrade tokens sent %s: %q and was answered %d, want 429: the header from an untrusted peer was believed",
 				drained, sh[0], sh[1], u.Status)
 		}
 		if u.retryAfterSecs() < 1 {
 			// The address was not believed (429 under its own); what is
 			// missing is the refusal's back-off hint, a different defence.
-			return "", fmt.Errorf("Retry-After on refusals (Controller.Middleware, TM-DOS-7): %s's 429 carried Retry-After %q, want whole seconds >= 1 (the spoofed %s was correctly ignored)",
+			return "", fmt.Errorf("Retry-After on refusals (Controller.Middleware in internal/admission/controller.go, TM-DOS-7): %s's 429 carried Retry-After %q, want whole seconds >= 1 (the spoofed %s was correctly ignored)",
 				drained, u.RetryAfter, sh[0])
 		}
 	}
