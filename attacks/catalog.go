@@ -111,7 +111,64 @@ type Scenario struct {
 	// plain-HTTP target they report Skip; `go test ./attacks` runs them
 	// against a relay in static-certificate mode.
 	TLSOnly bool
-	Run     func(ctx context.Context, t *Target) Result
+	// BehindProxy says what this scenario proves when the target is a
+	// TLS-terminating (layer-7) proxy in front of the relay (`relay attack
+	// --profile behind-proxy`). The zero value: the relay, as when reached
+	// directly.
+	BehindProxy ProxyNote
+	Run         func(ctx context.Context, t *Target) Result
+}
+
+// Profile says what stands between `relay attack` and the relay.
+type Profile int
+
+const (
+	// Direct: the relay's own listener, or a layer-4 balancer that passes
+	// TCP through (PROXY protocol v2); the relay terminates TLS and every
+	// verdict is the relay's.
+	Direct Profile = iota
+	// BehindProxy: a TLS-terminating (layer-7) proxy such as nginx. The
+	// proxy answers the TLS handshake, reads the request headers first and
+	// picks the virtual host, so some verdicts are the proxy's: reports
+	// label each scenario with what it tested (ProxyNote), and the few
+	// checks whose exact answer is an implementation's choice rather than
+	// the defence accept the proxy's documented answer (each scenario says
+	// which).
+	BehindProxy
+)
+
+func (p Profile) String() string {
+	switch p {
+	case Direct:
+		return "direct"
+	case BehindProxy:
+		return "behind-proxy"
+	}
+	return "unknown"
+}
+
+// ParseProfile parses a --profile value ("" is Direct).
+func ParseProfile(s string) (Profile, error) {
+	switch s {
+	case "", "direct":
+		return Direct, nil
+	case "behind-proxy":
+		return BehindProxy, nil
+	}
+	return Direct, fmt.Errorf("--profile %q: want direct or behind-proxy", s)
+}
+
+// What a scenario tests behind a TLS-terminating proxy.
+const (
+	TestsRelay = "relay"       // the relay's defence; the proxy only forwards
+	TestsProxy = "proxy"       // the proxy's configuration; the relay is not reached, or not asked
+	TestsBoth  = "relay+proxy" // some requests are answered by the proxy, the rest by the relay
+)
+
+// ProxyNote is what a scenario tests behind a TLS-terminating proxy, and why.
+type ProxyNote struct {
+	Tests string // TestsRelay (the zero value means it too), TestsProxy or TestsBoth
+	Why   string
 }
 
 // Result is what a scenario observed.
@@ -125,6 +182,8 @@ type Report struct {
 	Scenario Scenario
 	Result   Result
 	Duration time.Duration
+	// Proxy is set under --profile behind-proxy: what the verdict tested.
+	Proxy *ProxyNote
 }
 
 // Passf, Failf and Skipf build results.

@@ -17,7 +17,7 @@ import (
 // Main implements `relay attack`:
 //
 //	relay attack --target URL [--only IDS] [--json] [--ca FILE] [--timeout D]
-//	             [--junit FILE] [--report FILE.html] [--prom-textfile FILE]
+//	             [--profile behind-proxy] [--junit FILE] [--report FILE.html] [--prom-textfile FILE]
 //	relay attack --list
 //
 // It runs the remote-safe scenarios (each with the load stated in its
@@ -39,8 +39,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	junitFile := fs.String("junit", "", "also write the results as JUnit XML to FILE")
 	reportFile := fs.String("report", "", "also write a self-contained HTML report (threat, defence, scenario, bounds, result, evidence) to FILE")
 	promFile := fs.String("prom-textfile", "", "also write Prometheus textfile-collector metrics (one result gauge per scenario, the run's time) to FILE")
+	profile := fs.String("profile", "direct", "what stands in front of the relay: direct (the relay's own TLS, or an L4 balancer) or behind-proxy (a TLS-terminating proxy; each result says whether it tested the relay or the proxy)")
 	help := func() int {
-		fmt.Fprintln(stdout, "usage: relay attack --target URL [--only IDS] [--json] [--ca FILE] [--server-name NAME] [--timeout D] [--junit FILE] [--report FILE.html] [--prom-textfile FILE]\n       relay attack --list")
+		fmt.Fprintln(stdout, "usage: relay attack --target URL [--only IDS] [--json] [--ca FILE] [--server-name NAME] [--timeout D] [--profile behind-proxy] [--junit FILE] [--report FILE.html] [--prom-textfile FILE]\n       relay attack --list")
 		fs.SetOutput(stdout)
 		fs.PrintDefaults()
 		return 0
@@ -70,7 +71,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "relay: %v\n", err)
 		return 2
 	}
-	t := &Target{Base: base, ServerName: *serverName}
+	prof, err := ParseProfile(*profile)
+	if err != nil {
+		fmt.Fprintf(stderr, "relay attack: %v\n", err)
+		return 2
+	}
+	t := &Target{Base: base, ServerName: *serverName, Profile: prof}
 	if *caFile != "" {
 		pem, err := os.ReadFile(*caFile)
 		if err != nil {

@@ -63,6 +63,9 @@ func RenderJUnit(w io.Writer, reports []Report, info RunInfo) error {
 	for _, r := range reports {
 		c := junitCase{Name: r.Scenario.ID + ": " + r.Scenario.Title, Classname: "attacks." + strings.Join(r.Scenario.Threats, "+"),
 			Time: secs(r.Duration), SystemOut: r.Result.Evidence}
+		if r.Proxy != nil {
+			c.SystemOut = fmt.Sprintf("tests the %s behind a TLS-terminating proxy: %s\n%s", r.Proxy.Tests, r.Proxy.Why, r.Result.Evidence)
+		}
 		msg := &junitMessage{Message: oneLine(r.Result.Evidence), Text: r.Result.Evidence}
 		switch r.Result.Verdict {
 		case Fail:
@@ -204,8 +207,12 @@ func RenderHTML(w io.Writer, reports []Report, info RunInfo) error {
 			if b == "" {
 				b = "local relay of its own"
 			}
+			ev := r.Result.Evidence
+			if r.Proxy != nil {
+				ev = fmt.Sprintf("[tests the %s behind a TLS-terminating proxy: %s] %s", r.Proxy.Tests, r.Proxy.Why, ev)
+			}
 			rt.Scenarios = append(rt.Scenarios, reportScenario{ID: r.Scenario.ID, Title: r.Scenario.Title, Mode: r.Scenario.Mode.String(),
-				Bounds: b, Verdict: r.Result.Verdict.String(), Evidence: r.Result.Evidence, Duration: r.Duration.Round(time.Millisecond).String()})
+				Bounds: b, Verdict: r.Result.Verdict.String(), Evidence: ev, Duration: r.Duration.Round(time.Millisecond).String()})
 		}
 		threats = append(threats, rt)
 	}

@@ -64,6 +64,13 @@ func RunOne(ctx context.Context, target *Target, sc Scenario) (rep Report) {
 		since = len(target.Local.Started())
 	}
 	rep.Result = sc.Run(sctx, target)
+	if target.Profile == BehindProxy {
+		n := sc.BehindProxy
+		if n.Tests == "" {
+			n = ProxyNote{TestsRelay, "the proxy forwards this attack to the relay unchanged; the relay's defence answers it"}
+		}
+		rep.Proxy = &n
+	}
 	if sctx.Err() != nil && rep.Result.Verdict == Pass {
 		rep.Result = Failf("timed out after %v", ScenarioTimeout)
 	}
@@ -85,15 +92,45 @@ func Failed(reports []Report) bool {
 	return false
 }
 
-// RenderTable writes one row per report: ID, threats, verdict, duration, evidence.
+// RenderTable writes one row per report: ID, threats, verdict, duration,
+// evidence. Under --profile behind-proxy a TESTS column (relay, proxy or
+// relay+proxy) follows the verdict, and a note per scenario after the
+// table says why.
 func RenderTable(w io.Writer, reports []Report) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tTHREATS\tVERDICT\tDURATION\tEVIDENCE")
+	proxied := false
 	for _, r := range reports {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", r.Scenario.ID, strings.Join(r.Scenario.Threats, ","), r.Result.Verdict,
+		proxied = proxied || r.Proxy != nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if proxied {
+		fmt.Fprintln(tw, "ID\tTHREATS\tVERDICT\tTESTS\tDURATION\tEVIDENCE")
+	} else {
+		fmt.Fprintln(tw, "ID\tTHREATS\tVERDICT\tDURATION\tEVIDENCE")
+	}
+	for _, r := range reports {
+		verdict := r.Result.Verdict.String()
+		if proxied {
+			tests := "-"
+			if r.Proxy != nil {
+				tests = r.Proxy.Tests
+			}
+			verdict += "\t" + tests
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", r.Scenario.ID, strings.Join(r.Scenario.Threats, ","), verdict,
 			r.Duration.Round(10*time.Millisecond), oneLine(r.Result.Evidence))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if proxied {
+		fmt.Fprintln(w, "\nBehind a TLS-terminating proxy (--profile behind-proxy), what each verdict tested:")
+		for _, r := range reports {
+			if r.Proxy != nil {
+				fmt.Fprintf(w, "  %s (%s): %s\n", r.Scenario.ID, r.Proxy.Tests, oneLine(r.Proxy.Why))
+			}
+		}
+	}
+	return nil
 }
 
 type jsonReport struct {
@@ -104,14 +141,21 @@ type jsonReport struct {
 	Verdict    Verdict  `json:"verdict"`
 	Evidence   string   `json:"evidence"`
 	DurationMS int64    `json:"duration_ms"`
+	// Under --profile behind-proxy: relay, proxy or relay+proxy, and why.
+	Tests    string `json:"tests,omitempty"`
+	TestsWhy string `json:"tests_why,omitempty"`
 }
 
 // RenderJSON writes the reports as a JSON array.
 func RenderJSON(w io.Writer, reports []Report) error {
 	out := make([]jsonReport, 0, len(reports))
 	for _, r := range reports {
-		out = append(out, jsonReport{r.Scenario.ID, r.Scenario.Title, r.Scenario.Threats, r.Scenario.Mode,
-			r.Result.Verdict, r.Result.Evidence, r.Duration.Milliseconds()})
+		jr := jsonReport{ID: r.Scenario.ID, Title: r.Scenario.Title, Threats: r.Scenario.Threats, Mode: r.Scenario.Mode,
+			Verdict: r.Result.Verdict, Evidence: r.Result.Evidence, DurationMS: r.Duration.Milliseconds()}
+		if r.Proxy != nil {
+			jr.Tests, jr.TestsWhy = r.Proxy.Tests, r.Proxy.Why
+		}
+		out = append(out, jr)
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

@@ -40,6 +40,9 @@ func perIPFlood() Scenario {
 		Mode:    RemoteSafe,
 		Bounds: fmt.Sprintf("%d back-to-back upgrades of a phone to an unheld server-id (each closed 4404 at once) and %d /healthz requests, from one address; assumes the default --upgrade-burst 20 / --upgrade-rate 2",
 			perIPLoopRemote, perIPLoopRemote/perIPHealthEvery),
+		BehindProxy: ProxyNote{TestsRelay, "the relay's per-address limits answer; behind a proxy they charge the address the proxy " +
+			"writes in X-Forwarded-For (believed through --trust-proxy), which a run from one address cannot tell from the proxy's " +
+			"own: the relay's refusal log (remote) shows which it was"},
 		Run: runPerIPFlood,
 	}
 }

@@ -26,7 +26,9 @@ func tlsSuites() Scenario {
 		Mode:    RemoteSafe,
 		TLSOnly: true,
 		Bounds:  "4 sequential TLS handshakes",
-		Run:     runTLSSuites,
+		BehindProxy: ProxyNote{TestsProxy, "the proxy terminates TLS, so the suites refused are its configuration " +
+			"(nginx: ssl_ciphers, taken from the default server of the address, which must list the relay's internal/tlsconf suites)"},
+		Run: runTLSSuites,
 	}
 }
 

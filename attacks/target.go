@@ -34,6 +34,8 @@ type Target struct {
 	ServerName string
 	// Local is nil against a remote deployment.
 	Local *Local
+	// Profile is what stands in front of the relay (zero: Direct).
+	Profile Profile
 
 	client *http.Client // overrides the WebSocket dialer's HTTP client
 }

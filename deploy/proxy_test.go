@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -330,21 +331,30 @@ func badUpgradeFrom(t *testing.T, src, addr, caFile, extra string) int {
 	return code
 }
 
-// refusedFrom waits for the relay's log to show a refusal charged to addr
-// and reports whether it did.
-func refusedFrom(out *logBuf, addr string) bool {
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		sc := bufio.NewScanner(strings.NewReader(out.String()))
-		for sc.Scan() {
-			var l struct{ Event, Remote string }
-			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Event == "refused" && l.Remote == addr {
-				return true
-			}
+// refusals is the client address of each "bad_upgrade" refusal the
+// relay has logged so far, in order.
+func refusals(out *logBuf) []string {
+	var remotes []string
+	sc := bufio.NewScanner(strings.NewReader(out.String()))
+	for sc.Scan() {
+		var l struct{ Event, Reason, Remote string }
+		if json.Unmarshal(sc.Bytes(), &l) == nil && l.Event == "refused" && l.Reason == "bad_upgrade" {
+			remotes = append(remotes, l.Remote)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
-	return false
+	return remotes
+}
+
+// chargedTo sends badUpgradeFrom and returns the client address the relay
+// charged its refusal to, as its log says.
+func chargedTo(t *testing.T, out *logBuf, src, addr, caFile, extra string) string {
+	t.Helper()
+	before := len(refusals(out))
+	require.Equal(t, 400, badUpgradeFrom(t, src, addr, caFile, extra))
+	var got []string
+	require.Eventually(t, func() bool { got = refusals(out); return len(got) > before }, 5*time.Second, 10*time.Millisecond,
+		"the relay logged no refusal for the bad upgrade; log:\n%s", tailOf(out.String(), 2000))
+	return got[before]
 }
 
 // haproxyRig is the L4 layout: HAProxy on a public port forwarding TCP with
@@ -404,8 +414,7 @@ func TestProxyRecipes_HAProxy(t *testing.T) {
 	target := "https://" + front
 
 	// The relay sees the client's address, not HAProxy's.
-	require.Equal(t, 400, badUpgradeFrom(t, clientAddr, front, r.cert, ""))
-	require.True(t, refusedFrom(r.relayLog, clientAddr), "the relay did not charge the refusal to %s (PROXY v2 not believed?); log:\n%s", clientAddr, tailOf(r.relayLog.String(), 2000))
+	require.Equal(t, clientAddr, chargedTo(t, r.relayLog, clientAddr, front, r.cert, ""), "PROXY v2 header not believed")
 
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -420,4 +429,159 @@ func TestProxyRecipes_HAProxy(t *testing.T) {
 	}()
 	attackAll(t, target, r.cert)
 	wg.Wait()
+}
+
+// debianHTTP is the http block of Debian 12's /etc/nginx/nginx.conf, less
+// its log paths and includes, which the recipe is included into as
+// /etc/nginx/conf.d/relay.conf would be. Its ssl_protocols line enables
+// TLS 1.0 and 1.1: the recipe must override it.
+const debianHTTP = `
+	sendfile on;
+	tcp_nopush on;
+	types_hash_max_size 2048;
+	default_type application/octet-stream;
+	ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3; # Dropping SSLv3, ref: POODLE
+	ssl_prefer_server_ciphers on;
+	gzip on;
+`
+
+// nginxRig is the L7 layout: nginx terminates TLS and forwards to the
+// relay's plain-HTTP listener on loopback.
+type nginxRig struct {
+	nginx, cert, key string
+}
+
+// startRelayPlain runs the relay as deploy/relay-proxy.service does.
+func startRelayPlain(t *testing.T) (string, *logBuf) {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	return addr, startRelay(t, addr, "--insecure-listen", addr, "--trust-proxy", "127.0.0.1/32")
+}
+
+// start renders nginx-relay.conf (edit: nil, or a setting removed) in
+// front of the relay at relay and runs nginx in the foreground, one
+// process, its temporary files in a directory of its own.
+func (r *nginxRig) start(t *testing.T, relay string, edit func(string) string) string {
+	t.Helper()
+	dir := t.TempDir()
+	front := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	conf := render(t, "nginx-relay.conf", []subst{
+		{"listen 443 ssl", "listen " + front + " ssl", 2},
+		{"server 127.0.0.1:8080;", "server " + relay + ";", 1},
+		{"server_name relay.example.com;", "server_name " + proxyName + ";", 1},
+		{"/etc/letsencrypt/live/relay.example.com/fullchain.pem", r.cert, 1},
+		{"/etc/letsencrypt/live/relay.example.com/privkey.pem", r.key, 1},
+	}, edit)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "relay.conf"), []byte(conf), 0o644))
+	var temps strings.Builder
+	for _, d := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi"} {
+		fmt.Fprintf(&temps, "\t%s_temp_path %s;\n", d, filepath.Join(dir, d))
+	}
+	main := fmt.Sprintf("daemon off;\nmaster_process off;\nworker_processes 1;\npid %s;\nerror_log stderr notice;\nevents { worker_connections 1024; }\nhttp {%s\taccess_log off;\n%s\tinclude %s;\n}\n",
+		filepath.Join(dir, "nginx.pid"), debianHTTP, temps.String(), filepath.Join(dir, "relay.conf"))
+	mainFile := filepath.Join(dir, "nginx.conf")
+	require.NoError(t, os.WriteFile(mainFile, []byte(main), 0o644))
+	check, err := exec.Command(r.nginx, "-t", "-q", "-p", dir, "-c", mainFile).CombinedOutput()
+	require.NoError(t, err, "nginx -t:\n%s", check)
+	out := start(t, r.nginx, "-p", dir, "-c", mainFile)
+	waitListening(t, front, out)
+	return front
+}
+
+// nginxTests is what each remote-safe scenario tests behind nginx, as
+// `relay attack --profile behind-proxy` labels it (absent: relay).
+var nginxTests = map[string]string{
+	"ATK-SLOWLORIS":     "proxy",
+	"ATK-BODY-LEAK":     "relay+proxy",
+	"ATK-TLS-VERSION":   "proxy",
+	"ATK-TLS-SUITES":    "proxy",
+	"ATK-HOST-MISMATCH": "proxy",
+}
+
+// defaultServerRE matches the recipe's default server block.
+var defaultServerRE = regexp.MustCompile(`(?s)\nserver \{\n\s+listen \S+ ssl default_server;.*?\n\}\n`)
+
+// TestProxyRecipes_Nginx: deploy/nginx-relay.conf, included into Debian's
+// http defaults, in front of the real relay (--insecure-listen on loopback,
+// --trust-proxy 127.0.0.1/32): `relay attack --profile behind-proxy`
+// passes every remote-safe scenario through it, labelled as documented;
+// without the profile exactly the two scenarios whose exact answer differs
+// for nginx fail; the relay charges the client's address from
+// X-Forwarded-For, not nginx's nor one the client wrote. Each key setting,
+// removed, fails the scenario it is there for.
+func TestProxyRecipes_Nginx(t *testing.T) {
+	t.Parallel()
+	r := &nginxRig{nginx: needBinary(t, "nginx", "nginx-light")}
+	r.cert, r.key = selfSigned(t, t.TempDir())
+	relay, relayLog := startRelayPlain(t)
+	front := r.start(t, relay, nil)
+
+	// X-Forwarded-For: the relay charges the client (127.0.0.5), not nginx
+	// (127.0.0.1) and not the address the client claimed.
+	require.Equal(t, clientAddr, chargedTo(t, relayLog, clientAddr, front, r.cert, "X-Forwarded-For: 203.0.113.7\r\n"))
+
+	// Each key setting removed, against a relay of its own (so the main
+	// run's per-address budgets are untouched), beside the main run.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t.Run("settings", func(t *testing.T) { nginxSettingsMatter(t, r) })
+	}()
+	got := attackAll(t, "https://"+front, r.cert, "--profile", "behind-proxy")
+	wg.Wait()
+	for id, rep := range got {
+		want := nginxTests[id]
+		if want == "" {
+			want = "relay"
+		}
+		require.Equal(t, want, rep.Tests, "%s is labelled %q behind the proxy, want %q", id, rep.Tests, want)
+		require.NotEmpty(t, rep.Why, "%s: no reason given for its label", id)
+	}
+}
+
+// nginxSettingsMatter removes one setting of the recipe at a time and
+// requires the scenario it is there for to fail.
+func nginxSettingsMatter(t *testing.T, r *nginxRig) {
+	relay, relayLog := startRelayPlain(t)
+
+	// Without the profile, nginx's lenient header-line parsing and
+	// OpenSSL's SSL 3.0 alert fail exactly these two.
+	front := r.start(t, relay, nil)
+	code, reps, stderr := attack(t, "https://"+front, r.cert, "--only", "ATK-BODY-LEAK,ATK-TLS-VERSION,ATK-TLS-SUITES")
+	require.Equal(t, 1, code, "%s", tailOf(stderr, 1000))
+	verdicts := map[string]string{}
+	for _, rep := range reps {
+		verdicts[rep.ID] = rep.Verdict
+		t.Logf("no profile: %s %s: %s", rep.ID, rep.Verdict, rep.Evidence)
+	}
+	require.Equal(t, map[string]string{"ATK-BODY-LEAK": "FAIL", "ATK-TLS-VERSION": "FAIL", "ATK-TLS-SUITES": "PASS"}, verdicts)
+
+	for _, c := range []struct {
+		name, only string
+		edit       func(string) string
+	}{
+		{"client_header_timeout", "ATK-SLOWLORIS", dropLines("client_header_timeout")},
+		{"ssl_protocols (Debian's TLS 1.0 and 1.1 apply)", "ATK-TLS-VERSION", dropLines("ssl_protocols")},
+		{"ssl_protocols of the default server", "ATK-TLS-VERSION", func(s string) string {
+			return strings.Replace(s, "ssl_protocols TLSv1.2 TLSv1.3;", "", 1)
+		}},
+		{"ssl_ciphers", "ATK-TLS-SUITES", dropLines("ssl_ciphers")},
+		{"the default server answering 421", "ATK-HOST-MISMATCH", func(s string) string { return defaultServerRE.ReplaceAllString(s, "\n") }},
+		{"error_page (nginx's own error pages)", "ATK-BODY-LEAK", dropLines("error_page")},
+		{"the Connection map (Connection: upgrade always)", "ATK-BODY-LEAK", func(s string) string {
+			return strings.Replace(s, "proxy_set_header Connection $relay_connection;", `proxy_set_header Connection "upgrade";`, 1)
+		}},
+	} {
+		t.Run("without "+c.name, func(t *testing.T) {
+			front := r.start(t, relay, c.edit)
+			t.Logf("fails as it should: %s", attackFails(t, "https://"+front, r.cert, c.only, "--profile", "behind-proxy"))
+		})
+	}
+
+	// Without X-Forwarded-For the relay charges nginx itself.
+	t.Run("without X-Forwarded-For", func(t *testing.T) {
+		front := r.start(t, relay, dropLines("proxy_set_header X-Forwarded-For"))
+		require.Equal(t, "127.0.0.1", chargedTo(t, relayLog, clientAddr, front, r.cert, ""), "without X-Forwarded-For the relay sees only nginx")
+	})
 }
