@@ -155,7 +155,7 @@ func ParseProfile(s string) (Profile, error) {
 	case "behind-proxy":
 		return BehindProxy, nil
 	}
-	return Direct, fmt.Errorf("--profile %q: want direct or behind-proxy", s)
+	return Direct, fmt.Errorf("--profile %s is not a profile: use direct or behind-proxy", s)
 }
 
 // What a scenario tests behind a TLS-terminating proxy.

@@ -73,7 +73,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	prof, err := ParseProfile(*profile)
 	if err != nil {
-		fmt.Fprintf(stderr, "relay attack: %v\n", err)
+		fmt.Fprintf(stderr, "relay: %v\n", err)
 		return 2
 	}
 	t := &Target{Base: base, ServerName: *serverName, Profile: prof}

@@ -78,5 +78,5 @@ func TestProfile_BehindProxyLabelsEveryReport(t *testing.T) {
 	}
 	var out, errOut bytes.Buffer
 	require.Equal(t, 2, Main([]string{"--target", "https://relay.example.test", "--profile", "nginx"}, &out, &errOut))
-	require.Contains(t, errOut.String(), "want direct or behind-proxy")
+	require.Equal(t, "relay: --profile nginx is not a profile: use direct or behind-proxy\n", errOut.String())
 }
