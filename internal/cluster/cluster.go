@@ -55,6 +55,14 @@ type Options struct {
 	// Replicas of the claims bucket: 3 on a 3-node NATS cluster, so a NATS
 	// node's loss keeps the claims. Default 1.
 	Replicas int
+	// MaxPendingBytes bounds what the NATS client buffers for this
+	// instance's incoming cross-instance frames before the relay has read
+	// them, on top of --max-queued-bytes. Past it NATS drops messages (a
+	// slow consumer): detected, counted, and answered by closing every
+	// cross-instance phone of this instance 1011 with close notices. A
+	// message larger than the bound is always dropped that way, so keep it
+	// well above --max-message-bytes. Default 64 MiB.
+	MaxPendingBytes int
 }
 
 // Defaults.
@@ -66,8 +74,10 @@ const (
 	// maxPending bounds what NATS buffers for this instance's link
 	// subscription before it drops messages (a slow consumer, detected and
 	// answered by closing every cross-instance phone 1011).
-	maxPendingMsgs  = 65536
-	maxPendingBytes = 64 << 20
+	maxPendingMsgs         = 65536
+	DefaultMaxPendingBytes = 64 << 20
+	// minPendingBytes is the smallest MaxPendingBytes accepted.
+	minPendingBytes = 1 << 10
 )
 
 // ErrInvalidOptions reports cluster options the relay refuses to start with.
@@ -92,6 +102,9 @@ func (o Options) WithDefaults() Options {
 	if o.Replicas == 0 {
 		o.Replicas = 1
 	}
+	if o.MaxPendingBytes == 0 {
+		o.MaxPendingBytes = DefaultMaxPendingBytes
+	}
 	return o
 }
 
@@ -106,6 +119,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("%w: --cluster-lease must be at least 300ms", ErrInvalidOptions)
 	case o.Replicas < 1 || o.Replicas > 5:
 		return fmt.Errorf("%w: --cluster-replicas must be 1..5", ErrInvalidOptions)
+	case o.MaxPendingBytes < minPendingBytes:
+		return fmt.Errorf("%w: --cluster-max-pending-bytes must be at least 1024", ErrInvalidOptions)
 	}
 	for _, u := range o.URLs {
 		if !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {
@@ -220,7 +235,7 @@ func (c *Cluster) subscribe() error {
 	if err != nil {
 		return err
 	}
-	_ = link.SetPendingLimits(maxPendingMsgs, maxPendingBytes)
+	_ = link.SetPendingLimits(maxPendingMsgs, c.opts.MaxPendingBytes)
 	c.linkSub = link
 	c.subs = append(c.subs, link)
 	for _, s := range []struct {

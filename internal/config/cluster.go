@@ -22,10 +22,12 @@ func clusterFlags(fs *flag.FlagSet, o *cluster.Options) {
 	fs.StringVar(&o.InstanceID, "instance-id", "", "this instance's id in the cluster, [A-Za-z0-9_-]{1,64} (default: random, logged at start)")
 	fs.DurationVar(&o.Lease, "cluster-lease", o.Lease, "how long a crashed instance's claims outlive it; the same on every instance")
 	fs.IntVar(&o.Replicas, "cluster-replicas", o.Replicas, "replicas of the claims bucket (3 on a 3-node NATS cluster)")
+	o.MaxPendingBytes = cluster.DefaultMaxPendingBytes
+	fs.IntVar(&o.MaxPendingBytes, "cluster-max-pending-bytes", o.MaxPendingBytes, "bytes NATS may buffer for this instance's incoming cross-instance frames; past it (or for one larger frame) messages are dropped and every cross-instance phone here is closed 1011; keep it well above --max-message-bytes")
 }
 
 // clusterOnly are the flags that mean nothing without --cluster-nats.
-var clusterOnly = []string{"cluster-nats-creds", "cluster-nats-ca", "cluster-name", "instance-id", "cluster-lease", "cluster-replicas"}
+var clusterOnly = []string{"cluster-nats-creds", "cluster-nats-ca", "cluster-name", "instance-id", "cluster-lease", "cluster-replicas", "cluster-max-pending-bytes"}
 
 // urlList is a comma-separated list flag.
 type urlList []string

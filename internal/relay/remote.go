@@ -436,8 +436,10 @@ func (rl *Relay) Superseded(serverID, owner string, epoch uint64) {
 
 // LinkLost closes every cross-instance phone: this instance's NATS link
 // dropped or lost messages, so any of their frames may be gone. Phones here
-// are closed 1011; binaries here get a 1011 close notice for their remote
-// phones. Pairs on one instance are untouched.
+// are closed 1011 (their owners are told, so their binaries get notices);
+// binaries here get a 1011 close notice for their remote phones, whose
+// homes are told to close them 1011 (when NATS is still reachable: after a
+// slow consumer, not a disconnect). Pairs on one instance are untouched.
 func (rl *Relay) LinkLost(loss LinkLoss) {
 	proxies := rl.proxySnapshot()
 	for _, p := range proxies {
@@ -445,7 +447,7 @@ func (rl *Relay) LinkLost(loss LinkLoss) {
 	}
 	stubs := rl.reg.stubs()
 	for _, s := range stubs {
-		rl.dropStub(s, int(CodeInternal))
+		rl.loseStub(s, "", int(CodeInternal))
 	}
 	if n := len(proxies) + len(stubs); n > 0 {
 		rl.linkLost(loss, n)
