@@ -64,7 +64,7 @@ func buildRelay(dir string) (string, string, error) {
 func localTarget(t *testing.T) *Target {
 	t.Helper()
 	require.NoError(t, buildErr, "building the relay")
-	l := &Local{Binary: builtBinary, TestHooksBinary: builtHooksBinary, TempDir: t.TempDir(), NATSURL: natsURL()}
+	l := &Local{Binary: builtBinary, TestHooksBinary: builtHooksBinary, TempDir: t.TempDir(), NATSURL: natsURL(), SecureNATS: startSecureNATS}
 	if f := os.Getenv("RELAY_ATTACK_EXTRA_FLAGS"); f != "" {
 		l.ExtraFlags = strings.Fields(f)
 	}

@@ -208,6 +208,7 @@ func Catalog() []Scenario {
 		clusterCrossTenant(),
 		clusterDeadOwner(),
 		clusterSplitBrain(),
+		clusterRogueInstance(),
 		tokenForward(),
 		tlsVersion(),
 		tlsSuites(),

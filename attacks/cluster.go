@@ -10,12 +10,16 @@ import (
 )
 
 // clusterStage is a local cluster of relays in cluster mode (docs/cluster.md)
-// against Local.NATSURL, under a cluster name of its own so that scenarios
+// against Local.NATSURL (or a NATS of its own: newSecureClusterStage), under a cluster name of its own so that scenarios
 // sharing one NATS never see each other's claims.
 type clusterStage struct {
-	relays []*Target
-	procs  []*Process
-	conns  []*websocket.Conn
+	name string // --cluster-name
+	// natsURL and creds (instance id -> .creds file): secure stages only.
+	natsURL string
+	creds   map[string]string
+	relays  []*Target
+	procs   []*Process
+	conns   []*websocket.Conn
 }
 
 // clusterLease is the scenarios' --cluster-lease: short, so that a dead
@@ -30,7 +34,6 @@ func newClusterStage(ctx context.Context, t *Target, n int, flags ...string) (*c
 // i dialling NATS at urls[i] (a cutLink in front of the shared server, say),
 // or at Local.NATSURL where urls[i] is "".
 func newClusterStageVia(ctx context.Context, t *Target, urls []string, flags ...string) (*clusterStage, *Result) {
-	n := len(urls)
 	l, skip := localOrSkip(t)
 	if skip != nil {
 		return nil, skip
@@ -40,15 +43,62 @@ func newClusterStageVia(ctx context.Context, t *Target, urls []string, flags ...
 		return nil, &r
 	}
 	name := "atk" + randHex(6)
-	st := &clusterStage{}
-	for i := 0; i < n; i++ {
-		url := l.NATSURL
-		if urls[i] != "" {
-			url = urls[i]
+	via := map[string]string{}
+	for i, u := range urls {
+		via[clusterID(name, i)] = u
+	}
+	return startClusterStage(ctx, l, name, func(id string) []string {
+		if u := via[id]; u != "" {
+			return []string{"--cluster-nats", u}
 		}
-		args := append([]string{"--cluster-nats", url, "--cluster-name", name,
-			"--instance-id", fmt.Sprintf("%s-%c", name, 'a'+i), "--cluster-lease", clusterLease.String(),
-			"--probe-timeout", "500ms", "--upgrade-burst", "200", "--upgrade-rate", "200"}, flags...)
+		return []string{"--cluster-nats", l.NATSURL}
+	}, len(urls), flags...)
+}
+
+// newSecureClusterStage is newClusterStage against a NATS of its own in
+// operator mode (Local.SecureNATS): each relay connects with its own
+// credentials, whose permissions docs/cluster.md gives. creds maps each
+// instance id (clusterID) to its .creds file (st.creds).
+func newSecureClusterStage(ctx context.Context, t *Target, n int, flags ...string) (*clusterStage, *Result) {
+	l, skip := localOrSkip(t)
+	if skip != nil {
+		return nil, skip
+	}
+	if l.SecureNATS == nil {
+		r := Skipf("this scenario needs an operator-mode NATS (go test ./attacks starts one)")
+		return nil, &r
+	}
+	name := "atk" + randHex(6)
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = clusterID(name, i)
+	}
+	url, creds, err := l.SecureNATS(name, ids)
+	if err != nil {
+		r := Failf("operator-mode NATS: %v", err)
+		return nil, &r
+	}
+	st, res := startClusterStage(ctx, l, name, func(id string) []string {
+		return []string{"--cluster-nats", url, "--cluster-nats-creds", creds[id]}
+	}, n, flags...)
+	if st != nil {
+		st.natsURL, st.creds = url, creds
+	}
+	return st, res
+}
+
+// clusterID is the --instance-id of relay i of a stage.
+func clusterID(name string, i int) string { return fmt.Sprintf("%s-%c", name, 'a'+i) }
+
+// startClusterStage starts n relays in cluster name; natsFlags gives each
+// (in order) its NATS URL and credentials flags.
+func startClusterStage(ctx context.Context, l *Local, name string, natsFlags func(id string) []string, n int, flags ...string) (*clusterStage, *Result) {
+	st := &clusterStage{name: name}
+	for i := 0; i < n; i++ {
+		id := clusterID(name, i)
+		args := append(append(natsFlags(id), "--cluster-name", name,
+			"--instance-id", id, "--cluster-lease", clusterLease.String(),
+			"--probe-timeout", "500ms", "--upgrade-burst", "200", "--upgrade-rate", "200"), flags...)
 		p, err := l.Start(ctx, args...)
 		if err != nil {
 			st.Close()

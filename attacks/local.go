@@ -35,6 +35,12 @@ type Local struct {
 	// which start relays of their own in cluster mode against it (each under
 	// its own --cluster-name); empty skips them.
 	NATSURL string
+	// SecureNATS starts a NATS server of its own in operator mode that
+	// trusts only credentials issued for ids in cluster name, one .creds
+	// file per id with that instance's permissions (docs/cluster.md,
+	// Permissions), and returns its URL and the files by id. nil skips the
+	// scenarios that need it.
+	SecureNATS func(name string, ids []string) (url string, creds map[string]string, err error)
 	// TLSFlags serve the harness's static test certificate (--tls-cert F
 	// --tls-key K); nil when it has none. TLS scenarios that need a relay of
 	// their own, e.g. with another environment, start it with StartTLS.

@@ -81,7 +81,7 @@ func Threats() []Threat {
 		{"TM-CLU-1", "Cross-tenant routing across instances", Verified, ""},
 		{"TM-CLU-2", "A dead owner holds its server-ids", Verified, ""},
 		{"TM-CLU-3", "A compromised or sniffed NATS sees every frame", NotExecutable, "operational: whether a deployment runs NATS with TLS and credentials, and who can reach or run NATS, is outside the binary (the relay's side is tested, see Mitigation)"},
-		{"TM-CLU-4", "A rogue instance", NotExecutable, "needs a compromised instance and per-instance NATS permissions, which are deployment configuration"},
+		{"TM-CLU-4", "A rogue instance", Verified, ""},
 		{"TM-CLU-5", "Lease split brain", Verified, ""},
 	}
 }
