@@ -195,9 +195,16 @@ func (p *phoneConn) leaveRemote() {
 		delete(rl.proxies, proxyKey{p.route.owner, p.connID})
 	}
 	rl.proxMu.Unlock()
-	// Every end but a directive's is news to the binary, this instance's
-	// shutdown (1001) included: its binary lives on.
-	_ = rl.bp.Send(p.route.owner, LinkMessage{Kind: LinkLeave, ServerID: p.serverID, ConnID: p.connID, Code: int(p.cause.code), Notify: !p.cause.directive})
+	// Every end but a directive's or an eviction's is news to the binary,
+	// this instance's shutdown (1001) included: its binary lives on. An
+	// eviction (the claim moved: reclaim, takeover, grace expiry, or the
+	// owner dropped the phone, all reasonNoBinary) gets no notice, as on
+	// one instance (protocol §5): the owner may not have dropped the old
+	// slot yet when this leave arrives, and its binary would otherwise
+	// hear of a phone it is not losing but being replaced for
+	// (TestClusterConformance, takeover-dead-incumbent).
+	evicted := p.cause.reason == reasonNoBinary
+	_ = rl.bp.Send(p.route.owner, LinkMessage{Kind: LinkLeave, ServerID: p.serverID, ConnID: p.connID, Code: int(p.cause.code), Notify: !p.cause.directive && !evicted})
 }
 
 // AdmitRemote admits a phone whose socket is on instance home into the
