@@ -356,10 +356,17 @@ func (rl *Relay) Receive(from string, m LinkMessage) {
 		stub := rl.reg.findStub(m.ServerID, m.ConnID)
 		if stub == nil || stub.link.home != from {
 			// Not a phone of ours from that instance (gone, or a forgery):
-			// its home should close it.
+			// its home should close it. 4404 only when the server-id has
+			// no slot here; a slot that lost the stub (this instance's
+			// NATS link dropped, the link was found broken) lost frames,
+			// and its binary lives: 1011, so a NATS blip makes no 4404.
 			rl.countDrop(DropUnknownConnID)
 			if m.Kind == LinkUp {
-				_ = rl.bp.Send(from, LinkMessage{Kind: LinkEvict, ServerID: m.ServerID, ConnID: m.ConnID, Code: int(CodeNoBinary)})
+				code := CodeNoBinary
+				if rl.reg.has(m.ServerID) {
+					code = CodeInternal
+				}
+				_ = rl.bp.Send(from, LinkMessage{Kind: LinkEvict, ServerID: m.ServerID, ConnID: m.ConnID, Code: int(code)})
 			}
 			return
 		}

@@ -234,3 +234,28 @@ func TestClusterProxy_StalledPhone_ShedAtCeiling_NotTheCrossingPhone(t *testing.
 	_ = stalled.CloseNow()
 	h.eventually(func() bool { return h.rl.QueuedBytes() == 0 }, "budget conservation: %d bytes charged with no queued work", h.rl.QueuedBytes())
 }
+
+// A remote phone's frame for a stub this owner no longer has: when the
+// server-id's slot is still here (the stub was dropped because this
+// instance's NATS link went down, or its link was found broken), frames
+// were lost and the binary lives, so the home closes the phone 1011, never
+// 4404 (no 4404 from a NATS blip); only without a slot is it 4404.
+func TestClusterReceive_UnknownStub_1011WhileSlotHere_4404Without(t *testing.T) {
+	bp := &fakeBackplane{}
+	h := newClusterHarness(t, func(*Options) {}, bp)
+	h.dialBinary("held")
+	stub, code := h.rl.AdmitRemote("home", "held")
+	require.Zero(t, code)
+	h.rl.LinkLost(LossDisconnect) // the stub is dropped; its home is not reachable
+	require.Nil(t, h.rl.reg.findStub("held", stub))
+	before := len(bp.find(LinkEvict, stub))
+	h.rl.Receive("home", LinkMessage{Kind: LinkUp, ServerID: "held", ConnID: stub, Seq: 1, Frame: []byte(`{}`)})
+	ev := bp.find(LinkEvict, stub)
+	require.Len(t, ev, before+1)
+	require.Equal(t, int(CodeInternal), ev[len(ev)-1].m.Code, "a slot here that lost the stub: frames lost, binary alive")
+
+	h.rl.Receive("home", LinkMessage{Kind: LinkUp, ServerID: "nobody", ConnID: "client-00000000000000bb", Seq: 1, Frame: []byte(`{}`)})
+	ev = bp.find(LinkEvict, "client-00000000000000bb")
+	require.Len(t, ev, 1)
+	require.Equal(t, int(CodeNoBinary), ev[0].m.Code, "no slot for the server-id here")
+}
