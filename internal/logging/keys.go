@@ -33,7 +33,7 @@ const (
 	KeyEvent      = "event"       // stable machine-readable event name from a closed set in code
 	KeyListener   = "listener"    // which listener a line is about: public | acme | metrics
 	KeyAddr       = "addr"        // a local bound listener address (operator-chosen), never a peer's
-	KeyMode       = "mode"        // serving mode: insecure | tls | autocert
+	KeyMode       = "mode"        // serving mode: insecure | static | autocert
 	KeyDomain     = "domain"      // operator-configured autocert domain
 	KeyServerID   = "server_id"   // public pairing id (protocol §4), validated to [A-Za-z0-9._~-]{1,128}
 	KeyConnID     = "conn_id"     // relay-minted connection id, to correlate lines
