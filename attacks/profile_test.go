@@ -35,7 +35,7 @@ func TestProfile_BehindProxyLabelsEveryReport(t *testing.T) {
 	pass := func(context.Context, *Target) Result { return Passf("held") }
 	scs := []Scenario{
 		{ID: "ATK-A", Threats: []string{"TM-X"}, Mode: RemoteSafe, Run: pass},
-		{ID: "ATK-B", Threats: []string{"TM-Y"}, Mode: RemoteSafe, Run: pass, BehindProxy: ProxyNote{TestsProxy, "the proxy answers it"}},
+		{ID: "ATK-B", Threats: []string{"TM-HOST-1"}, Mode: RemoteSafe, Run: pass, BehindProxy: ProxyNote{TestsProxy, "the proxy answers it"}},
 	}
 	run := func(p Profile) []Report {
 		tgt := &Target{Base: base, Profile: p}
@@ -61,7 +61,7 @@ func TestProfile_BehindProxyLabelsEveryReport(t *testing.T) {
 	require.NoError(t, RenderTable(&tbl, proxied))
 	require.Regexp(t, `^ID\s+THREATS\s+VERDICT\s+TESTS\s+DURATION\s+EVIDENCE\n`, tbl.String())
 	require.Regexp(t, `(?m)^ATK-A\s+TM-X\s+PASS\s+relay\s`, tbl.String())
-	require.Regexp(t, `(?m)^ATK-B\s+TM-Y\s+PASS\s+proxy\s`, tbl.String())
+	require.Regexp(t, `(?m)^ATK-B\s+TM-HOST-1\s+PASS\s+proxy\s`, tbl.String())
 	require.Contains(t, tbl.String(), "ATK-B (proxy): the proxy answers it")
 	js.Reset()
 	require.NoError(t, RenderJSON(&js, proxied))
@@ -71,6 +71,13 @@ func TestProfile_BehindProxyLabelsEveryReport(t *testing.T) {
 	require.NotEmpty(t, got[0].TestsWhy)
 	require.Equal(t, TestsProxy, got[1].Tests)
 	require.Equal(t, "the proxy answers it", got[1].TestsWhy)
+
+	var page, junit bytes.Buffer
+	info := RunInfo{Target: base.String()}
+	require.NoError(t, RenderHTML(&page, proxied, info))
+	require.Contains(t, page.String(), "[tests the proxy behind a TLS-terminating proxy: the proxy answers it] held")
+	require.NoError(t, RenderJUnit(&junit, proxied, info))
+	require.Contains(t, junit.String(), "tests the proxy behind a TLS-terminating proxy: the proxy answers it")
 
 	for _, s := range []string{"", "direct", "behind-proxy"} {
 		_, err := ParseProfile(s)

@@ -1,7 +1,9 @@
 // Package deploy holds the operator files (systemd units, Grafana dashboard,
-// Prometheus rules, Containerfile) and the tests that keep them true: the
-// units must pass systemd-analyze and score 2.0 or lower, and every series
-// the dashboard and the rules name must be one the real relay exports.
+// Prometheus rules, Containerfile, nginx and HAProxy recipes) and the tests
+// that keep them true: the units must pass systemd-analyze and score 2.0 or
+// lower, every series the dashboard and the rules name must be one the real
+// relay exports, and `relay attack` through each proxy recipe must pass
+// (proxy_test.go).
 package deploy
 
 import (
