@@ -279,16 +279,19 @@ type peer struct {
 	host   *instance
 	ws     *websocket.Conn
 	events chan cfEvent
-	// deafNext makes the reader park after the next message it reads (the
-	// socket stays open, unread: no more pongs); deaf is true while it is
-	// parked; resume restarts it.
-	deafNext atomic.Bool
-	deaf     atomic.Bool
-	parked   chan struct{}
-	resume   chan struct{}
-	ended    atomic.Bool // the reader saw the connection end
-	closed   bool        // its end is in the transcript
-	self     bool        // the script closed it (its own end is not observed)
+	// count is the messages read so far; the reader parks after message
+	// number parkAt (the socket stays open, unread: no more pongs). deaf is
+	// true while it is parked; resume restarts it. A count, not a flag: a
+	// flag set just after the reader handed over a message but before it
+	// looked at the flag would park it one message early.
+	count  atomic.Int64
+	parkAt atomic.Int64
+	deaf   atomic.Bool
+	parked chan struct{}
+	resume chan struct{}
+	ended  atomic.Bool // the reader saw the connection end
+	closed bool        // its end is in the transcript
+	self   bool        // the script closed it (its own end is not observed)
 }
 
 type cfEvent struct {
@@ -374,8 +377,9 @@ func (p *peer) read() {
 			p.events <- ev
 			return
 		}
+		n := p.count.Add(1)
 		p.events <- cfEvent{typ: typ, data: data}
-		if p.deafNext.CompareAndSwap(true, false) {
+		if p.parkAt.Load() == n {
 			p.deaf.Store(true)
 			p.parked <- struct{}{}
 			<-p.resume
@@ -615,7 +619,7 @@ func (s *script) drop(p *peer) {
 // deafen stops p reading (it no longer answers pings) after the message
 // trigger makes it receive, which is recorded.
 func (s *script) deafen(p *peer, trigger func()) {
-	p.deafNext.Store(true)
+	p.parkAt.Store(p.count.Load() + 1)
 	trigger()
 	s.expect(p)
 	select {
