@@ -54,16 +54,31 @@ type Config struct {
 	// TLS, when set, is required of every client.
 	TLS *tls.Config
 	// ClusterName, with ServerName, makes the server a node of a JetStream
-	// cluster: its route listener on 127.0.0.1 (a free port) and Routes,
-	// the route URLs of nodes already running.
+	// cluster: its route listener on 127.0.0.1:RoutePort and Routes, the
+	// route URLs of every node (RouteURL; a clustered JetStream needs them
+	// configured from the start, so pick the ports first with FreePort).
 	ClusterName string
 	ServerName  string
+	RoutePort   int
 	Routes      []string
 }
 
+// FreePort is a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// RouteURL is the route URL of a node listening for routes on port.
+func RouteURL(port int) string { return fmt.Sprintf("nats-route://127.0.0.1:%d", port) }
+
 // StartConfig runs a server as c says.
 func StartConfig(c Config) (*Server, error) {
-	s := &Server{cfg: c, dir: c.Dir, port: c.Port}
+	s := &Server{cfg: c, dir: c.Dir, port: c.Port, routePort: c.RoutePort}
 	if c.Port == 0 {
 		s.port = -1 // nats-server's "random port"
 	}
@@ -122,9 +137,6 @@ func (s *Server) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.port
 
 // TLSURL is the client URL with the tls:// scheme.
 func (s *Server) TLSURL() string { return fmt.Sprintf("tls://127.0.0.1:%d", s.port) }
-
-// RouteURL is the node's route URL (cluster nodes only).
-func (s *Server) RouteURL() string { return fmt.Sprintf("nats-route://127.0.0.1:%d", s.routePort) }
 
 // Port is the bound port.
 func (s *Server) Port() int { return s.port }
