@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -208,7 +209,8 @@ func FuzzProxyListener(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	ln := WrapListener(tcp, mustPrefixes(f, "127.0.0.2/32"), headerTimeout, nil)
+	var rejects atomic.Int32 // refusals reported for the current input
+	ln := WrapListener(tcp, mustPrefixes(f, "127.0.0.2/32"), headerTimeout, func(SocketReason, netip.Addr) { rejects.Add(1) })
 	f.Cleanup(func() { ln.Close() })
 	addr := tcp.Addr().String()
 
@@ -217,6 +219,7 @@ func FuzzProxyListener(f *testing.F) {
 		if trusted {
 			src = "127.0.0.2"
 		}
+		rejects.Store(0)
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
 		client, err := d.Dial("tcp", addr)
 		if err != nil {
@@ -251,6 +254,11 @@ func FuzzProxyListener(f *testing.F) {
 		}
 		remote := addrOf(peerAddr)
 		signed := bytes.HasPrefix(data, proxyproto.SIGV1) || bytes.HasPrefix(data, proxyproto.SIGV2)
+		// A connection is reported at most once, and only when refused.
+		reported := rejects.Load()
+		if reported > 1 {
+			t.Fatalf("%q (trusted=%v stall=%v) reported %d times", data, trusted, stall, reported)
+		}
 
 		socket := netip.MustParseAddr(src)
 		if !trusted {
@@ -260,6 +268,9 @@ func FuzzProxyListener(f *testing.F) {
 			if !signed {
 				if rerr != nil || !bytes.Equal(got, data) {
 					t.Fatalf("untrusted peer without a PROXY header: sent %q, read %q, %v", data, got, rerr)
+				}
+				if reported != 0 {
+					t.Fatalf("untrusted peer without a PROXY header (%q) reported as refused", data)
 				}
 				return
 			}
@@ -277,7 +288,15 @@ func FuzzProxyListener(f *testing.F) {
 			if remote != socket || len(got) > 0 {
 				t.Fatalf("trusted peer without a valid header (%q) served %q as %v", data, got, remote)
 			}
+			// Refused and reported, unless it closed without a byte (a TCP
+			// health check).
+			if want := int32(1); (len(data) == 0 && !stall) != (reported == 0) || reported > want {
+				t.Fatalf("trusted peer without a valid header (%q, stall=%v): %d refusals reported", data, stall, reported)
+			}
 			return
+		}
+		if reported != 0 {
+			t.Fatalf("trusted peer's valid header %q reported as refused", data)
 		}
 		want := socket
 		if !h.Command.IsLocal() {
