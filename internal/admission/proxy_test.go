@@ -273,3 +273,45 @@ func TestProxy_Refusals_ReportedWithReasonAndPeer(t *testing.T) {
 		}
 	})
 }
+
+// The routing core sets socket options on the TCP socket under a PROXY
+// connection by following NetConn (tls.Conn's convention) or Raw
+// (go-proxyproto's): the refusal reporting wrapper must keep that path
+// open, over the socket cap's wrapper too, within three hops: the core
+// follows four, and TLS takes one.
+func TestWrapListener_TCPSocketReachableByNetConn(t *testing.T) {
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	capped, err := LimitListener(tcp, DefaultSocketLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := WrapListener(capped, mustPrefixes(t, "127.0.0.2/32"), time.Second, func(SocketReason, netip.Addr) {})
+	defer ln.Close()
+	client := dialFrom(t, "127.0.0.3", tcp.Addr().String())
+	defer client.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var hops int
+	for hops = 0; hops < 3; hops++ {
+		if _, ok := c.(*net.TCPConn); ok {
+			break
+		}
+		switch v := c.(type) {
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		case interface{ Raw() net.Conn }:
+			c = v.Raw()
+		default:
+			t.Fatalf("%T exposes neither NetConn nor Raw", c)
+		}
+	}
+	if _, ok := c.(*net.TCPConn); !ok {
+		t.Fatalf("no *net.TCPConn within 3 hops, stopped at %T", c)
+	}
+}
