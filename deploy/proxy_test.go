@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -153,6 +154,13 @@ func (l *logBuf) String() string {
 // start runs a process until the test ends, its output collected.
 func start(t *testing.T, name string, args ...string) *logBuf {
 	t.Helper()
+	out, _ := startCmd(t, name, args...)
+	return out
+}
+
+// startCmd is start, with the process for signalling it.
+func startCmd(t *testing.T, name string, args ...string) (*logBuf, *exec.Cmd) {
+	t.Helper()
 	out := &logBuf{}
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), "RELAY_PRODUCTION=")
@@ -165,7 +173,7 @@ func start(t *testing.T, name string, args ...string) *logBuf {
 			t.Logf("%s output (tail):\n%s", filepath.Base(name), tailOf(out.String(), 3000))
 		}
 	})
-	return out
+	return out, cmd
 }
 
 func tailOf(s string, n int) string {
@@ -191,9 +199,15 @@ func waitListening(t *testing.T, addr string, out *logBuf) {
 // startRelay runs the real relay with args and waits for its public listener.
 func startRelay(t *testing.T, publicAddr string, args ...string) *logBuf {
 	t.Helper()
-	out := start(t, relayBin, append([]string{"serve"}, args...)...)
-	waitListening(t, publicAddr, out)
+	out, _ := startRelayCmd(t, publicAddr, args...)
 	return out
+}
+
+func startRelayCmd(t *testing.T, publicAddr string, args ...string) (*logBuf, *exec.Cmd) {
+	t.Helper()
+	out, cmd := startCmd(t, relayBin, append([]string{"serve"}, args...)...)
+	waitListening(t, publicAddr, out)
+	return out, cmd
 }
 
 // attackReport is one row of `relay attack --json`.
@@ -361,20 +375,20 @@ func chargedTo(t *testing.T, out *logBuf, src, addr, caFile, extra string) strin
 // haproxyRig is the L4 layout: HAProxy on a public port forwarding TCP with
 // PROXY v2 to the relay's own TLS listener.
 type haproxyRig struct {
-	dir, cert, key        string
-	front, relay, metrics string // host:port
-	haproxy               string
-	relayLog              *logBuf
+	dir, cert, key string
+	relay, metrics string // host:port
+	haproxy        string
+	relayLog       *logBuf
+	relayCmd       *exec.Cmd
 }
 
-func newHAProxyRig(t *testing.T, haproxy string) *haproxyRig {
+func newHAProxyRig(t *testing.T, haproxy string, extra ...string) *haproxyRig {
 	r := &haproxyRig{dir: t.TempDir(), haproxy: haproxy}
 	r.cert, r.key = selfSigned(t, r.dir)
-	r.front = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	r.relay = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	r.metrics = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	r.relayLog = startRelay(t, r.relay, "--https-listen", r.relay, "--tls-cert", r.cert, "--tls-key", r.key,
-		"--proxy-protocol", "--trust-proxy", "127.0.0.1/32", "--metrics-listen", r.metrics)
+	r.relayLog, r.relayCmd = startRelayCmd(t, r.relay, append([]string{"--https-listen", r.relay, "--tls-cert", r.cert, "--tls-key", r.key,
+		"--proxy-protocol", "--trust-proxy", "127.0.0.1/32", "--metrics-listen", r.metrics}, extra...)...)
 	return r
 }
 
@@ -427,8 +441,67 @@ func TestProxyRecipes_HAProxy(t *testing.T) {
 			front := r.startHAProxy(t, func(s string) string { return strings.Replace(s, " send-proxy-v2 ", " ", 1) })
 			t.Logf("fails as it should: %s", attackFails(t, "https://"+front, r.cert, "ATK-TLS-SUITES"))
 		})
+		// The health check on the metrics listener takes a relay in its
+		// lame duck out of rotation while it still serves; without it
+		// HAProxy keeps sending clients until the listener closes.
+		t.Run("lame duck", func(t *testing.T) { haproxyLameDuck(t, haproxy) })
 	}()
 	attackAll(t, target, r.cert)
+	wg.Wait()
+}
+
+// handshakeVia reports whether a TLS handshake with the relay's name
+// completes through addr.
+func handshakeVia(addr, caFile string) error {
+	pool := x509.NewCertPool()
+	b, err := os.ReadFile(caFile)
+	if err != nil {
+		return err
+	}
+	pool.AppendCertsFromPEM(b)
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", addr, &tls.Config{RootCAs: pool, ServerName: proxyName, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// haproxyLameDuck: SIGTERM starts the relay's lame duck (/healthz 503, the
+// listeners still serving, --drain-delay 30s here). With the recipe's
+// health check HAProxy stops forwarding within a few seconds although the
+// relay's listener still accepts; with the check removed it keeps
+// forwarding.
+func haproxyLameDuck(t *testing.T, haproxy string) {
+	var wg sync.WaitGroup
+	for _, withCheck := range []bool{true, false} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := newHAProxyRig(t, haproxy, "--drain-delay", "30s")
+			var edit func(string) string
+			if !withCheck {
+				edit = func(s string) string {
+					return regexp.MustCompile(` check port \d+ inter 2s fastinter 500ms fall 2 rise 2`).ReplaceAllString(s, "")
+				}
+			}
+			front := r.startHAProxy(t, edit)
+			require.NoError(t, handshakeVia(front, r.cert), "before the lame duck")
+			require.NoError(t, r.relayCmd.Process.Signal(syscall.SIGTERM))
+			require.Eventually(t, func() bool { return strings.Contains(r.relayLog.String(), `"event":"lame_duck"`) }, 5*time.Second, 10*time.Millisecond)
+			if withCheck {
+				sig := time.Now()
+				require.Eventually(t, func() bool { return handshakeVia(front, r.cert) != nil }, 5*time.Second, 100*time.Millisecond,
+					"HAProxy kept forwarding to a relay whose /healthz answers 503 for the default --drain-delay (5 s)")
+				t.Logf("HAProxy stopped forwarding %v into the lame duck", time.Since(sig).Round(100*time.Millisecond))
+			} else {
+				time.Sleep(6 * time.Second) // longer than the check took to notice above
+				require.NoError(t, handshakeVia(front, r.cert), "without a health check HAProxy forwards through the lame duck")
+			}
+			c, err := net.DialTimeout("tcp", r.relay, 2*time.Second)
+			require.NoError(t, err, "the relay's listener closed: the lame duck ended too early for this check")
+			c.Close()
+		}()
+	}
 	wg.Wait()
 }
 
