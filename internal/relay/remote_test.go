@@ -105,7 +105,7 @@ func (h *harness) dialStalled(path string, hdr http.Header) *websocket.Conn {
 // is left under ceiling once the writers have blocked, never crossing it.
 func fillTo(t *testing.T, h *harness, ceiling, cost int64, send func()) int64 {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		require.True(t, time.Now().Before(deadline), "the queue never filled: relay-wide %d of %d (are these bytes charged?)", h.rl.QueuedBytes(), ceiling)
 		q := stableQueued(t, h)
