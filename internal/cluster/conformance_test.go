@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -74,7 +75,8 @@ const (
 var cfConfigs = map[string][]string{
 	// The heartbeat is out of the way, so a binary that stops reading is
 	// "dead" only to the conflict probe (takeover cases).
-	"default": {"--ping-interval", "1h"},
+	// A short read timeout shows a half-sent message's 1011.
+	"default": {"--ping-interval", "1h", "--read-timeout", "1s"},
 	// Token forwarding on, and a heartbeat short enough to watch.
 	// The longer grace keeps a slot whose binary the heartbeat closed in
 	// grace until the script reclaims it, however slow the machine.
@@ -272,6 +274,7 @@ type script struct {
 	conn  map[string]string // phone name -> conn_id
 	sids  map[string]string // server-id name -> server-id
 	peers []*peer
+	raws  []net.Conn
 }
 
 type peer struct {
@@ -430,16 +433,7 @@ func (s *script) phone(name string, j int, sidName string, path ...string) *peer
 	}
 	sid := s.sid(sidName)
 	s.log("%s: phone dials %s for %s", name, p, sidName)
-	count := func() int {
-		n := 0
-		for _, l := range host.proc.Log() {
-			if (strings.Contains(l, `"event":"phone_joined"`) || strings.Contains(l, `"event":"phone_refused"`)) &&
-				strings.Contains(l, `"server_id":"`+sid+`"`) {
-				n++
-			}
-		}
-		return n
-	}
+	count := func() int { return phoneDecisions(host, sid) }
 	before := count()
 	ph := s.dial(name, host, p, headers(sid, "x-pyrycode-token", "tok-"+name, "x-pyrycode-device-name", "conformance "+name))
 	if ph == nil {
@@ -449,6 +443,112 @@ func (s *script) phone(name string, j int, sidName string, path ...string) *peer
 		s.log("%s: neither admitted nor refused within 15s", name)
 	}
 	return ph
+}
+
+// phoneDecisions counts the phones of sid that in admitted or refused.
+func phoneDecisions(in *instance, sid string) int {
+	n := 0
+	for _, l := range in.proc.Log() {
+		if (strings.Contains(l, `"event":"phone_joined"`) || strings.Contains(l, `"event":"phone_refused"`)) &&
+			strings.Contains(l, `"server_id":"`+sid+`"`) {
+			n++
+		}
+	}
+	return n
+}
+
+// rawPhone is the case's j-th phone speaking WebSocket by hand, to send
+// what no client library would (half a message). It waits until the relay
+// has admitted or refused it.
+func (s *script) rawPhone(name string, j int, sidName string) net.Conn {
+	host := s.topo.phone(s.env, j)
+	sid := s.sid(sidName)
+	s.log("%s: phone dials /v1/client for %s (a hand-written client)", name, sidName)
+	addr := strings.TrimPrefix(host.ws, "ws://")
+	before := phoneDecisions(host, sid)
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		s.log("%s: dial failed", name)
+		return nil
+	}
+	s.raws = append(s.raws, c)
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	fmt.Fprintf(c, "GET /v1/client HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"+
+		"X-Pyrycode-Server: %s\r\nX-Pyrycode-Token: tok-%s\r\nUser-Agent: conformance-test\r\n\r\n", addr, sid, name)
+	// Read the response byte by byte up to its blank line, so no frame
+	// bytes after it are buffered away.
+	var head []byte
+	one := make([]byte, 1)
+	for !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
+		if _, err := io.ReadFull(c, one); err != nil {
+			s.log("%s: no upgrade response", name)
+			return c
+		}
+		head = append(head, one[0])
+	}
+	s.log("%s: %s", name, strings.SplitN(string(head), "\r\n", 2)[0])
+	if !pollUntil(15*time.Second, func() bool { return phoneDecisions(host, sid) > before }) {
+		s.log("%s: neither admitted nor refused within 15s", name)
+	}
+	return c
+}
+
+// rawFrame writes a masked (zero key) text frame announcing len(payload)
+// bytes but carrying only the first n.
+func rawFrame(c net.Conn, payload []byte, n int) error {
+	h := []byte{0x81}
+	switch l := len(payload); {
+	case l < 126:
+		h = append(h, 0x80|byte(l))
+	default:
+		h = append(h, 0x80|126, byte(l>>8), byte(l))
+	}
+	h = append(h, 0, 0, 0, 0)
+	_, err := c.Write(append(h, payload[:n]...))
+	return err
+}
+
+// rawEnd reads the hand-written client's socket until the relay's close
+// frame (pings are left unanswered) and records its code and reason.
+func (s *script) rawEnd(name string, c net.Conn) {
+	if c == nil {
+		return
+	}
+	for {
+		var h [2]byte
+		if _, err := io.ReadFull(c, h[:]); err != nil {
+			s.log("%s: connection ended without a close frame", name)
+			return
+		}
+		n := int(h[1] & 0x7f)
+		switch n {
+		case 126:
+			var e [2]byte
+			_, _ = io.ReadFull(c, e[:])
+			n = int(e[0])<<8 | int(e[1])
+		case 127:
+			s.log("%s: unexpected 64-bit frame length", name)
+			return
+		}
+		payload := make([]byte, n)
+		if _, err := io.ReadFull(c, payload); err != nil {
+			s.log("%s: connection ended mid-frame", name)
+			return
+		}
+		switch op := h[0] & 0x0f; op {
+		case 0x9, 0xa: // ping, pong: not part of the protocol's transcript
+		case 0x8:
+			if len(payload) < 2 {
+				s.log("%s: closed without a status", name)
+				return
+			}
+			s.log("%s: closed %d %q", name, int(payload[0])<<8|int(payload[1]), payload[2:])
+			return
+		default:
+			s.log("%s <- opcode %d %s", name, op, s.norm(payload))
+		}
+	}
 }
 
 // record writes one event of p into the transcript.
@@ -543,6 +643,9 @@ func (s *script) finish() {
 		}
 		_ = p.ws.CloseNow()
 	}
+	for _, c := range s.raws {
+		_ = c.Close()
+	}
 }
 
 // send writes raw as a text message from p.
@@ -580,16 +683,22 @@ func (s *script) learn(p, b *peer) {
 		return
 	}
 	s.send(p, fmt.Sprintf(`{"hello":%q}`, p.name))
+	s.learnAt(p.name, b)
+}
+
+// learnAt records the envelope binary b receives next; its conn_id
+// becomes phone's name.
+func (s *script) learnAt(phone string, b *peer) {
 	select {
 	case ev := <-b.events:
 		if !ev.end {
 			if m := regexp.MustCompile(`"conn_id":"([^"]*)"`).FindSubmatch(ev.data); m != nil {
 				id := string(m[1])
-				name := p.name
+				name := phone
 				if !connIDPattern.MatchString(id) || len(id) != len("client-")+16 {
 					name += "(malformed conn_id)"
 				}
-				s.conn[p.name] = id
+				s.conn[phone] = id
 				s.names[id] = name
 			}
 		}
@@ -855,6 +964,27 @@ var cfCases = []cfCase{
 		s.to(b, "P7", `{"ok":true}`)
 		s.expect(p)
 	}},
+	{name: "phone-read-timeout", config: "default", run: func(s *script) {
+		b := s.binary("B0", 0, "S0")
+		p1 := s.phone("P1", 1, "S0")
+		s.learn(p1, b)
+		r := s.rawPhone("P0", 0, "S0")
+		if r == nil {
+			return
+		}
+		hello := []byte(`{"hello":"P0"}`)
+		s.log("P0 -> %s", hello)
+		_ = rawFrame(r, hello, len(hello))
+		s.learnAt("P0", b)
+		// Half a message, then nothing: --read-timeout closes the phone
+		// 1011, and its binary gets the notice.
+		s.log("P0 -> the first 10 bytes of a 100-byte message")
+		_ = rawFrame(r, []byte(`{"pad":"`+strings.Repeat("z", 90)+`"}`), 10)
+		s.rawEnd("P0", r)
+		s.expect(b)
+		s.to(b, "P1", `{"unaffected":true}`)
+		s.expect(p1)
+	}},
 	{name: "phone-cap", config: "default", run: func(s *script) {
 		b := s.binary("B0", 0, "S0")
 		var ps []*peer
@@ -925,7 +1055,11 @@ var cfCases = []cfCase{
 		s.send(p0, `{"during":"grace"}`)
 		p2 := s.phone("P2", 2, "S0", "/v2/client")
 		s.quiet(p0, p1, p2)
-		// A reclaim during grace evicts them all 4404.
+		// A phone that leaves during grace notifies nobody (the binary it
+		// joined under is gone), not even the binary that reclaims.
+		p4 := s.phone("P4", 4, "S0")
+		s.close(p4, 4000, "gone in grace")
+		// A reclaim during grace evicts the others 4404.
 		b1 := s.binary("B1", 1, "S0")
 		s.expect(p0)
 		s.expect(p1)
