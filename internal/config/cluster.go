@@ -2,10 +2,13 @@ package config
 
 import (
 	"flag"
+	"fmt"
+	"io/fs"
 	"os"
 	"strings"
 
 	"github.com/pyrycode/relay/internal/cluster"
+	"github.com/pyrycode/relay/internal/fileowner"
 )
 
 // clusterFlags registers the cluster-mode flags on fs, writing into o. They
@@ -16,7 +19,7 @@ func clusterFlags(fs *flag.FlagSet, o *cluster.Options) {
 	o.Lease = cluster.DefaultLease
 	o.Replicas = 1
 	fs.Var((*urlList)(&o.URLs), "cluster-nats", "cluster mode: comma-separated NATS URLs (nats:// or tls://); off when empty (docs/cluster.md)")
-	fs.StringVar(&o.CredsFile, "cluster-nats-creds", "", "NATS credentials (.creds) file for this instance (its own user, publish limited to its own id)")
+	fs.StringVar(&o.CredsFile, "cluster-nats-creds", "", "NATS credentials (.creds) file for this instance (its own user, publish limited to its own id; the file must be 0600/0400 and owned by the relay's user)")
 	fs.StringVar(&o.CAFile, "cluster-nats-ca", "", "PEM CA bundle to verify the NATS servers' TLS certificates")
 	fs.StringVar(&o.Name, "cluster-name", o.Name, "subject and claims-bucket prefix, so two clusters can share one NATS")
 	fs.StringVar(&o.InstanceID, "instance-id", "", "this instance's id in the cluster, [A-Za-z0-9_-]{1,64} (default: random, logged at start)")
@@ -66,5 +69,34 @@ func (c *Config) validateCluster(set map[string]bool) error {
 			return &Error{Problem: "--" + f.name + ": cannot read the file"}
 		}
 	}
+	if o.CredsFile != "" {
+		if problem := credsFileProblem(o.CredsFile); problem != "" {
+			return &Error{Problem: "--cluster-nats-creds: " + problem}
+		}
+	}
 	return nil
+}
+
+// credsFileProblem applies the FCM credentials' rule (TM-OUT-5) to the
+// NATS credentials, which are this instance's identity on NATS (the nkey
+// seed signs its connection; whoever reads it can speak as the instance,
+// TM-CLU-4): a regular file, no group or world bit, owned by the relay's
+// uid. nats.go reads the file again at every (re)connect, so a rotated file
+// is picked up; this check runs at start.
+func credsFileProblem(path string) string {
+	fi, err := os.Lstat(path)
+	switch {
+	case err != nil:
+		return "cannot read the file"
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return path + " is a symlink; point the flag at the real file"
+	case !fi.Mode().IsRegular():
+		return path + " is not a regular file"
+	case fi.Mode().Perm()&fileowner.GroupWorld != 0:
+		return fmt.Sprintf("%s has mode %#o; want 0600 or 0400 (chmod 600 %s)", path, fi.Mode().Perm(), path)
+	}
+	if owner, euid, foreign := fileowner.Foreign(fi); foreign {
+		return fmt.Sprintf("%s is owned by uid %d, not the relay's uid %d", path, owner, euid)
+	}
+	return ""
 }

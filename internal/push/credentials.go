@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/oauth2/google"
 	"golang.org/x/oauth2/jwt"
+
+	"github.com/pyrycode/relay/internal/fileowner"
 )
 
 // ErrCredentialsInsecure is wrapped by every refusal of the credentials
@@ -108,6 +110,15 @@ func checkCredentialsInfo(path string, fi fs.FileInfo) error {
 		return fmt.Errorf("%w: %s has mode %#o; want 0600 or 0400 (chmod 600 %s)", ErrCredentialsInsecure, path, perm, path)
 	}
 	return checkOwner(path, fi)
+}
+
+// checkOwner refuses a file owned by another uid than the process's
+// effective uid: its owner could read or replace the key whatever the mode.
+func checkOwner(path string, fi fs.FileInfo) error {
+	if owner, euid, foreign := fileowner.Foreign(fi); foreign {
+		return fmt.Errorf("%w: %s is owned by uid %d, not the relay's uid %d", ErrCredentialsInsecure, path, owner, euid)
+	}
+	return nil
 }
 
 // pathErr drops the path from an *fs.PathError (the caller names it).

@@ -20,6 +20,8 @@ import (
 
 	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
+
+	"github.com/pyrycode/relay/internal/fileowner"
 )
 
 // ErrCacheDirInsecure is wrapped by every CheckCacheDir refusal that is about
@@ -53,7 +55,7 @@ var ErrInvalidDirectoryURL = errors.New("tlsconf: invalid ACME directory URL")
 
 // groupWorldBits are the permission bits that must be clear on the cache
 // directory and everything in it.
-const groupWorldBits fs.FileMode = 0o077
+const groupWorldBits = fileowner.GroupWorld
 
 // CheckCacheDir verifies, before any port is bound, that dir is safe to use
 // as the autocert certificate cache, creating it when it is missing.
@@ -125,6 +127,15 @@ func CheckCacheDir(dir string) error {
 		if err := checkOwner(p, efi); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// checkOwner refuses a cache path owned by another uid than the process's
+// effective uid: that uid could read or replace the keys whatever the mode.
+func checkOwner(path string, fi fs.FileInfo) error {
+	if owner, euid, foreign := fileowner.Foreign(fi); foreign {
+		return fmt.Errorf("%w: %s is owned by uid %d, not the relay's uid %d", ErrCacheDirInsecure, path, owner, euid)
 	}
 	return nil
 }
