@@ -113,10 +113,12 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		}
 		key, exempt := ll.key(c.RemoteAddr())
 		if reason := ll.admit(key, exempt); reason != "" {
-			_ = c.Close()
+			// Counted before the close: whoever sees the socket closed
+			// (the peer, a test scraping the metric) sees it counted.
 			if ll.l.OnReject != nil {
 				ll.l.OnReject(reason, normalize(addrOf(c.RemoteAddr())))
 			}
+			_ = c.Close()
 			continue
 		}
 		return &countedConn{Conn: c, release: func() { ll.release(key, exempt) }}, nil

@@ -138,3 +138,41 @@ func TestSocketLimits_Invalid(t *testing.T) {
 		}
 	}
 }
+
+// A refused socket is counted before it is closed, so whoever sees the
+// close (the peer, an attack scenario scraping the metric at once) also
+// sees the count. OnReject is held here: the socket must stay open until
+// it returns.
+func TestSocketLimits_CountedBeforeClosed(t *testing.T) {
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inReject, release := make(chan struct{}), make(chan struct{})
+	ln, err := LimitListener(raw, SocketLimits{Max: 1, MaxPerIP: 1, OnReject: func(SocketReason, netip.Addr) {
+		close(inReject)
+		<-release
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	acceptAll(t, ln)
+	addr := ln.Addr().String()
+	if !heldOpen(dialSocketFrom(t, "127.0.0.2", addr)) {
+		t.Fatal("the first socket was closed")
+	}
+	over := dialSocketFrom(t, "127.0.0.2", addr)
+	select {
+	case <-inReject:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the socket over the cap was never reported")
+	}
+	if !heldOpen(over) {
+		t.Fatal("the refused socket was closed before OnReject returned: a peer can see the close before the count")
+	}
+	close(release)
+	if !refusedSoon(over) {
+		t.Fatal("the refused socket was not closed after OnReject returned")
+	}
+}
