@@ -1135,6 +1135,9 @@ var cfCases = []cfCase{
 			`{"conn_id":"client-0000000000000000","frame":{}}`,
 			fmt.Sprintf(`{"conn_id":%q,"push_wake":{"platform":"fcm","token":"t"},"frame":{}}`, id),
 			`{"push_wake":{"platform":"fcm"}}`,
+			// A well-formed push wake: addressed to the relay, never
+			// answered (push is not configured here), never a phone's.
+			`{"push_wake":{"platform":"fcm","token":"opaque-fcm-token"}}`,
 			// Another tenant's phone: not reachable.
 			fmt.Sprintf(`{"conn_id":%q,"frame":{"leak":true}}`, s.conn["Q0"]),
 			fmt.Sprintf(`{"conn_id":%q,"close_code":4401}`, s.conn["Q0"]),
