@@ -42,8 +42,19 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	profile := fs.String("profile", "direct", "what stands in front of the relay: direct (the relay's own TLS, or an L4 balancer) or behind-proxy (a TLS-terminating proxy; each result says whether it tested the relay or the proxy)")
 	help := func() int {
 		fmt.Fprintln(stdout, "usage: relay attack --target URL [--only IDS] [--json] [--ca FILE] [--server-name NAME] [--timeout D] [--profile behind-proxy] [--junit FILE] [--report FILE.html] [--prom-textfile FILE]\n       relay attack --list")
-		fs.SetOutput(stdout)
-		fs.PrintDefaults()
+		// As relay serve -h prints them: --name TYPE, then the help.
+		fs.VisitAll(func(f *flag.Flag) {
+			kind, usage := flag.UnquoteUsage(f)
+			line := "  --" + f.Name
+			if kind != "" {
+				line += " " + kind
+			}
+			line += "\n    \t" + usage
+			if f.DefValue != "" && f.DefValue != "false" {
+				line += " (default " + f.DefValue + ")"
+			}
+			fmt.Fprintln(stdout, line)
+		})
 		return 0
 	}
 	if err := fs.Parse(args); err != nil {

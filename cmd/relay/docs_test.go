@@ -10,8 +10,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// flagLine matches a flag in -h output: "  --name TYPE" (relay serve) or
-// "  -name type" (relay attack, the flag package's own format).
+// flagLine matches a flag in -h output: "  --name TYPE", as relay serve
+// and relay attack print them (one dash also matches, the flag package's
+// own format).
 var flagLine = regexp.MustCompile(`(?m)^  --?([a-z0-9][a-z0-9-]*)`)
 
 // Every flag `relay serve -h` and `relay attack -h` print is named in

@@ -256,7 +256,7 @@ func TestHelp_StdoutExit0_Everywhere(t *testing.T) {
 				require.Contains(t, r.stdout, "--ping-interval")
 			}
 			if slices.Contains(args, "attack") {
-				require.Contains(t, r.stdout, "-target")
+				require.Contains(t, r.stdout, "\n  --target string\n", "flags as relay serve -h prints them")
 			}
 		})
 	}
