@@ -191,7 +191,11 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) { c.asyncError(s, err) }),
 	}
 	nopts = append(nopts, opts.authOptions()...)
-	nopts = append(nopts, nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { c.reconnectFailed(err) }))
+	// A refused reconnect is retried like any other (an account fixed on
+	// NATS needs no restart of the fleet; nats.go would otherwise stop after
+	// the same authorization error twice from one server); watchRefusals
+	// logs it.
+	nopts = append(nopts, nats.IgnoreAuthErrorAbort())
 	if err := preflight(strings.Join(opts.URLs, ","), opts.authOptions()); err != nil {
 		return nil, err
 	}
@@ -212,9 +216,10 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 		return nil, err
 	}
 	c.m.connected.Set(b2f(nc.IsConnected()))
-	c.loopsDone.Add(2)
+	c.loopsDone.Add(3)
 	go c.leaseLoop()
 	go c.checkLoop()
+	go c.watchRefusals()
 	log.Info("cluster mode", "event", "cluster_started", "instance_id", c.self, "cluster_name", opts.Name,
 		"lease_ms", opts.Lease.Milliseconds(), "nats_connected", nc.IsConnected())
 	return c, nil
@@ -484,12 +489,6 @@ func (c *Cluster) reconnected() {
 	c.m.connected.Set(1)
 	c.log.Info("NATS connection back", "event", "cluster_reconnected")
 	c.kickRefresh()
-}
-
-func (c *Cluster) reconnectFailed(err error) {
-	if r := refusalReason(err); r != "" && c.refusals.changed(r) {
-		c.log.Warn("NATS refused this instance (TLS or credentials); retrying", "event", "cluster_nats_refused", "reason", r)
-	}
 }
 
 func (c *Cluster) asyncError(s *nats.Subscription, err error) {

@@ -63,6 +63,9 @@ func preflight(urls string, opts []nats.Option) error {
 // refusalReason classifies a connection error as a refusal, or "" when it
 // is not one (unreachable, timeout).
 func refusalReason(err error) string {
+	if err == nil {
+		return ""
+	}
 	var unknownCA x509.UnknownAuthorityError
 	var hostname x509.HostnameError
 	var invalid x509.CertificateInvalidError
@@ -92,6 +95,28 @@ func natsErrorReason(err error) string {
 		return r
 	}
 	return natsOther
+}
+
+// watchRefusals logs why NATS refuses this instance while it reconnects:
+// nats.go reports a TLS or authorization failure of a reconnect through
+// no callback, only as the connection's last error.
+func (c *Cluster) watchRefusals() {
+	defer c.loopsDone.Done()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		if c.nc.IsConnected() {
+			continue
+		}
+		if r := refusalReason(c.nc.LastError()); r != "" && c.refusals.changed(r) {
+			c.log.Warn("NATS refused this instance (TLS or credentials); retrying", "event", "cluster_nats_refused", "reason", r)
+		}
+	}
 }
 
 // refusalLog logs a reconnect's refusal once per change of reason, not at

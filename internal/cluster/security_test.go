@@ -164,6 +164,55 @@ func TestCluster_TLSAndCreds_CrossInstanceFramesFlow(t *testing.T) {
 	}
 }
 
+// A refusal after start (NATS now presents a certificate from another CA)
+// is logged with its reason and retried: the relay keeps serving, and
+// reconnects once NATS is fixed.
+func TestCluster_NATSRefusalAfterStart_LoggedAndRetried(t *testing.T) {
+	ca := newTestCA(t, "nats")
+	sn := startSecureNATS(t, ca)
+	e := envOn(t, sn.ns)
+	r := e.start("a", "--cluster-nats", sn.ns.TLSURL(), "--cluster-nats-ca", ca.caFile, "--cluster-nats-creds", sn.creds(t, "a"))
+	count := func(event, reason string) int {
+		n := 0
+		for _, l := range r.proc.Log() {
+			if strings.Contains(l, `"event":"`+event+`"`) && strings.Contains(l, reason) {
+				n++
+			}
+		}
+		return n
+	}
+	sn.ns.Stop()
+	sn.ns.SetTLS(newTestCA(t, "other").server)
+	require.NoError(t, sn.ns.Restart())
+	require.True(t, pollUntil(10*time.Second, func() bool { return count("cluster_nats_refused", `"reason":"tls_unverified"`) > 0 }),
+		"the refusal is logged with its reason")
+	require.False(t, r.proc.Exited(), "a refusal after start is retried, not fatal")
+	reconnected := count("cluster_reconnected", "")
+	sn.ns.Stop()
+	sn.ns.SetTLS(ca.server)
+	require.NoError(t, sn.ns.Restart())
+	require.True(t, pollUntil(10*time.Second, func() bool { return count("cluster_reconnected", "") > reconnected }),
+		"the relay reconnects once NATS presents a certificate it trusts")
+
+	// Now NATS trusts another operator: the credentials are refused, and
+	// the relay keeps retrying.
+	other, err := natsauth.New("other-operator")
+	require.NoError(t, err)
+	sn.ns.Stop()
+	sn.ns.SetAuth(other.ServerConfig())
+	require.NoError(t, sn.ns.Restart())
+	require.True(t, pollUntil(10*time.Second, func() bool { return count("cluster_nats_refused", `"reason":"authorization"`) > 0 }),
+		"the credentials' refusal is logged with its reason")
+	reconnected = count("cluster_reconnected", "")
+	sn.ns.Stop()
+	sn.ns.SetAuth(sn.issuer.ServerConfig())
+	require.NoError(t, sn.ns.Restart())
+	require.True(t, pollUntil(10*time.Second, func() bool { return count("cluster_reconnected", "") > reconnected }),
+		"the relay reconnects once NATS trusts its credentials again")
+	require.False(t, r.proc.Exited())
+	require.LessOrEqual(t, count("cluster_nats_refused", ""), 2, "one line per reason, not one per retry")
+}
+
 func TestCluster_NATSWrongCA_RefusedAtStart(t *testing.T) {
 	ca := newTestCA(t, "nats")
 	sn := startSecureNATS(t, ca)

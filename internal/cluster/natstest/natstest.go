@@ -175,6 +175,22 @@ func (s *Server) Restart() error {
 	return nil
 }
 
+// SetTLS replaces the TLS configuration the next Restart uses (a
+// certificate rotated under running clients).
+func (s *Server) SetTLS(c *tls.Config) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cfg.TLS = c
+}
+
+// SetAuth replaces the auth configuration the next Restart uses (an
+// operator or account changed under running clients).
+func (s *Server) SetAuth(conf string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cfg.Auth = conf
+}
+
 // Stop shuts the server down (clients see their connection drop).
 func (s *Server) Stop() {
 	s.mu.Lock()
