@@ -17,7 +17,8 @@ import (
 // Main implements `relay attack`:
 //
 //	relay attack --target URL [--only IDS] [--json] [--ca FILE] [--timeout D]
-//	             [--profile behind-proxy] [--junit FILE] [--report FILE.html] [--prom-textfile FILE]
+//	             [--read-timeout D] [--read-header-timeout D] [--profile behind-proxy]
+//	             [--junit FILE] [--report FILE.html] [--prom-textfile FILE]
 //	relay attack --list
 //
 // It runs the remote-safe scenarios (each with the load stated in its
@@ -39,9 +40,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	junitFile := fs.String("junit", "", "also write the results as JUnit XML to FILE")
 	reportFile := fs.String("report", "", "also write a self-contained HTML report (threat, defence, scenario, bounds, result, evidence) to FILE")
 	promFile := fs.String("prom-textfile", "", "also write Prometheus textfile-collector metrics (one result gauge per scenario, the run's time) to FILE")
+	readTimeout := fs.Duration("read-timeout", 0, "the target relay's --read-timeout, when it is not the default 30s (ATK-SLOW-MESSAGE trickles for that long)")
+	readHeaderTimeout := fs.Duration("read-header-timeout", 0, "the target relay's --read-header-timeout, when it is not the default 5s (ATK-SLOWLORIS's bound)")
 	profile := fs.String("profile", "direct", "what stands in front of the relay: direct (the relay's own TLS, or an L4 balancer) or behind-proxy (a TLS-terminating proxy; each result says whether it tested the relay or the proxy)")
 	help := func() int {
-		fmt.Fprintln(stdout, "usage: relay attack --target URL [--only IDS] [--json] [--ca FILE] [--server-name NAME] [--timeout D] [--profile behind-proxy] [--junit FILE] [--report FILE.html] [--prom-textfile FILE]\n       relay attack --list")
+		fmt.Fprintln(stdout, "usage: relay attack --target URL [--only IDS] [--json] [--ca FILE] [--server-name NAME] [--timeout D] [--read-timeout D] [--read-header-timeout D] [--profile behind-proxy] [--junit FILE] [--report FILE.html] [--prom-textfile FILE]\n       relay attack --list")
 		// As relay serve -h prints them: --name TYPE, then the help.
 		fs.VisitAll(func(f *flag.Flag) {
 			kind, usage := flag.UnquoteUsage(f)
@@ -50,7 +53,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 				line += " " + kind
 			}
 			line += "\n    \t" + usage
-			if f.DefValue != "" && f.DefValue != "false" {
+			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" {
 				line += " (default " + f.DefValue + ")"
 			}
 			fmt.Fprintln(stdout, line)
@@ -87,7 +90,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "relay: %v\n", err)
 		return 2
 	}
-	t := &Target{Base: base, ServerName: *serverName, Profile: prof}
+	if *readTimeout < 0 || *readHeaderTimeout < 0 {
+		fmt.Fprintln(stderr, "relay: --read-timeout and --read-header-timeout must be positive, like 30s (zero: the relay's defaults)")
+		return 2
+	}
+	t := &Target{Base: base, ServerName: *serverName, Profile: prof, ReadTimeout: *readTimeout, ReadHeaderTimeout: *readHeaderTimeout}
 	if *caFile != "" {
 		pem, err := os.ReadFile(*caFile)
 		if err != nil {

@@ -36,13 +36,16 @@ func slowMessage() Scenario {
 		Title:   "A message whose payload is trickled is cut off by the per-message read deadline, on the phone and the binary leg",
 		Threats: []string{"TM-DOS-2"},
 		Mode:    RemoteSafe,
-		Bounds:  "2 binaries, 1 phone; per leg one 125-byte frame trickled at one byte per 100ms for at most 33s",
+		Bounds:  "2 binaries, 1 phone; per leg one 125-byte frame trickled at one byte per 100ms for at most 33s (the default --read-timeout 30s plus slack; relay attack --read-timeout D changes it)",
 		Run:     runSlowMessage,
 	}
 }
 
 func runSlowMessage(ctx context.Context, t *Target) Result {
 	rt := slowMsgRemoteTimeout
+	if t.ReadTimeout > 0 {
+		rt = t.ReadTimeout
+	}
 	if t.Local != nil {
 		rt = slowMsgLocalTimeout
 	}

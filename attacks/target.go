@@ -36,6 +36,12 @@ type Target struct {
 	Local *Local
 	// Profile is what stands in front of the relay (zero: Direct).
 	Profile Profile
+	// ReadTimeout and ReadHeaderTimeout are the remote relay's
+	// --read-timeout and --read-header-timeout when the operator set them
+	// (zero: the deployed defaults). ATK-SLOW-MESSAGE and ATK-SLOWLORIS
+	// bound their attacks by them: a relay tuned tighter is attacked for
+	// less time, and one tuned looser is not reported as failing.
+	ReadTimeout, ReadHeaderTimeout time.Duration
 
 	client *http.Client // overrides the WebSocket dialer's HTTP client
 }
