@@ -63,6 +63,27 @@ type Options struct {
 	// message larger than the bound is always dropped that way, so keep it
 	// well above --max-message-bytes. Default 64 MiB.
 	MaxPendingBytes int
+	// MaxLinkPayload is the largest link message this instance may publish
+	// (LinkPayload of the relay's message and token bounds), set by the
+	// server from the relay's options, not by a flag. NATS refuses a
+	// message over its max_payload, which would close that phone 1011: a
+	// cluster whose NATS is configured smaller refuses to start
+	// (ErrNATSPayloadTooSmall) and a server met later with a smaller one is
+	// logged. Zero skips the check.
+	MaxLinkPayload int64
+}
+
+// linkHeaderMax bounds a link message's bytes besides its frame and token:
+// version, kind and flags (3), seq and code (varints, at most 10 each), the
+// server-id (at most 128 bytes, relay.ValidServerID) and the conn_id (at
+// most 64), each with its length varint, and the token's length varint.
+const linkHeaderMax = 3 + 10 + 10 + (2 + 128) + (2 + 64) + 3
+
+// LinkPayload is the largest link message for frames of up to maxMessage
+// bytes and a forwarded token of up to maxToken bytes (0 when tokens are
+// not forwarded).
+func LinkPayload(maxMessage int64, maxToken int) int64 {
+	return maxMessage + int64(maxToken) + linkHeaderMax
 }
 
 // Defaults.
@@ -196,7 +217,7 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 	// the same authorization error twice from one server); watchRefusals
 	// logs it.
 	nopts = append(nopts, nats.IgnoreAuthErrorAbort())
-	if err := preflight(strings.Join(opts.URLs, ","), opts.authOptions()); err != nil {
+	if err := preflight(strings.Join(opts.URLs, ","), opts.authOptions(), opts.MaxLinkPayload); err != nil {
 		return nil, err
 	}
 	nc, err := nats.Connect(strings.Join(opts.URLs, ","), nopts...)
@@ -488,6 +509,9 @@ func (c *Cluster) disconnected() {
 func (c *Cluster) reconnected() {
 	c.m.connected.Set(1)
 	c.log.Info("NATS connection back", "event", "cluster_reconnected")
+	if err := payloadFits(c.nc.MaxPayload(), c.opts.MaxLinkPayload); err != nil {
+		c.log.Warn(err.Error()+": large cross-instance frames will close their phones 1011", "event", "cluster_payload_too_small")
+	}
 	c.kickRefresh()
 }
 

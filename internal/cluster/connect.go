@@ -12,6 +12,22 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
+// ErrNATSPayloadTooSmall is returned by Start when the NATS server accepts
+// smaller messages (its max_payload) than a cross-instance frame can need
+// (Options.MaxLinkPayload): every frame over it would close its phone 1011,
+// so the relay refuses to start instead (exit 2), naming both numbers.
+var ErrNATSPayloadTooSmall = errors.New("cluster: NATS max_payload is smaller than a cross-instance frame can be")
+
+// payloadFits checks a server's max_payload (0: not known yet) against
+// need (0: unchecked).
+func payloadFits(maxPayload, need int64) error {
+	if maxPayload <= 0 || need <= 0 || maxPayload >= need {
+		return nil
+	}
+	return fmt.Errorf("%w: NATS accepts %d bytes, a link message may be %d (--max-message-bytes plus the link header, plus --max-header-bytes with --forward-v1-token); lower --max-message-bytes or raise max_payload on every NATS server",
+		ErrNATSPayloadTooSmall, maxPayload, need)
+}
+
 // ErrNATSRefused: NATS and this instance do not trust each other. The
 // server's certificate does not verify against --cluster-nats-ca (or the
 // system roots), TLS is wanted (tls:// or --cluster-nats-ca) and the server
@@ -48,11 +64,11 @@ func (o Options) authOptions() []nats.Option {
 // preflight connects once, without retrying, to tell a refusal (a
 // configuration error: ErrNATSRefused) from a NATS that is merely not
 // reachable yet (nil: the caller's connection keeps retrying).
-func preflight(urls string, opts []nats.Option) error {
+func preflight(urls string, opts []nats.Option, maxLink int64) error {
 	nc, err := nats.Connect(urls, append(opts, nats.NoReconnect(), nats.Timeout(requestTimeout))...)
 	if err == nil {
-		nc.Close()
-		return nil
+		defer nc.Close()
+		return payloadFits(nc.MaxPayload(), maxLink)
 	}
 	if r := refusalReason(err); r != "" {
 		return fmt.Errorf("%w (%s): %v", ErrNATSRefused, r, err)

@@ -38,10 +38,14 @@ func closeNotices(t *testing.T, b *conn, n int) map[string]int {
 // Nothing is lost silently (issue 11 item 4), with real NATS behaviour on
 // both paths:
 //
-//   - A publish that fails (a phone frame over NATS's max_payload, 1 MiB by
-//     default, on an instance whose --max-message-bytes allows it): that
+//   - A publish that fails (a phone frame over NATS's max_payload: the
+//     instance started against a server accepting 4 MiB with
+//     --max-message-bytes 2 MiB, then the server came back with the default
+//     1 MiB, which the instance logs as cluster_payload_too_small): that
 //     phone is closed 1011 and its binary, on another instance, gets a 1011
-//     close notice; counted as publish_error.
+//     close notice; counted as publish_error. (Against 1 MiB from the start
+//     the instance refuses to start:
+//     TestCluster_NATSMaxPayloadBelowMessageCap_RefusesToStart.)
 //   - A slow consumer: the NATS client drops a message for instance a's link
 //     subscription (one frame larger than a's --cluster-max-pending-bytes is
 //     always dropped). Every cross-instance phone of a (a's binary's phones
@@ -52,9 +56,22 @@ func closeNotices(t *testing.T, b *conn, n int) map[string]int {
 //     of order; a then admits new remote phones as before.
 func TestCluster_SlowConsumerAndPublishError_PhonesClosed1011WithNotices_OthersUntouched(t *testing.T) {
 	e := newEnv(t, 0)
+	e.nats.Stop()
+	e.nats.SetMaxPayload(4 << 20)
+	require.NoError(t, e.nats.Restart())
 	a := e.start("a", "--cluster-max-pending-bytes", "16384")
 	b := e.start("b", "--max-message-bytes", "2097152")
 	c := e.start("c")
+	// The server comes back with the default 1 MiB: b says so.
+	e.nats.Stop()
+	e.nats.SetMaxPayload(0)
+	require.NoError(t, e.nats.Restart())
+	require.True(t, pollUntil(15*time.Second, func() bool {
+		return strings.Contains(b.proc.LogText(), `"event":"cluster_payload_too_small"`)
+	}), "b did not log the smaller max_payload after reconnecting")
+	for _, i := range []*instance{a, c} {
+		require.NotContains(t, i.proc.LogText(), "cluster_payload_too_small", "an instance whose frames fit")
+	}
 	s1, s2, s3 := newID("sc1"), newID("sc2"), newID("sc3")
 	x := binaryAt(t, a, s1)
 	pa := phoneAt(t, a, s1)

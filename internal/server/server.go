@@ -115,7 +115,13 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	}
 	s.relay = rl
 	if cfg.Cluster.Enabled() {
-		c, err := cluster.Start(cfg.Cluster, rl, log, s.metrics)
+		token := 0
+		if cfg.Relay.ForwardV1Token {
+			token = cfg.MaxHeaderBytes // a token is one header value
+		}
+		co := cfg.Cluster
+		co.MaxLinkPayload = cluster.LinkPayload(cfg.Relay.MaxMessageBytes, token)
+		c, err := cluster.Start(co, rl, log, s.metrics)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", config.ErrInvalidConfig, err)
 		}

@@ -53,6 +53,9 @@ type Config struct {
 	Auth string
 	// TLS, when set, is required of every client.
 	TLS *tls.Config
+	// MaxPayload is the largest message the server accepts (its
+	// max_payload); 0 keeps nats-server's 1 MiB.
+	MaxPayload int32
 	// ClusterName, with ServerName, makes the server a node of a JetStream
 	// cluster: its route listener on 127.0.0.1:RoutePort and Routes, the
 	// route URLs of every node (RouteURL; a clustered JetStream needs them
@@ -108,6 +111,9 @@ func (s *Server) options() (*server.Options, error) {
 	opts.NoLog = true
 	opts.NoSigs = true
 	// Loopback only, nothing else listens: no HTTP monitor, no leafnodes.
+	if s.cfg.MaxPayload != 0 {
+		opts.MaxPayload = s.cfg.MaxPayload
+	}
 	if s.cfg.TLS != nil {
 		opts.TLSConfig = s.cfg.TLS
 		opts.TLS = true
@@ -181,6 +187,15 @@ func (s *Server) SetTLS(c *tls.Config) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.cfg.TLS = c
+}
+
+// SetMaxPayload replaces the max_payload the next Restart uses (0: the
+// default), as an operator changing the server's limit under running
+// clients.
+func (s *Server) SetMaxPayload(n int32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cfg.MaxPayload = n
 }
 
 // SetAuth replaces the auth configuration the next Restart uses (an
