@@ -137,6 +137,8 @@ func runFCMCredentials(ctx context.Context, t *Target) Result {
 			return Failf("key file %s: exit code %d, want 2; stderr: %q", c.name, code, tail(logText(p), 300))
 		case len(nonEmpty(p.Log())) != 1:
 			return Failf("key file %s: %d stderr lines, want one: %q", c.name, len(nonEmpty(p.Log())), tail(logText(p), 300))
+		case !looksLikeCredentialsRefusal(line, c.path) && strings.Contains(line, "address already in use"):
+			return Failf("key file %s accepted: the relay went on to bind the port this scenario holds (%q)", c.name, line)
 		case !looksLikeCredentialsRefusal(line, c.path):
 			return Failf("key file %s: refusal %q does not name %s as insecure", c.name, line, c.path)
 		case strings.Contains(line, held) || strings.Contains(line, "address already in use"):
