@@ -281,7 +281,7 @@ func (f *fleet) startReader(c *websocket.Conn, p *pair, phone bool) {
 		}
 		buf := make([]byte, 0, 1024)
 		for {
-			msg, err := readInto(c, buf)
+			_, msg, err := readMessage(c, buf)
 			if err != nil {
 				return
 			}
@@ -319,10 +319,12 @@ func (f *fleet) lookup(msg []byte) *pair {
 	return p
 }
 
-func readInto(c *websocket.Conn, buf []byte) ([]byte, error) {
-	_, r, err := c.Reader(context.Background())
+// readMessage reads one whole message into buf (grown as needed, reused
+// across calls so a steady load allocates nothing per message).
+func readMessage(c *websocket.Conn, buf []byte) (websocket.MessageType, []byte, error) {
+	typ, r, err := c.Reader(context.Background())
 	if err != nil {
-		return nil, err
+		return 0, nil, err
 	}
 	buf = buf[:0]
 	for {
@@ -332,10 +334,10 @@ func readInto(c *websocket.Conn, buf []byte) ([]byte, error) {
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if errors.Is(err, io.EOF) {
-			return buf, nil
+			return typ, buf, nil
 		}
 		if err != nil {
-			return nil, err
+			return 0, nil, err
 		}
 	}
 }

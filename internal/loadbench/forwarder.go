@@ -6,8 +6,6 @@ package loadbench
 
 import (
 	"context"
-	"errors"
-	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -84,24 +82,11 @@ func forward(src, dst *websocket.Conn) {
 	ctx := context.Background()
 	buf := make([]byte, 0, 4096)
 	for {
-		typ, r, err := src.Reader(ctx)
+		typ, msg, err := readMessage(src, buf)
 		if err != nil {
 			return
 		}
-		buf = buf[:0]
-		for {
-			if len(buf) == cap(buf) {
-				buf = append(buf, 0)[:len(buf)]
-			}
-			n, err := r.Read(buf[len(buf):cap(buf)])
-			buf = buf[:len(buf)+n]
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				return
-			}
-		}
+		buf = msg
 		if dst.Write(ctx, typ, buf) != nil {
 			return
 		}
