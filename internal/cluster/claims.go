@@ -219,13 +219,7 @@ func (c *Cluster) refresh(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	c.mu.Lock()
-	ids := make([]string, 0, len(c.leases))
-	for id := range c.leases {
-		ids = append(ids, id)
-	}
-	c.mu.Unlock()
-	for _, id := range ids {
+	for _, id := range c.leasedIDs() {
 		c.mu.Lock()
 		l := c.leases[id]
 		if l == nil {

@@ -525,19 +525,24 @@ func (c *Cluster) asyncError(s *nats.Subscription, err error) {
 	c.log.Warn("NATS error", "event", "cluster_nats_error", "reason", natsErrorReason(err))
 }
 
+// leasedIDs is a snapshot of the server-ids this instance holds claims for.
+func (c *Cluster) leasedIDs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ids := make([]string, 0, len(c.leases))
+	for id := range c.leases {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 // Close releases this instance's claims (so their binaries can reclaim on
 // another instance at once) and closes the NATS connection. Call it after
 // the relay has shut down.
 func (c *Cluster) Close() {
 	close(c.stop)
 	c.loopsDone.Wait()
-	c.mu.Lock()
-	ids := make([]string, 0, len(c.leases))
-	for id := range c.leases {
-		ids = append(ids, id)
-	}
-	c.mu.Unlock()
-	for _, id := range ids {
+	for _, id := range c.leasedIDs() {
 		c.Release(id)
 	}
 	for _, s := range c.subs {
