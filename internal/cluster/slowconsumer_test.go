@@ -66,7 +66,12 @@ func TestCluster_SlowConsumerAndPublishError_PhonesClosed1011WithNotices_OthersU
 	e.nats.Stop()
 	e.nats.SetMaxPayload(0)
 	require.NoError(t, e.nats.Restart())
-	require.True(t, pollUntil(15*time.Second, func() bool {
+	for _, i := range []*instance{a, b, c} {
+		require.True(t, pollUntil(15*time.Second, func() bool {
+			return strings.Contains(i.proc.LogText(), `"event":"cluster_reconnected"`)
+		}), "relay %s did not reconnect after NATS came back", i.id)
+	}
+	require.True(t, pollUntil(5*time.Second, func() bool {
 		return strings.Contains(b.proc.LogText(), `"event":"cluster_payload_too_small"`)
 	}), "b did not log the smaller max_payload after reconnecting")
 	for _, i := range []*instance{a, c} {
