@@ -96,6 +96,18 @@ func newEnv(t *testing.T, n int, extra ...string) *env {
 					if err := r.proc.QueuedBytesSettled(); err != nil {
 						t.Errorf("relay %s: %v", r.id, err)
 					}
+					// And no phone is left anywhere: not in a slot here
+					// (local phones and stubs), not as a proxy socket.
+					for _, g := range []string{"relay_phones", "relay_cluster_proxies"} {
+						last := -1.0
+						if !pollUntil(5*time.Second, func() bool {
+							v, err := r.proc.Metric(context.Background(), g)
+							last = v
+							return err == nil && v == 0
+						}) {
+							t.Errorf("relay %s: %s = %v, not 0, after every client closed", r.id, g, last)
+						}
+					}
 				}
 			}
 		}

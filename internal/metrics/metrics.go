@@ -50,6 +50,10 @@ type Metrics struct {
 	// ClusterLinksLost counts cross-instance phones closed 1011 because
 	// their frames may have been lost, by relay.LinkLoss.
 	ClusterLinksLost *prometheus.CounterVec
+	// ClusterProxies is the phone sockets held here whose binary is on
+	// another instance (cluster mode): in no registry here, so neither in
+	// Phones; 0 again once they have all left.
+	ClusterProxies prometheus.Gauge
 	// CertNotAfter is the serving TLS certificate's expiry (Unix seconds);
 	// 0 until a certificate is loaded, obtained or found in the cache.
 	CertNotAfter prometheus.Gauge
@@ -122,6 +126,7 @@ func New() *Metrics {
 		ClusterLinksLost: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_cluster_links_lost_total", Help: "Cross-instance phones closed 1011 because frames may have been lost, by reason.",
 		}, []string{"reason"}),
+		ClusterProxies: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_cluster_proxies", Help: "Phone sockets here whose binary is on another instance."}),
 	}
 	f(m.Upgrades)
 	// Closed label sets are pre-registered, so a fresh relay already exports
@@ -142,6 +147,7 @@ func New() *Metrics {
 	f(m.PushWakes)
 	f(m.PushInFlight)
 	f(m.ClusterLinksLost)
+	f(m.ClusterProxies)
 	f(m.CertNotAfter)
 	f(m.ACMEErrors)
 	f(m.CertReloads)

@@ -166,6 +166,7 @@ func (p *phoneConn) joinRemote() (code int) {
 	p.route = &proxyRoute{owner: out.Owner, epoch: out.Epoch, created: time.Now()}
 	rl.proxMu.Lock()
 	rl.proxies[proxyKey{out.Owner, out.ConnID}] = p
+	rl.m.ClusterProxies.Set(float64(len(rl.proxies)))
 	rl.proxMu.Unlock()
 	return 0
 }
@@ -193,6 +194,7 @@ func (p *phoneConn) leaveRemote() {
 	rl.proxMu.Lock()
 	if rl.proxies[proxyKey{p.route.owner, p.connID}] == p {
 		delete(rl.proxies, proxyKey{p.route.owner, p.connID})
+		rl.m.ClusterProxies.Set(float64(len(rl.proxies)))
 	}
 	rl.proxMu.Unlock()
 	// Every end but a directive's or an eviction's is news to the binary,
