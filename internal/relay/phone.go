@@ -212,13 +212,7 @@ func (p *phoneConn) deliver(frame []byte, closeCode int) {
 		*it.buf = append((*it.buf)[:0], frame...)
 		it.frame = *it.buf
 	}
-	reason := p.out.push(it)
-	// At the ceiling, shed other phones until the frame fits or no phone
-	// has more releasable bytes than this one (each shed phone is ending
-	// and skipped from then on, so this ends).
-	for reason == DropRelayBacklog && p.rl.shedLargestBacklog(p) {
-		reason = p.out.push(it)
-	}
+	reason := p.pushShedding(it)
 	switch reason {
 	case "":
 		return
@@ -226,6 +220,18 @@ func (p *phoneConn) deliver(frame []byte, closeCode int) {
 		p.closeForBacklog(reason)
 	}
 	p.rl.countDrop(reason)
+}
+
+// pushShedding queues it on p's outbox. At the relay-wide ceiling it sheds
+// other phones (local, stubs or proxies) until the item fits or no phone
+// has more releasable bytes than p; each shed phone is ending and skipped
+// from then on, so this ends. It returns push's reason for a refusal.
+func (p *phoneConn) pushShedding(it outItem) DropReason {
+	reason := p.out.push(it)
+	for reason == DropRelayBacklog && p.rl.shedLargestBacklog(p) {
+		reason = p.out.push(it)
+	}
+	return reason
 }
 
 // shedForRelayBacklog closes p to make room under the relay-wide ceiling:

@@ -281,10 +281,7 @@ func (p *phoneConn) stubLeft() {
 func (rl *Relay) queueUp(stub *phoneConn, m LinkMessage) {
 	env := appendPhoneEnvelope(make([]byte, 0, len(m.Frame)+len(stub.connID)+len(m.Token)+48), stub.connID, m.Token, m.Frame)
 	it := outItem{frame: env}
-	reason := stub.out.push(it)
-	for reason == DropRelayBacklog && rl.shedLargestBacklog(stub) {
-		reason = stub.out.push(it)
-	}
+	reason := stub.pushShedding(it)
 	switch reason {
 	case "":
 		return
