@@ -123,6 +123,13 @@ func envOn(t *testing.T, ns *natstest.Server) *env {
 // naming the refusal reason.
 func refusedStart(t *testing.T, reason string, args ...string) {
 	t.Helper()
+	refusedStartSaying(t, []string{"NATS refused the connection (" + reason + ")"}, args...)
+}
+
+// refusedStartSaying runs a relay with args that must refuse to start:
+// exit 2, its output holding every string of want.
+func refusedStartSaying(t *testing.T, want []string, args ...string) {
+	t.Helper()
 	_, err := build()
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -130,10 +137,12 @@ func refusedStart(t *testing.T, reason string, args ...string) {
 	p, err := attacks.StartProcess(ctx, relayBin, append([]string{"serve", "--insecure-listen", "127.0.0.1:0", "--cluster-lease", lease.String()}, args...)...)
 	if err == nil {
 		p.Kill()
-		t.Fatalf("relay started (want a refusal, %s):\n%s", reason, tailLines(p.LogText(), 20))
+		t.Fatalf("relay started (want a refusal saying %q):\n%s", want, tailLines(p.LogText(), 20))
 	}
 	require.Equal(t, 2, p.ExitCode(), "exit code (2 = refused to start):\n%s", p.LogText())
-	require.Contains(t, p.LogText(), "NATS refused the connection ("+reason+")", "the refusal names its reason")
+	for _, w := range want {
+		require.Contains(t, p.LogText(), w, "the refusal says why")
+	}
 }
 
 func TestCluster_TLSAndCreds_CrossInstanceFramesFlow(t *testing.T) {
