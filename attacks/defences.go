@@ -14,7 +14,7 @@ func Defences() map[string]string {
 		"TM-DOS-5":   "`internal/admission/controller.go` `Controller.admit`; `internal/admission/sockets.go` `limitListener.admit`",
 		"TM-DOS-6":   "`internal/admission/controller.go` `Controller.admit`; `internal/admission/table.go` `table.get`",
 		"TM-DOS-7":   "`internal/admission/controller.go` `Controller.admit`; `internal/admission/controller.go` `retryAfterSeconds`",
-		"TM-DOS-8":   "`internal/relay/outbox.go` `byteBudget.acquire`; `internal/relay/relay.go` `Relay.shedLargestBacklog`; `internal/relay/outbox.go` `outbox.shed`; `internal/relay/remote.go` `Relay.queueUp`",
+		"TM-DOS-8":   "`internal/relay/outbox.go` `byteBudget.acquire`; `internal/relay/phone.go` `phoneConn.pushShedding`; `internal/relay/relay.go` `Relay.shedLargestBacklog`; `internal/relay/outbox.go` `outbox.shed`; `internal/relay/remote.go` `Relay.queueUp`",
 		"TM-DOS-9":   "`internal/relay/binary.go` `binaryConn.readLoop` (one envelope to at most one phone); `internal/relay/phone.go` `phoneConn.readLoop`",
 		"TM-DOS-10":  "`internal/relay/heartbeat.go` `heartbeats.ping`; `internal/relay/binary.go` `binaryConn.claim` (the conflict probe)",
 		"TM-DOS-11":  "`internal/relay/binary.go` `binaryConn.write`; `internal/relay/progress.go` `progressConn.Write`; `internal/relay/heartbeat.go` `heartbeats.ping`; `internal/relay/conn.go` `wsEnd.alive`",
