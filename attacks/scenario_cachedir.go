@@ -103,8 +103,8 @@ func runCacheDir(ctx context.Context, t *Target) Result {
 	// bind, with a message that is not the cache's.
 	p, _ = start(cacheFlags(good, held[0], held[1])...)
 	bindLine, code := refusalLine(p)
-	if code != 2 || bindLine == "" || looksLikeCacheRefusal(bindLine, good) {
-		return Failf("calibration: 0700 cache with held ports exited %d with %q, want exit 2 on the bind", code, tail(logText(p), 200))
+	if code != 1 || bindLine == "" || looksLikeCacheRefusal(bindLine, good) {
+		return Failf("calibration: 0700 cache with held ports exited %d with %q, want exit 1 (runtime failure) on the bind", code, tail(logText(p), 200))
 	}
 
 	// refused starts a relay on cache arg and requires the refusal: exit 2,

@@ -79,8 +79,8 @@ func runFCMCredentials(ctx context.Context, t *Target) Result {
 	}
 	p, _ := start(good, held)
 	bindLine, code := refusalLine(p)
-	if code != 2 || bindLine == "" || looksLikeCredentialsRefusal(bindLine, good) {
-		return Failf("calibration: a 0600 key with the port held exited %d with %q, want exit 2 on the bind", code, tail(logText(p), 200))
+	if code != 1 || bindLine == "" || looksLikeCredentialsRefusal(bindLine, good) {
+		return Failf("calibration: a 0600 key with the port held exited %d with %q, want exit 1 (runtime failure) on the bind", code, tail(logText(p), 200))
 	}
 
 	type attempt struct {

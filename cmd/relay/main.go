@@ -154,7 +154,13 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return refuse(stderr, err)
 	}
 	if err := srv.Listen(); err != nil {
-		return refuse(stderr, err)
+		if errors.Is(err, os.ErrPermission) {
+			return refuse(stderr, err) // a port below 1024 without the capability: configuration
+		}
+		// A port in use (or an address not up yet) is a runtime failure:
+		// exit 1, which systemd restarts, unlike a refusal.
+		fmt.Fprintf(stderr, "relay: cannot start: %s\n", packagePrefixes.Replace(err.Error()))
+		return exitRuntime
 	}
 	srv.Serve()
 	log.Info("relay started", "event", "started", "version", buildinfo.Get().Version, "mode", string(cfg.Mode))

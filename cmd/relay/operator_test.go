@@ -288,3 +288,19 @@ func TestLowPort_PermissionDenied_NamesCapability(t *testing.T) {
 	}
 	requireRefusal(t, r, "127.0.0.1:81", "permission denied", "CAP_NET_BIND_SERVICE")
 }
+
+// A port another process holds is a runtime failure (exit 1, which systemd
+// restarts: the previous process may still be closing), not a refusal to
+// start (exit 2, which the units do not restart), with one line naming the
+// listener and the address.
+func TestPortInUse_Exit1_OneLine(t *testing.T) {
+	held := holdPort(t)
+	r := runRelay(t, relayEnv(t), "serve", "--insecure-listen", held)
+	require.Equal(t, 1, r.code, r.stderr)
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	require.Len(t, lines, 1, r.stderr)
+	require.Contains(t, lines[0], "relay: cannot start: ")
+	require.Contains(t, lines[0], "public listener on "+held)
+	require.Contains(t, lines[0], "address already in use")
+	require.NotContains(t, lines[0], "refusing")
+}

@@ -32,8 +32,11 @@ import (
 	"github.com/pyrycode/relay/internal/tlsconf"
 )
 
-// ErrListen wraps a listener that could not be bound (exit 2: the relay
-// never started serving).
+// ErrListen wraps a listener that could not be bound. cmd/relay exits 2
+// (refused) when it wraps os.ErrPermission (a low port without
+// CAP_NET_BIND_SERVICE: configuration) and 1 (runtime failure, restarted by
+// systemd) otherwise: a port still held by the previous process is
+// transient.
 var ErrListen = errors.New("relay: cannot listen")
 
 // Server is the assembled relay process.
@@ -346,7 +349,7 @@ func (s *Server) Listen() error {
 			if errors.Is(err, os.ErrPermission) {
 				hint = " (ports below 1024 need CAP_NET_BIND_SERVICE: AmbientCapabilities=CAP_NET_BIND_SERVICE in the systemd unit, or setcap cap_net_bind_service=+ep on the binary)"
 			}
-			return fmt.Errorf("%w: %s listener on %s: %v%s", ErrListen, w.name, w.addr, err, hint)
+			return fmt.Errorf("%w: %s listener on %s: %w%s", ErrListen, w.name, w.addr, err, hint)
 		}
 		if ln, err = s.wrapListener(w.name, ln); err != nil {
 			s.closeListeners()
