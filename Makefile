@@ -147,7 +147,8 @@ units:
 	$(GO) test -count=1 -run 'TestUnits' -v ./deploy
 
 ## image: the FROM-scratch container image (Containerfile) of the static bin/relay, built
-## with buildah (no daemon; vfs storage, chroot isolation). IMAGE names it.
+## with buildah (no daemon; vfs storage, chroot isolation). IMAGE names it. When buildah
+## is missing it runs `apt-get install buildah` (Debian; needs root) and says so first.
 IMAGE   ?= localhost/pyrycode-relay:$(SBOM_VERSION)
 BUILDAH := buildah --storage-driver vfs
 image: build image-root buildah
@@ -162,7 +163,8 @@ image-smoke: image
 	BUILDAH='$(BUILDAH)' tools/image/smoke.sh $(IMAGE) $(BIN)
 
 buildah:
-	@command -v buildah >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah >/dev/null; }
+	@command -v buildah >/dev/null || { echo "make: buildah not found: installing it with apt-get install buildah (Debian's package; needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah >/dev/null; }
 
 clean:
 	rm -rf bin bench.txt sbom.json

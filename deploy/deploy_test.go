@@ -187,3 +187,55 @@ func maxSocketsDefault(t *testing.T) int {
 	require.NoError(t, err)
 	return n
 }
+
+// TestUnits_HeadersAndDocsTellTheTruth: a unit's header comment may not
+// say the certificate is read once when the unit reloads it (ExecReload),
+// must mention SIGHUP when it does, and a unit that needs a supplementary
+// group names the Debian package that creates it, in its header and in
+// docs/deploy.md.
+func TestUnits_HeadersAndDocsTellTheTruth(t *testing.T) {
+	deployMD, err := os.ReadFile("../docs/deploy.md")
+	require.NoError(t, err)
+	for name := range units {
+		t.Run(name, func(t *testing.T) {
+			b, err := os.ReadFile(name)
+			require.NoError(t, err)
+			var header strings.Builder
+			for _, line := range strings.Split(string(b), "\n") {
+				if !strings.HasPrefix(line, "#") {
+					break
+				}
+				header.WriteString(strings.TrimPrefix(line, "#") + " ")
+			}
+			h := strings.Join(strings.Fields(header.String()), " ")
+			d := directives(t, name)
+			if len(d["ExecReload"]) > 0 {
+				require.NotContains(t, h, "read once", "%s reloads (ExecReload) but its header says read once", name)
+				require.Contains(t, h, "SIGHUP", "%s: the header says what a reload does", name)
+			}
+			for _, g := range d["SupplementaryGroups"] {
+				require.Contains(t, h, "apt-get install "+g, "%s: the header names the package that creates group %s", name, g)
+				require.Contains(t, string(deployMD), "`apt-get install "+g, "docs/deploy.md: %s needs group %s", name, g)
+			}
+		})
+	}
+}
+
+// TestMakeImage_SaysItInstallsBuildah: `make image` installs buildah with
+// apt-get when it is missing; the target's help, its own output before the
+// install, and README's table say so.
+func TestMakeImage_SaysItInstallsBuildah(t *testing.T) {
+	mk, err := os.ReadFile("../Makefile")
+	require.NoError(t, err)
+	m := regexp.MustCompile(`(?ms)^## image:(.*?)^image:`).FindSubmatch(mk)
+	require.NotNil(t, m, "no ## image: help in the Makefile")
+	require.Contains(t, strings.Join(strings.Fields(strings.ReplaceAll(string(m[1]), "##", "")), " "), "apt-get install buildah")
+	r := regexp.MustCompile(`(?ms)^buildah:\n(.*?)\n\n`).FindSubmatch(mk)
+	require.NotNil(t, r, "no buildah target")
+	recipe := string(r[1])
+	say, install := strings.Index(recipe, "echo"), strings.Index(recipe, "apt-get install")
+	require.True(t, say >= 0 && say < install, "the buildah target says what it installs before apt-get runs:\n%s", recipe)
+	readme, err := os.ReadFile("../README.md")
+	require.NoError(t, err)
+	require.Regexp(t, "(?m)^\\| `sbom`, `image`.*apt-get install buildah", string(readme))
+}
