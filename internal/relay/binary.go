@@ -195,9 +195,10 @@ func (b *binaryConn) write(msg []byte, wait time.Duration) bool {
 			return false
 		}
 	}
-	defer func() { <-b.turn }()
-	if err := b.ws.Write(context.Background(), websocket.MessageText, msg); err != nil {
-		b.end(closeCause{code: CodeInternal, reason: writeFailure(err)})
+	err := b.ws.Write(context.Background(), websocket.MessageText, msg)
+	<-b.turn
+	if err != nil {
+		b.writeFailed(err, closeCause{code: CodeInternal, reason: writeFailure(err)})
 		return false
 	}
 	return true

@@ -136,6 +136,27 @@ func (e *wsEnd) end(c closeCause) bool {
 	return won
 }
 
+// writeFailed records a failed write as the connection's end, unless the
+// peer's own close wins the race. A write fails when the peer closed under
+// it (its close frame, then a reset or its socket's end), and the read
+// loop, which is about to read that close, records the peer's code; a
+// failure recorded first would send a 1011 notice for a phone that closed
+// 1000, or count a binary's own close as a write failure. So a failure that
+// is not this relay's own write timeout waits up to closeTimeout for
+// another cause before it claims the end. Call it without holding a turn.
+func (e *wsEnd) writeFailed(err error, c closeCause) {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t := time.NewTimer(e.closeTimeout)
+		defer t.Stop()
+		select {
+		case <-e.ended:
+			return
+		case <-t.C:
+		}
+	}
+	e.end(c)
+}
+
 // dropSocket closes the TCP connection without a close handshake.
 func (e *wsEnd) dropSocket() {
 	if e.raw != nil {

@@ -27,6 +27,8 @@ type memListener struct {
 	conns chan net.Conn
 	once  sync.Once
 	done  chan struct{}
+	// wrap, if set, wraps the relay's end of each new connection.
+	wrap func(net.Conn) net.Conn
 }
 
 func newMemListener() *memListener {
@@ -52,6 +54,9 @@ func (l *memListener) Addr() net.Addr { return memAddr{} }
 // dial connects a new client to the listener.
 func (l *memListener) dial(ctx context.Context) (net.Conn, error) {
 	client, server := memPipe(memPipeBuffer)
+	if l.wrap != nil {
+		server = l.wrap(server)
+	}
 	select {
 	case l.conns <- server:
 		return client, nil
@@ -72,6 +77,13 @@ func (memAddr) String() string  { return "relay.test:80" }
 // its cleanups, which run inside the bubble too.
 func newMemHarness(t *testing.T, mutate func(*Options)) *harness {
 	t.Helper()
+	return newMemHarnessWrap(t, mutate, nil)
+}
+
+// newMemHarnessWrap is newMemHarness with wrap around the relay's end of
+// every connection.
+func newMemHarnessWrap(t *testing.T, mutate func(*Options), wrap func(net.Conn) net.Conn) *harness {
+	t.Helper()
 	o := fastOptions()
 	if mutate != nil {
 		mutate(&o)
@@ -83,6 +95,7 @@ func newMemHarness(t *testing.T, mutate func(*Options)) *harness {
 	mux.HandleFunc("/v1/server", rl.ServeBinary)
 	mux.HandleFunc("/v1/client", rl.ServePhone)
 	ln := newMemListener()
+	ln.wrap = wrap
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan struct{})
 	go func() { defer close(served); _ = srv.Serve(ln) }()

@@ -2,8 +2,6 @@ package relay
 
 import (
 	"context"
-	"errors"
-	"net"
 	"sync"
 
 	"github.com/coder/websocket"
@@ -162,14 +160,9 @@ func (p *phoneConn) writeLoop() {
 			return
 		}
 		if err != nil {
-			// net.ErrClosed: the connection was already closing, by the
-			// phone's own close frame, by the relay, or by the write timer
-			// (which recorded 1011 itself), and whoever closed it recorded
-			// why. Claiming 1011 here would tell the binary "write failed"
-			// for a phone that closed cleanly.
-			if !errors.Is(err, net.ErrClosed) {
-				p.end(closeCause{code: CodeInternal, reason: writeFailure(err), notify: true})
-			}
+			// The phone's own close, racing this write, wins: its binary
+			// gets the phone's code, not "write failed" (wsEnd.writeFailed).
+			p.writeFailed(err, closeCause{code: CodeInternal, reason: writeFailure(err), notify: true})
 			return
 		}
 		if closeCode != 0 {

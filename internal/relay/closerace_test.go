@@ -1,0 +1,131 @@
+package relay
+
+import (
+	"encoding/binary"
+	"net"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+)
+
+// heldReads is the relay's end of a connection whose reads can be held
+// back: what the peer sent reaches the relay's read loop only on release.
+// It stands for the moment a peer's close frame sits unread while the
+// relay's write to that peer already fails (the peer closed, then its
+// socket ended), the race in which a write failure used to win.
+type heldReads struct {
+	net.Conn
+	mu      sync.Mutex
+	release chan struct{} // nil: not holding
+}
+
+func (c *heldReads) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.mu.Lock()
+	rel := c.release
+	c.mu.Unlock()
+	if rel != nil {
+		<-rel
+	}
+	return n, err
+}
+
+func (c *heldReads) hold() {
+	c.mu.Lock()
+	c.release = make(chan struct{})
+	c.mu.Unlock()
+}
+
+func (c *heldReads) let() {
+	c.mu.Lock()
+	close(c.release)
+	c.release = nil
+	c.mu.Unlock()
+}
+
+// heldHarness records the relay's end of each connection, in dial order.
+func heldHarness(t *testing.T) (*harness, func(i int) *heldReads) {
+	var mu sync.Mutex
+	var conns []*heldReads
+	h := newMemHarnessWrap(t, nil, func(c net.Conn) net.Conn {
+		hc := &heldReads{Conn: c}
+		mu.Lock()
+		conns = append(conns, hc)
+		mu.Unlock()
+		return hc
+	})
+	return h, func(i int) *heldReads {
+		mu.Lock()
+		defer mu.Unlock()
+		return conns[i]
+	}
+}
+
+// closeFrame is a client's masked close frame with code and no reason.
+func closeFrame(code uint16) []byte {
+	var payload [2]byte
+	binary.BigEndian.PutUint16(payload[:], code)
+	return append(maskedFrameHeader(0x8, true, 2), payload[:]...)
+}
+
+// A binary that closes itself (4000) and drops its socket while the relay
+// is writing it a phone's frame: its own close is its end, not the failed
+// write (1011 "write failed").
+func TestClose_BinaryOwnCloseWinsOverRacingWriteFailure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h, relayEnd := heldHarness(t)
+		raw := h.rawUpgrade("/v1/server", binaryHeaders(sid))
+		synctest.Wait()
+		require.Equal(t, 1, h.rl.Stats().Binaries)
+		phone := h.connect("/v1/client", phoneHeaders(sid), true)
+		synctest.Wait()
+
+		relayEnd(0).hold()
+		_, err := raw.Write(closeFrame(4000))
+		require.NoError(t, err)
+		require.NoError(t, raw.Close())
+		phone.send(`{"type":"hello"}`) // the relay writes it to a binary that is gone
+		synctest.Wait()
+		time.Sleep(time.Millisecond) // the close frame is read only now
+		relayEnd(0).let()
+		synctest.Wait()
+		time.Sleep(h.rl.opts.CloseTimeout)
+		synctest.Wait()
+
+		require.Equal(t, 1.0, testutil.ToFloat64(h.rl.m.Closes.WithLabelValues("binary", "peer")), "the binary's own close was not its end")
+		require.Zero(t, testutil.ToFloat64(h.rl.m.Closes.WithLabelValues("binary", "1011")), "a racing write failure overrode the binary's own close")
+	})
+}
+
+// A phone that closes itself (4000) and drops its socket while the relay is
+// writing it a binary's envelope: the binary's close notice carries 4000,
+// the phone's own code, not 1011.
+func TestClose_PhoneOwnCloseWinsOverRacingWriteFailure_NoticeCarriesItsCode(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h, relayEnd := heldHarness(t)
+		bin := h.dialBinary(sid)
+		raw := h.rawUpgrade("/v1/client", phoneHeaders(sid))
+		hello := []byte(`{"type":"hello"}`)
+		_, err := raw.Write(append(maskedFrameHeader(0x1, true, len(hello)), hello...))
+		require.NoError(t, err)
+		id := bin.envelope().ConnID
+
+		relayEnd(1).hold()
+		_, err = raw.Write(closeFrame(4000))
+		require.NoError(t, err)
+		require.NoError(t, raw.Close())
+		bin.send(`{"conn_id":"` + id + `","frame":{"n":1}}`) // written to a phone that is gone
+		synctest.Wait()
+		time.Sleep(time.Millisecond)
+		relayEnd(1).let()
+		synctest.Wait()
+
+		env := bin.envelope()
+		require.Equal(t, id, env.ConnID)
+		require.Equal(t, 4000, env.CloseCode, "the notice must carry the phone's own close code")
+	})
+}
