@@ -64,6 +64,10 @@ func directives(t *testing.T, path string) map[string][]string {
 		if line == "" || line[0] == '#' || line[0] == '[' {
 			continue
 		}
+		// A trailing backslash continues the value on the next line.
+		for strings.HasSuffix(line, "\\") && sc.Scan() {
+			line = strings.TrimSuffix(line, "\\") + " " + strings.TrimSpace(sc.Text())
+		}
 		k, v, ok := strings.Cut(line, "=")
 		require.True(t, ok, "%s: not key=value: %q", path, line)
 		d[k] = append(d[k], v)
