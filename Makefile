@@ -28,7 +28,7 @@ CYCLONEDX_VERSION ?= v1.10.0
 CYCLONEDX      := $(TOOLS)/cyclonedx-gomod-$(CYCLONEDX_VERSION)/cyclonedx-gomod
 SBOM_VERSION   := $(or $(VERSION),devel)
 
-.PHONY: build test run cluster cluster-figures vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb units image image-root image-smoke buildah clean
+.PHONY: build test run cluster cluster-figures cluster-scale vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb units image image-root image-smoke buildah clean
 
 ## build: the shipped binary: static (CGO_ENABLED=0, so the same file runs in the
 ## FROM-scratch image), -trimpath, version and revision stamped.
@@ -53,6 +53,14 @@ cluster: build
 ## (docs/cluster.md, Figures); embedded NATS and two relays on 127.0.0.1.
 cluster-figures:
 	RELAY_CLUSTER_FIGURES=1 $(GO) test -count=1 -run '^TestClusterFigures$$' -v ./internal/cluster
+
+## cluster-scale: the cluster's scale model (docs/cluster.md, Scale model): 1, 2, 5 and 10 instances
+## (processes) x 1k, 10k and 100k server-ids on one NATS on 127.0.0.1, claims driven through each
+## instance's backplane; counted KV writes/s and NATS msgs/s, claim latency, memory and bucket bytes per
+## server-id, failover after kill -9. Tables, JSON and plots into docs/cluster-scale/; the machine's
+## load is recorded. About 8 minutes; run it on a quiet machine. SCALE_FLAGS="--ids 1000" etc.
+cluster-scale:
+	$(GO) run ./cmd/relay-cluster-scale --json docs/cluster-scale/report.json --markdown docs/cluster-scale/tables.md --plots docs/cluster-scale $(SCALE_FLAGS)
 
 vet:
 	$(GO) vet ./...

@@ -217,3 +217,25 @@ func (s *Server) Stop() {
 		srv.WaitForShutdown()
 	}
 }
+
+// Counts are the server's own message counters since it started (its
+// varz in_msgs and out_msgs): what every client published to it, and what
+// it delivered, JetStream's API requests and acks included.
+type Counts struct {
+	InMsgs, OutMsgs, InBytes, OutBytes int64
+}
+
+// Counts reads the running server's counters (zero when it is stopped).
+func (s *Server) Counts() (Counts, error) {
+	s.mu.Lock()
+	srv := s.srv
+	s.mu.Unlock()
+	if srv == nil {
+		return Counts{}, ErrNotReady
+	}
+	v, err := srv.Varz(nil)
+	if err != nil {
+		return Counts{}, err
+	}
+	return Counts{InMsgs: v.InMsgs, OutMsgs: v.OutMsgs, InBytes: v.InBytes, OutBytes: v.OutBytes}, nil
+}
