@@ -4,11 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -118,7 +126,7 @@ func runScenario(t *testing.T, target *Target, sc Scenario) {
 	rep := RunOne(context.Background(), target, sc)
 	t.Logf("%s in %v: %s", rep.Result.Verdict, rep.Duration.Round(time.Millisecond), rep.Result.Evidence)
 	switch rep.Result.Verdict {
-	case Fail:
+	case Fail, CouldNotRun:
 		for _, p := range target.Local.Started()[before:] {
 			t.Logf("log of a relay this scenario started (%s):\n%s", p.Addr, tail(p.LogText(), 3000))
 		}
@@ -162,12 +170,144 @@ func TestAttackCommand_Usage(t *testing.T) {
 	}
 }
 
-func TestAttackCommand_FailureExitsOne(t *testing.T) {
-	// Nothing listens on this loopback port: the scenario fails, exit 1.
+// notARelay is a real HTTP server that is not a relay: every request,
+// /healthz included, gets 200 "ok", and no upgrade is ever accepted. The
+// suite reaches it, so each scenario run against it is a finding, not a
+// setup error. It counts the requests it saw.
+func notARelay(t *testing.T, tlsToo bool) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var n atomic.Int64
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		_, _ = io.WriteString(w, "ok")
+	})
+	var srv *httptest.Server
+	if tlsToo {
+		srv = httptest.NewTLSServer(h)
+	} else {
+		srv = httptest.NewServer(h)
+	}
+	t.Cleanup(srv.Close)
+	return srv, &n
+}
+
+// TestAttackCommand_FindingExitsOne: a target that answers but does not
+// defend (here it routes nothing at all) is a finding: FAIL, exit 1.
+func TestAttackCommand_FindingExitsOne(t *testing.T) {
+	srv, _ := notARelay(t, false)
 	var out, errOut bytes.Buffer
-	code := Main([]string{"--target", "http://127.0.0.1:1", "--only", "ATK-CROSS-TENANT", "--timeout", "30s"}, &out, &errOut)
-	require.Equal(t, 1, code)
-	require.Contains(t, out.String(), "FAIL")
+	code := Main([]string{"--target", srv.URL, "--only", "ATK-CROSS-TENANT", "--timeout", "30s"}, &out, &errOut)
+	require.Equal(t, ExitFinding, code, "stdout:\n%s\nstderr:\n%s", out.String(), errOut.String())
+	require.Regexp(t, `ATK-CROSS-TENANT\s+\S+\s+FAIL`, out.String())
+	require.Contains(t, out.String(), "verdicts: PASS 0, FAIL 1, SKIP 0, COULD-NOT-RUN 0; exit 1")
+}
+
+// TestAttackCommand_TargetDownCouldNotRun: nothing listens on the target's
+// port: no scenario is attacked, each says it could not run and why, and
+// the exit code is 3, not the 1 of a finding.
+func TestAttackCommand_TargetDownCouldNotRun(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	down := "http://" + l.Addr().String()
+	require.NoError(t, l.Close()) // a port that was just free: connection refused
+	var out, errOut bytes.Buffer
+	code := Main([]string{"--target", down, "--only", "ATK-CROSS-TENANT,ATK-BODY-LEAK", "--timeout", "30s"}, &out, &errOut)
+	require.Equal(t, ExitCouldNotRun, code, "stdout:\n%s\nstderr:\n%s", out.String(), errOut.String())
+	require.NotRegexp(t, `(?m)^ATK-\S+\s+\S+\s+FAIL\s`, out.String())
+	require.Regexp(t, `ATK-CROSS-TENANT\s+\S+\s+COULD-NOT-RUN\s+\S+\s+not attacked: target unreachable: `+regexp.QuoteMeta(down)+`: .*refused`, out.String())
+	require.Regexp(t, `ATK-BODY-LEAK\s+\S+\s+COULD-NOT-RUN`, out.String())
+	require.Contains(t, out.String(), "COULD-NOT-RUN 2; exit 3")
+	require.Contains(t, errOut.String(), "nothing attacked")
+}
+
+// TestAttackCommand_MissingCACouldNotRun: a relay whose certificate a
+// private CA signed, attacked without --ca: could not run (exit 3), and the
+// evidence names the flag.
+func TestAttackCommand_MissingCACouldNotRun(t *testing.T) {
+	srv, seen := notARelay(t, true)
+	var out, errOut bytes.Buffer
+	code := Main([]string{"--target", srv.URL, "--only", "ATK-CROSS-TENANT", "--json", "--timeout", "30s"}, &out, &errOut)
+	require.Equal(t, ExitCouldNotRun, code, "stdout:\n%s\nstderr:\n%s", out.String(), errOut.String())
+	var reps []jsonReport
+	require.NoError(t, json.Unmarshal(out.Bytes(), &reps))
+	require.Len(t, reps, 1)
+	require.Equal(t, CouldNotRun, reps[0].Verdict)
+	require.Contains(t, reps[0].Evidence, "pass the relay's CA with --ca FILE")
+	require.Zero(t, seen.Load(), "no request got past the handshake")
+
+	// With the CA the same target is reached, and is a finding.
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	require.NoError(t, os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644))
+	out.Reset()
+	code = Main([]string{"--target", srv.URL, "--ca", ca, "--only", "ATK-CROSS-TENANT", "--json", "--timeout", "30s"}, &out, &errOut)
+	require.Equal(t, ExitFinding, code, "stdout:\n%s", out.String())
+}
+
+// TestAttackCommand_UnwritableOutputNothingAttacked: an output path that
+// cannot be written is found before the first request: exit 3, every
+// scenario could not run, the target saw nothing, and the outputs that can
+// be written say so.
+func TestAttackCommand_UnwritableOutputNothingAttacked(t *testing.T) {
+	srv, seen := notARelay(t, false)
+	dir := t.TempDir()
+	prom, junit := filepath.Join(dir, "a.prom"), filepath.Join(dir, "a.xml")
+	for _, bad := range [][]string{
+		{"--report", filepath.Join(dir, "missing", "r.html")},
+		{"--junit", dir}, // a directory
+	} {
+		var out, errOut bytes.Buffer
+		args := append([]string{"--target", srv.URL, "--only", "ATK-CROSS-TENANT,ATK-HEADER-ABUSE", "--prom-textfile", prom}, bad...)
+		if bad[0] != "--junit" {
+			args = append(args, "--junit", junit)
+		}
+		code := Main(args, &out, &errOut)
+		require.Equal(t, ExitCouldNotRun, code, "%v: stdout:\n%s\nstderr:\n%s", bad, out.String(), errOut.String())
+		require.Contains(t, errOut.String(), bad[0]+" "+bad[1]+" cannot be written")
+		require.Zero(t, seen.Load(), "%v: the target was attacked although an output could not be written", bad)
+		require.Contains(t, out.String(), "COULD-NOT-RUN 2; exit 3")
+		b, err := os.ReadFile(prom)
+		require.NoError(t, err)
+		require.Regexp(t, `(?m)^relay_attack_scenario_result\{scenario="ATK-CROSS-TENANT",threats="[^"]+"\} -2$`, string(b))
+		require.Regexp(t, `(?m)^relay_attack_exit_code 3$`, string(b))
+	}
+}
+
+// TestRun_TargetLostMidRun: a target that stops answering during a failed
+// scenario is a finding (the attack may have taken it down; the evidence
+// says so), and the scenarios after it could not run. One that goes away
+// after a pass leaves no finding: the rest could not run, exit 3.
+func TestRun_TargetLostMidRun(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		first    Verdict
+		wantCode int
+	}{{"after a failure", Fail, ExitFinding}, {"after a pass", Pass, ExitCouldNotRun}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, _ := notARelay(t, false)
+			u, err := url.Parse(srv.URL)
+			require.NoError(t, err)
+			tgt := &Target{Base: u}
+			kill := Scenario{ID: "ATK-TEST-KILL", Threats: []string{"TM-DOS-1"}, Run: func(ctx context.Context, t *Target) Result {
+				srv.Close()
+				return Result{Verdict: tc.first, Evidence: "the attack"}
+			}}
+			ran := false
+			after := Scenario{ID: "ATK-TEST-AFTER", Threats: []string{"TM-DOS-1"}, Run: func(ctx context.Context, t *Target) Result {
+				ran = true
+				return Passf("ran")
+			}}
+			reps := runScenarios(context.Background(), tgt, []Scenario{kill, after}, nil)
+			require.Len(t, reps, 2)
+			require.Equal(t, tc.first, reps[0].Result.Verdict)
+			if tc.first == Fail {
+				require.Contains(t, reps[0].Result.Evidence, "the attack [after this scenario the target stopped answering")
+			}
+			require.False(t, ran, "a scenario ran against a target that did not answer")
+			require.Equal(t, CouldNotRun, reps[1].Result.Verdict)
+			require.Contains(t, reps[1].Result.Evidence, "not attacked: target unreachable")
+			require.Equal(t, tc.wantCode, ExitCode(reps))
+		})
+	}
 }
 
 func TestAttackCommand_List(t *testing.T) {

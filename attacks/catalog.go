@@ -53,8 +53,14 @@ const (
 	Pass Verdict = iota
 	// Fail: the defence did not hold (or the relay misbehaved).
 	Fail
-	// Skip: the scenario could not run here; Evidence says why.
+	// Skip: the scenario does not apply here (a local-only scenario against
+	// a remote target, a TLS check against plain HTTP); Evidence says why.
 	Skip
+	// CouldNotRun: the target could not be reached before the scenario
+	// started, an output file could not be written, or the run's deadline
+	// ran out first: nothing was attacked, so nothing is known about the
+	// defence. Not a finding; `relay attack` exits 3 when nothing failed.
+	CouldNotRun
 )
 
 func (v Verdict) String() string {
@@ -65,6 +71,8 @@ func (v Verdict) String() string {
 		return "FAIL"
 	case Skip:
 		return "SKIP"
+	case CouldNotRun:
+		return "COULD-NOT-RUN"
 	}
 	return "UNKNOWN"
 }
@@ -77,7 +85,7 @@ func (m Mode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
 
 // UnmarshalText parses a verdict name, so JSON reports round-trip.
 func (v *Verdict) UnmarshalText(b []byte) error {
-	for _, c := range []Verdict{Pass, Fail, Skip} {
+	for _, c := range []Verdict{Pass, Fail, Skip, CouldNotRun} {
 		if c.String() == string(b) {
 			*v = c
 			return nil
@@ -186,10 +194,11 @@ type Report struct {
 	Proxy *ProxyNote
 }
 
-// Passf, Failf and Skipf build results.
-func Passf(format string, a ...any) Result { return Result{Pass, sprintf(format, a...)} }
-func Failf(format string, a ...any) Result { return Result{Fail, sprintf(format, a...)} }
-func Skipf(format string, a ...any) Result { return Result{Skip, sprintf(format, a...)} }
+// Passf, Failf, Skipf and CouldNotRunf build results.
+func Passf(format string, a ...any) Result        { return Result{Pass, sprintf(format, a...)} }
+func Failf(format string, a ...any) Result        { return Result{Fail, sprintf(format, a...)} }
+func Skipf(format string, a ...any) Result        { return Result{Skip, sprintf(format, a...)} }
+func CouldNotRunf(format string, a ...any) Result { return Result{CouldNotRun, sprintf(format, a...)} }
 
 // Catalog lists every scenario in a stable order.
 func Catalog() []Scenario {

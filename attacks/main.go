@@ -25,8 +25,12 @@ import (
 // Bounds: at most a few dozen connections, never more than 22 open at
 // once, and 24 MiB per scenario, one scenario at a time) against a deployed relay, prints progress on stderr
 // and a table (or JSON) on stdout. Exit 0: every scenario passed (or was
-// skipped); 1: a scenario failed; 2: usage error. Admission refusals
-// (429, 503) are waited out per Retry-After, within 30 s per request.
+// skipped); 1: a finding (a scenario failed); 2: usage error, nothing run;
+// 3: no finding, but a scenario could not run (the target did not answer
+// before it, e.g. down or its certificate not verifiable without --ca, or
+// an output file cannot be written: checked before anything is attacked).
+// Admission refusals (429, 503) are waited out per Retry-After, within
+// 30 s per request.
 func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("relay attack", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are printed below as one line; -h prints to stdout
@@ -65,46 +69,46 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return help()
 		}
 		fmt.Fprintf(stderr, "relay: %s (relay attack -h lists the flags)\n", flagProblem(fs, err))
-		return 2
+		return ExitUsage
 	}
 	if fs.NArg() == 1 && fs.Arg(0) == "help" {
 		return help()
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "relay: unexpected argument %q (relay attack -h lists the flags)\n", fs.Arg(0))
-		return 2
+		return ExitUsage
 	}
 	if *list {
 		if err := RenderThreatMap(stdout); err != nil {
-			return 1
+			return ExitCouldNotRun
 		}
-		return 0
+		return ExitPassed
 	}
 	base, err := parseTarget(*target)
 	if err != nil {
 		fmt.Fprintf(stderr, "relay: %v\n", err)
-		return 2
+		return ExitUsage
 	}
 	prof, err := ParseProfile(*profile)
 	if err != nil {
 		fmt.Fprintf(stderr, "relay: %v\n", err)
-		return 2
+		return ExitUsage
 	}
 	if *readTimeout < 0 || *readHeaderTimeout < 0 {
 		fmt.Fprintln(stderr, "relay: --read-timeout and --read-header-timeout must be positive, like 30s (zero: the relay's defaults)")
-		return 2
+		return ExitUsage
 	}
 	t := &Target{Base: base, ServerName: *serverName, Profile: prof, ReadTimeout: *readTimeout, ReadHeaderTimeout: *readHeaderTimeout}
 	if *caFile != "" {
 		pem, err := os.ReadFile(*caFile)
 		if err != nil {
 			fmt.Fprintf(stderr, "relay: --ca: %v\n", err)
-			return 2
+			return ExitUsage
 		}
 		t.RootCAs = x509.NewCertPool()
 		if !t.RootCAs.AppendCertsFromPEM(pem) {
 			fmt.Fprintf(stderr, "relay: --ca: no PEM certificates in %s\n", *caFile)
-			return 2
+			return ExitUsage
 		}
 	}
 	var filter []string
@@ -118,41 +122,69 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			sc, ok := known[id]
 			if !ok {
 				fmt.Fprintf(stderr, "relay: unknown scenario %q (see --list)\n", id)
-				return 2
+				return ExitUsage
 			}
 			if sc.Mode == LocalOnly {
 				fmt.Fprintf(stderr, "relay: %s is local-only; it runs in `go test ./attacks`\n", id)
-				return 2
+				return ExitUsage
 			}
 			filter = append(filter, id)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-	defer cancel()
+	outputs := []struct {
+		flag, file string
+		render     func(io.Writer, []Report, RunInfo) error
+	}{{"--junit", *junitFile, RenderJUnit}, {"--report", *reportFile, RenderHTML}, {"--prom-textfile", *promFile, RenderPromTextfile}}
+	scs := Select(t, filter)
 	info := RunInfo{Target: base.String(), Started: time.Now()}
-	reports := Run(ctx, t, filter, stderr)
+	// Every output is checked before anything is attacked: a run whose
+	// results cannot be kept is not run.
+	var unwritable []string
+	writable := map[string]bool{}
+	for _, out := range outputs {
+		if out.file == "" {
+			continue
+		}
+		if err := checkWritable(out.file); err != nil {
+			fmt.Fprintf(stderr, "relay: %s %s cannot be written: %v\n", out.flag, out.file, err)
+			unwritable = append(unwritable, out.flag+" "+out.file)
+			continue
+		}
+		writable[out.flag] = true
+	}
+	var reports []Report
+	if len(unwritable) > 0 {
+		reports = NotRun(scs, "cannot write "+strings.Join(unwritable, ", "))
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+		reports = runScenarios(ctx, t, scs, stderr)
+		cancel()
+	}
 	info.Duration = time.Since(info.Started)
+	code := ExitCode(reports)
 	if *asJSON {
 		err = RenderJSON(stdout, reports)
 	} else {
 		err = RenderTable(stdout, reports)
 	}
-	for _, out := range []struct {
-		file   string
-		render func(io.Writer, []Report, RunInfo) error
-	}{{*junitFile, RenderJUnit}, {*reportFile, RenderHTML}, {*promFile, RenderPromTextfile}} {
-		if out.file == "" {
+	if err != nil && code == ExitPassed {
+		code = ExitCouldNotRun
+	}
+	// The textfile last, so that its relay_attack_exit_code counts a
+	// report that could not be written.
+	for _, out := range outputs {
+		if !writable[out.flag] {
 			continue
 		}
+		info.ExitCode = code
 		if werr := writeFileAtomic(out.file, func(w io.Writer) error { return out.render(w, reports, info) }); werr != nil {
-			fmt.Fprintf(stderr, "relay: %v\n", werr)
-			err = werr
+			fmt.Fprintf(stderr, "relay: %s: %v\n", out.flag, werr)
+			if code == ExitPassed {
+				code = ExitCouldNotRun
+			}
 		}
 	}
-	if err != nil || Failed(reports) {
-		return 1
-	}
-	return 0
+	return code
 }
 
 func parseTarget(s string) (*url.URL, error) {

@@ -2,6 +2,7 @@ package attacks
 
 import (
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"html/template"
 	"io"
@@ -23,6 +24,9 @@ type RunInfo struct {
 	Target   string
 	Started  time.Time
 	Duration time.Duration
+	// ExitCode is the run's exit status as far as it is known when the
+	// file is written (ExitPassed, ExitFinding or ExitCouldNotRun).
+	ExitCode int
 }
 
 type junitSuites struct {
@@ -34,6 +38,7 @@ type junitSuite struct {
 	Name      string      `xml:"name,attr"`
 	Tests     int         `xml:"tests,attr"`
 	Failures  int         `xml:"failures,attr"`
+	Errors    int         `xml:"errors,attr"`
 	Skipped   int         `xml:"skipped,attr"`
 	Time      string      `xml:"time,attr"`
 	Timestamp string      `xml:"timestamp,attr"`
@@ -45,6 +50,7 @@ type junitCase struct {
 	Classname string        `xml:"classname,attr"`
 	Time      string        `xml:"time,attr"`
 	Failure   *junitMessage `xml:"failure,omitempty"`
+	Error     *junitMessage `xml:"error,omitempty"`
 	Skipped   *junitMessage `xml:"skipped,omitempty"`
 	SystemOut string        `xml:"system-out,omitempty"`
 }
@@ -55,8 +61,8 @@ type junitMessage struct {
 }
 
 // RenderJUnit writes the reports as JUnit XML: one testsuite for the run,
-// one testcase per scenario (classname: its threats), failures and skips
-// carrying the evidence.
+// one testcase per scenario (classname: its threats), failures (findings),
+// errors (could not run) and skips carrying the evidence.
 func RenderJUnit(w io.Writer, reports []Report, info RunInfo) error {
 	s := junitSuite{Name: "relay attack " + info.Target, Tests: len(reports),
 		Time: secs(info.Duration), Timestamp: info.Started.UTC().Format(time.RFC3339)}
@@ -71,6 +77,9 @@ func RenderJUnit(w io.Writer, reports []Report, info RunInfo) error {
 		case Fail:
 			s.Failures++
 			c.Failure = msg
+		case CouldNotRun:
+			s.Errors++
+			c.Error = msg
 		case Skip:
 			s.Skipped++
 			c.Skipped = msg
@@ -98,41 +107,44 @@ func promResult(v Verdict) int {
 		return 1
 	case Skip:
 		return -1
+	case CouldNotRun:
+		return -2
 	}
 	return 0
 }
 
 // RenderPromTextfile writes the run in the Prometheus text format for the
 // node_exporter textfile collector: one result gauge per scenario (1 pass,
-// 0 fail, -1 skipped), its duration, and the run's time and length. Alert
-// on relay_attack_scenario_result == 0, and on
-// time() - relay_attack_last_run_timestamp_seconds growing past a day.
+// 0 fail, -1 skipped, -2 could not run), its duration, the counts of
+// findings and of scenarios that could not run, the exit code, and the
+// run's time and length. A finding is relay_attack_failed_scenarios > 0,
+// a run that says nothing about the defences
+// relay_attack_could_not_run_scenarios > 0, a timer that stopped
+// time() - relay_attack_last_run_timestamp_seconds growing past a day
+// (docs/deploy.md §6).
 func RenderPromTextfile(w io.Writer, reports []Report, info RunInfo) error {
 	var b strings.Builder
-	b.WriteString("# HELP relay_attack_scenario_result Last `relay attack` result per scenario: 1 pass, 0 fail, -1 skipped.\n")
-	b.WriteString("# TYPE relay_attack_scenario_result gauge\n")
+	gauge := func(name, help string) {
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name)
+	}
+	gauge("relay_attack_scenario_result", "Last `relay attack` result per scenario: 1 pass, 0 fail (a finding), -1 skipped, -2 could not run.")
 	for _, r := range reports {
 		fmt.Fprintf(&b, "relay_attack_scenario_result{scenario=%q,threats=%q} %d\n", r.Scenario.ID, strings.Join(r.Scenario.Threats, ","), promResult(r.Result.Verdict))
 	}
-	b.WriteString("# HELP relay_attack_scenario_duration_seconds How long each scenario of the last run took.\n")
-	b.WriteString("# TYPE relay_attack_scenario_duration_seconds gauge\n")
+	gauge("relay_attack_scenario_duration_seconds", "How long each scenario of the last run took.")
 	for _, r := range reports {
 		fmt.Fprintf(&b, "relay_attack_scenario_duration_seconds{scenario=%q} %s\n", r.Scenario.ID, secs(r.Duration))
 	}
-	failed := 0
-	for _, r := range reports {
-		if r.Result.Verdict == Fail {
-			failed++
-		}
-	}
-	b.WriteString("# HELP relay_attack_failed_scenarios Scenarios that failed in the last run.\n")
-	b.WriteString("# TYPE relay_attack_failed_scenarios gauge\n")
-	fmt.Fprintf(&b, "relay_attack_failed_scenarios %d\n", failed)
-	b.WriteString("# HELP relay_attack_last_run_timestamp_seconds When the last run started (Unix time).\n")
-	b.WriteString("# TYPE relay_attack_last_run_timestamp_seconds gauge\n")
+	n := tally(reports)
+	gauge("relay_attack_failed_scenarios", "Scenarios that failed (findings) in the last run.")
+	fmt.Fprintf(&b, "relay_attack_failed_scenarios %d\n", n[Fail])
+	gauge("relay_attack_could_not_run_scenarios", "Scenarios of the last run that could not run (target unreachable, an output not writable, the deadline ran out).")
+	fmt.Fprintf(&b, "relay_attack_could_not_run_scenarios %d\n", n[CouldNotRun])
+	gauge("relay_attack_exit_code", "Exit code of the last run: 0 passed, 1 a finding, 3 could not run.")
+	fmt.Fprintf(&b, "relay_attack_exit_code %d\n", info.ExitCode)
+	gauge("relay_attack_last_run_timestamp_seconds", "When the last run started (Unix time).")
 	fmt.Fprintf(&b, "relay_attack_last_run_timestamp_seconds %d\n", info.Started.Unix())
-	b.WriteString("# HELP relay_attack_run_duration_seconds How long the last run took.\n")
-	b.WriteString("# TYPE relay_attack_run_duration_seconds gauge\n")
+	gauge("relay_attack_run_duration_seconds", "How long the last run took.")
 	fmt.Fprintf(&b, "relay_attack_run_duration_seconds %s\n", secs(info.Duration))
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -157,12 +169,12 @@ table{border-collapse:collapse;width:100%}
 th,td{border:1px solid #ccc;padding:.35em .5em;vertical-align:top;text-align:left}
 th{background:#f3f3f3}
 code{font-size:12px}
-.PASS{background:#e6f4ea}.FAIL{background:#fce8e6;font-weight:bold}.SKIP{background:#fef7e0}
+.PASS{background:#e6f4ea}.FAIL{background:#fce8e6;font-weight:bold}.SKIP{background:#fef7e0}.COULD-NOT-RUN{background:#e8eaf6}
 .none{color:#888}
 </style></head><body>
 <h1>relay attack report</h1>
 <p>Target <code>{{.Target}}</code>, started {{.Started}}, took {{.Duration}}:
-{{.Passed}} passed, {{.Failed}} failed, {{.Skipped}} skipped of {{.Total}} scenarios run.</p>
+{{.Passed}} passed, {{.Failed}} failed, {{.Skipped}} skipped, {{.NotRun}} could not run, of {{.Total}} scenarios.</p>
 <table>
 <tr><th>Threat</th><th>Defence (code that enforces it)</th><th>Scenario</th><th>Bounds used</th><th>Result</th><th>Evidence</th></tr>
 {{range .Threats}}{{$t := .}}{{if .Scenarios}}{{range $i, $s := .Scenarios}}<tr>
@@ -179,20 +191,12 @@ code{font-size:12px}
 // Threats whose scenarios did not run here say why.
 func RenderHTML(w io.Writer, reports []Report, info RunInfo) error {
 	ran := map[string][]Report{}
-	passed, failed, skipped := 0, 0, 0
 	for _, r := range reports {
 		for _, th := range r.Scenario.Threats {
 			ran[th] = append(ran[th], r)
 		}
-		switch r.Result.Verdict {
-		case Pass:
-			passed++
-		case Fail:
-			failed++
-		default:
-			skipped++
-		}
 	}
+	n := tally(reports)
 	defences := Defences()
 	var threats []reportThreat
 	for _, th := range Threats() {
@@ -218,8 +222,23 @@ func RenderHTML(w io.Writer, reports []Report, info RunInfo) error {
 	}
 	return reportTmpl.Execute(w, map[string]any{
 		"Target": info.Target, "Started": info.Started.UTC().Format(time.RFC3339), "Duration": info.Duration.Round(time.Millisecond).String(),
-		"Passed": passed, "Failed": failed, "Skipped": skipped, "Total": len(reports), "Threats": threats,
+		"Passed": n[Pass], "Failed": n[Fail], "Skipped": n[Skip], "NotRun": n[CouldNotRun], "Total": len(reports), "Threats": threats,
 	})
+}
+
+// checkWritable reports whether writeFileAtomic can write path: path is
+// not a directory and its directory takes a new file (created and removed).
+func checkWritable(path string) error {
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		return errors.New("it is a directory")
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".check*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
 }
 
 // writeFileAtomic writes path through a temporary file in the same

@@ -59,17 +59,23 @@ func TestAttackCommand_Outputs(t *testing.T) {
 	require.Regexp(t, `(?m)^relay_attack_run_duration_seconds [0-9]+\.[0-9]{3}$`, text)
 	checkPromText(t, text)
 
-	// A failing run: the failure is in every output, and they are still written.
+	require.Regexp(t, `(?m)^relay_attack_could_not_run_scenarios 0$`, text)
+	require.Regexp(t, `(?m)^relay_attack_exit_code 0$`, text)
+
+	// A run with a finding: the failure is in every output, and they are
+	// still written.
+	srv, _ := notARelay(t, false)
 	junit, html, prom = files("fail")
 	out.Reset()
 	errOut.Reset()
-	require.Equal(t, 1, Main([]string{"--target", "http://127.0.0.1:1", "--only", "ATK-CROSS-TENANT", "--timeout", "30s",
-		"--junit", junit, "--report", html, "--prom-textfile", prom}, &out, &errOut))
+	require.Equal(t, ExitFinding, Main([]string{"--target", srv.URL, "--only", "ATK-CROSS-TENANT", "--timeout", "30s",
+		"--junit", junit, "--report", html, "--prom-textfile", prom}, &out, &errOut), "stdout:\n%s\nstderr:\n%s", out.String(), errOut.String())
 	b, err = os.ReadFile(junit)
 	require.NoError(t, err)
 	var failed junitSuites
 	require.NoError(t, xml.Unmarshal(b, &failed))
 	require.Equal(t, 1, failed.Suites[0].Failures)
+	require.Equal(t, 0, failed.Suites[0].Errors)
 	require.NotNil(t, failed.Suites[0].Cases[0].Failure)
 	b, err = os.ReadFile(html)
 	require.NoError(t, err)
@@ -78,11 +84,37 @@ func TestAttackCommand_Outputs(t *testing.T) {
 	require.NoError(t, err)
 	require.Regexp(t, `(?m)^relay_attack_scenario_result\{scenario="ATK-CROSS-TENANT",threats="[^"]+"\} 0$`, string(b))
 	require.Regexp(t, `(?m)^relay_attack_failed_scenarios 1$`, string(b))
+	require.Regexp(t, `(?m)^relay_attack_could_not_run_scenarios 0$`, string(b))
+	require.Regexp(t, `(?m)^relay_attack_exit_code 1$`, string(b))
+	checkPromText(t, string(b))
 
-	// An output that cannot be written fails the run, saying why.
-	errOut.Reset()
-	require.Equal(t, 1, Main([]string{"--target", target.Base.String(), "--only", "ATK-BODY-LEAK", "--junit", filepath.Join(dir, "missing", "x.xml")}, &out, &errOut))
-	require.Contains(t, errOut.String(), "missing")
+	// A run that could not reach its target: no finding anywhere; JUnit
+	// says <error>, not <failure>; the textfile -2 and exit code 3.
+	srv.Close()
+	junit, html, prom = files("down")
+	out.Reset()
+	require.Equal(t, ExitCouldNotRun, Main([]string{"--target", srv.URL, "--only", "ATK-CROSS-TENANT", "--timeout", "30s",
+		"--junit", junit, "--report", html, "--prom-textfile", prom}, &out, &errOut))
+	b, err = os.ReadFile(junit)
+	require.NoError(t, err)
+	var down junitSuites
+	require.NoError(t, xml.Unmarshal(b, &down))
+	require.Equal(t, 0, down.Suites[0].Failures)
+	require.Equal(t, 1, down.Suites[0].Errors)
+	require.Nil(t, down.Suites[0].Cases[0].Failure)
+	require.NotNil(t, down.Suites[0].Cases[0].Error)
+	require.Contains(t, down.Suites[0].Cases[0].Error.Message, "target unreachable")
+	b, err = os.ReadFile(html)
+	require.NoError(t, err)
+	require.Contains(t, string(b), `class="COULD-NOT-RUN"`)
+	require.NotContains(t, string(b), `class="FAIL"`)
+	b, err = os.ReadFile(prom)
+	require.NoError(t, err)
+	require.Regexp(t, `(?m)^relay_attack_scenario_result\{scenario="ATK-CROSS-TENANT",threats="[^"]+"\} -2$`, string(b))
+	require.Regexp(t, `(?m)^relay_attack_failed_scenarios 0$`, string(b))
+	require.Regexp(t, `(?m)^relay_attack_could_not_run_scenarios 1$`, string(b))
+	require.Regexp(t, `(?m)^relay_attack_exit_code 3$`, string(b))
+	checkPromText(t, string(b))
 }
 
 // checkPromText checks the textfile grammar the collector needs: every

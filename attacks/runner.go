@@ -19,14 +19,18 @@ const ScenarioTimeout = 2 * time.Minute
 // unless the filter names them, in which case they report Skip. Progress
 // lines go to progress (nil: none).
 func Run(ctx context.Context, target *Target, filter []string, progress io.Writer) []Report {
-	if progress == nil {
-		progress = io.Discard
-	}
+	return runScenarios(ctx, target, Select(target, filter), progress)
+}
+
+// Select is the scenarios a run against target attacks, in catalog order:
+// those filter names (IDs), or with no filter every scenario that can run
+// there (remote-safe ones against a remote target).
+func Select(target *Target, filter []string) []Scenario {
 	want := map[string]bool{}
 	for _, id := range filter {
 		want[strings.TrimSpace(id)] = true
 	}
-	var reports []Report
+	var out []Scenario
 	for _, sc := range Catalog() {
 		if len(want) > 0 && !want[sc.ID] {
 			continue
@@ -34,12 +38,73 @@ func Run(ctx context.Context, target *Target, filter []string, progress io.Write
 		if target.Local == nil && sc.Mode == LocalOnly && len(want) == 0 {
 			continue
 		}
+		out = append(out, sc)
+	}
+	return out
+}
+
+// NotRun reports every scenario of scs as could not run, for why (a run
+// that cannot start: an output that cannot be written, a target that is
+// down).
+func NotRun(scs []Scenario, why string) []Report {
+	reps := make([]Report, 0, len(scs))
+	for _, sc := range scs {
+		reps = append(reps, Report{Scenario: sc, Result: CouldNotRunf("not attacked: %s", why)})
+	}
+	return reps
+}
+
+// runScenarios runs scs in order. The target must answer (reachable)
+// before each scenario that would attack it, else that scenario could not
+// run; a scenario that failed is followed by a second probe, and a target
+// gone by then is named in its evidence (the attack may have taken it
+// down: still a finding). When the first probe fails nothing is attacked.
+func runScenarios(ctx context.Context, target *Target, scs []Scenario, progress io.Writer) []Report {
+	if progress == nil {
+		progress = io.Discard
+	}
+	if len(scs) == 0 {
+		return nil
+	}
+	if err := target.reachable(ctx); err != nil {
+		fmt.Fprintf(progress, "relay attack: %v; nothing attacked\n", err)
+		return NotRun(scs, err.Error())
+	}
+	var reports []Report
+	probed := true // the probe above covers the first scenario
+	for _, sc := range scs {
 		fmt.Fprintf(progress, "%s: running (%s)\n", sc.ID, sc.Title)
-		rep := RunOne(ctx, target, sc)
+		rep := runProbed(ctx, target, sc, &probed)
 		fmt.Fprintf(progress, "%s: %s in %v\n", sc.ID, rep.Result.Verdict, rep.Duration.Round(time.Millisecond))
 		reports = append(reports, rep)
 	}
 	return reports
+}
+
+// runProbed runs sc after making sure the target answers, unless *probed
+// says it answered since the last attack; see runScenarios.
+func runProbed(ctx context.Context, target *Target, sc Scenario, probed *bool) Report {
+	if ctx.Err() != nil {
+		return Report{Scenario: sc, Result: CouldNotRunf("not started: the run's deadline (--timeout) ran out first")}
+	}
+	if target.Local == nil && sc.Mode == LocalOnly {
+		return RunOne(ctx, target, sc) // a Skip; nothing is sent
+	}
+	if !*probed {
+		if err := target.reachable(ctx); err != nil {
+			return Report{Scenario: sc, Result: CouldNotRunf("not attacked: %v", err)}
+		}
+	}
+	*probed = false
+	rep := RunOne(ctx, target, sc)
+	if rep.Result.Verdict == Fail {
+		if err := target.reachable(ctx); err != nil {
+			rep.Result.Evidence += fmt.Sprintf(" [after this scenario the target stopped answering, so the attack may have taken it down: %v]", err)
+		} else {
+			*probed = true
+		}
+	}
+	return rep
 }
 
 // RunOne runs one scenario under ScenarioTimeout; a panic in the scenario
@@ -82,6 +147,14 @@ func RunOne(ctx context.Context, target *Target, sc Scenario) (rep Report) {
 	return rep
 }
 
+// Exit codes of `relay attack`.
+const (
+	ExitPassed      = 0 // every scenario passed or was skipped
+	ExitFinding     = 1 // a scenario failed: a defence did not hold
+	ExitUsage       = 2 // a usage error; nothing ran
+	ExitCouldNotRun = 3 // no finding, but a scenario could not run (target unreachable, an output not writable)
+)
+
 // Failed reports whether any report failed.
 func Failed(reports []Report) bool {
 	for _, r := range reports {
@@ -92,8 +165,32 @@ func Failed(reports []Report) bool {
 	return false
 }
 
+// ExitCode is the exit status for reports: a finding wins over a
+// scenario that could not run, which wins over a pass.
+func ExitCode(reports []Report) int {
+	code := ExitPassed
+	for _, r := range reports {
+		switch r.Result.Verdict {
+		case Fail:
+			return ExitFinding
+		case CouldNotRun:
+			code = ExitCouldNotRun
+		}
+	}
+	return code
+}
+
+// tally counts reports by verdict.
+func tally(reports []Report) map[Verdict]int {
+	n := map[Verdict]int{}
+	for _, r := range reports {
+		n[r.Result.Verdict]++
+	}
+	return n
+}
+
 // RenderTable writes one row per report: ID, threats, verdict, duration,
-// evidence. Under --profile behind-proxy a TESTS column (relay, proxy or
+// evidence, then a line counting the verdicts with the exit code. Under --profile behind-proxy a TESTS column (relay, proxy or
 // relay+proxy) follows the verdict, and a note per scenario after the
 // table says why.
 func RenderTable(w io.Writer, reports []Report) error {
@@ -122,6 +219,8 @@ func RenderTable(w io.Writer, reports []Report) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	n := tally(reports)
+	fmt.Fprintf(w, "\nverdicts: PASS %d, FAIL %d, SKIP %d, COULD-NOT-RUN %d; exit %d\n", n[Pass], n[Fail], n[Skip], n[CouldNotRun], ExitCode(reports))
 	if proxied {
 		fmt.Fprintln(w, "\nBehind a TLS-terminating proxy (--profile behind-proxy), what each verdict tested:")
 		for _, r := range reports {

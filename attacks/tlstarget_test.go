@@ -151,10 +151,11 @@ func TestAttackCommand_TLSScenarios(t *testing.T) {
 	}
 
 	// Without --server-name the certificate does not verify for 127.0.0.1:
-	// the positive controls fail, so the run fails.
+	// a setup error (exit 3), and the evidence names the flag.
 	out.Reset()
 	errOut.Reset()
-	require.Equal(t, 1, Main([]string{"--target", "https://" + p.Addr, "--ca", caFile, "--only", "ATK-TLS-VERSION"}, &out, &errOut), out.String())
+	require.Equal(t, ExitCouldNotRun, Main([]string{"--target", "https://" + p.Addr, "--ca", caFile, "--only", "ATK-TLS-VERSION"}, &out, &errOut), out.String())
+	require.Contains(t, out.String(), "--server-name NAME")
 
 	// Against plain HTTP the TLS scenarios skip, saying why; the run passes.
 	plain := localTarget(t)
