@@ -1,13 +1,13 @@
 package deploy
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -17,6 +17,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pyrycode/relay/internal/cluster/natstest"
 )
 
 // generated are series Prometheus itself makes for a target, and the
@@ -35,65 +37,72 @@ var (
 	labelValuesRE  = regexp.MustCompile(`label_values\((.*),\s*\w+\)`)
 	sampleLabelRE  = regexp.MustCompile(`([A-Za-z_][A-Za-z0-9_]*)="`)
 	// pendingExported: series another change is about to export, tolerated
-	// while absent (empty: every named series is exported today).
-	pendingExported = map[string]string{}
+	// while absent.
+	pendingExported = map[string]string{
+		"relay_attack_could_not_run_scenarios": "relay attack's could-not-run count (issue 23, attacks-runner)",
+	}
 )
 
-// exported starts the real binary with a metrics listener and returns every
-// series name in its /metrics with the label names seen on it.
+// exported returns every series name, with the label names seen on it,
+// that an operator's Prometheus can scrape: a real standalone relay's
+// /metrics (after one binary connected and left, so the per-connection
+// series exist as they would in production), a real relay's in cluster
+// mode on an embedded NATS, and the textfile `relay attack
+// --prom-textfile` writes for node_exporter.
 func exported(t *testing.T) map[string]map[string]bool {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, relayBin, "serve", "--insecure-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "RELAY_PRODUCTION=")
-	stderr, err := cmd.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+	series := map[string]map[string]bool{}
 
-	addr, publicAddr := make(chan string, 1), make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			var l struct{ Event, Listener, Addr string }
-			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Event == "listening" {
-				switch l.Listener {
-				case "metrics":
-					addr <- l.Addr
-				case "public":
-					publicAddr <- l.Addr
-				}
-			}
-		}
-	}()
-	var a string
-	select {
-	case a = <-addr:
-	case <-time.After(15 * time.Second):
-		t.Fatal("the relay never logged its metrics listener")
-	}
-	// One binary connects and leaves, so the per-connection series
-	// (relay_connection_closes_total) exist as they would in production.
-	pub := <-publicAddr
-	dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer dcancel()
-	c, _, err := websocket.Dial(dctx, "ws://"+pub+"/v1/server", &websocket.DialOptions{HTTPHeader: http.Header{
+	addrs := serveRelay(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://"+addrs["public"]+"/v1/server", &websocket.DialOptions{HTTPHeader: http.Header{
 		"X-Pyrycode-Server": {"deploy-test"}, "X-Pyrycode-Version": {"1"}, "User-Agent": {"deploy-test"}}})
 	require.NoError(t, err)
 	require.NoError(t, c.Close(websocket.StatusNormalClosure, ""))
-	var body []byte
+	body := scrapeUntil(t, addrs["metrics"], "relay_connection_closes_total{")
+	parseExposition(series, body)
+	require.Contains(t, series, "relay_build_info", "scrape parsed nothing useful:\n%s", body)
+
+	ns, err := natstest.Start(t.TempDir(), 0)
+	require.NoError(t, err)
+	t.Cleanup(ns.Stop)
+	caddrs := serveRelay(t, "--insecure-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+		"--cluster-nats", ns.URL(), "--instance-id", "deploy-test")
+	parseExposition(series, scrapeUntil(t, caddrs["metrics"], "relay_cluster_nats_connected 1"))
+
+	prom := filepath.Join(t.TempDir(), "relay_attack.prom")
+	out, err := exec.Command(relayBin, "attack", "--target", "http://"+addrs["public"], "--only", "ATK-OVERSIZE",
+		"--timeout", "60s", "--prom-textfile", prom).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	b, err := os.ReadFile(prom)
+	require.NoError(t, err)
+	parseExposition(series, string(b))
+	require.Contains(t, series, "relay_attack_last_run_timestamp_seconds")
+	return series
+}
+
+// scrapeUntil polls http://addr/metrics until the body contains want.
+func scrapeUntil(t *testing.T, addr, want string) string {
+	t.Helper()
+	var body string
 	require.Eventually(t, func() bool {
-		resp, err := http.Get("http://" + a + "/metrics")
+		resp, err := http.Get("http://" + addr + "/metrics")
 		if err != nil {
 			return false
 		}
-		body, _ = io.ReadAll(resp.Body)
+		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK && strings.Contains(string(body), "relay_connection_closes_total{")
-	}, 10*time.Second, 20*time.Millisecond, "the binary's close was never counted")
+		body = string(b)
+		return resp.StatusCode == http.StatusOK && strings.Contains(body, want)
+	}, 15*time.Second, 20*time.Millisecond, "/metrics on %s never showed %q", addr, want)
+	return body
+}
 
-	series := map[string]map[string]bool{}
-	for _, line := range strings.Split(string(body), "\n") {
+// parseExposition adds every series name of a Prometheus text exposition
+// to series, with the label names seen on it.
+func parseExposition(series map[string]map[string]bool, body string) {
+	for _, line := range strings.Split(body, "\n") {
 		if f := strings.Fields(line); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {
 			if series[f[2]] == nil {
 				series[f[2]] = map[string]bool{}
@@ -111,8 +120,6 @@ func exported(t *testing.T) map[string]map[string]bool {
 			series[m[1]][l[1]] = true
 		}
 	}
-	require.Contains(t, series, "relay_build_info", "scrape parsed nothing useful:\n%s", body)
-	return series
 }
 
 // seriesIn returns the metric names an expression selects, and per name the
@@ -217,11 +224,17 @@ func TestDashboardAndRules_NameExportedSeries(t *testing.T) {
 	for alert, mustUse := range map[string]string{
 		"RelayDown": "up", "RelayPanics": "relay_panics_total", "RelayRejectionsClimbing": "relay_requests_rejected_total",
 		"RelayQueuedBytesNearCeiling": "relay_queued_bytes_limit", "RelayCertificateExpiringSoon": "relay_tls_cert_not_after_seconds",
+		"RelayACMEErrors": "relay_acme_errors_total", "RelayClusterNATSDisconnected": "relay_cluster_nats_connected",
+		"RelayClusterLeaseRefreshErrors": "relay_cluster_lease_refresh_errors_total", "RelayClusterLinksLost": "relay_cluster_links_lost_total",
+		"RelayClusterClaimsLost": "relay_cluster_claims_total", "RelayPushFailing": "relay_push_wakes_total", "RelayPushDropped": "relay_push_wakes_total",
+		"RelayAttackFinding": "relay_attack_scenario_result", "RelayAttackCouldNotRun": "relay_attack_could_not_run_scenarios",
+		"RelayAttackStale": "relay_attack_last_run_timestamp_seconds", "RelayAttackMissing": "relay_attack_last_run_timestamp_seconds",
 	} {
 		require.Contains(t, alerts, alert)
 		names, _ := seriesIn(alerts[alert])
 		require.Contains(t, names, mustUse, "%s must use %s", alert, mustUse)
 	}
+	require.Contains(t, alerts["RelayAttackMissing"], "absent(", "a file never written has no series to compare: only absent() fires")
 	dash := dashboardExprs(t)
 	require.GreaterOrEqual(t, len(dash), 10, "too few dashboard queries found")
 	for i, e := range dash {
@@ -271,4 +284,80 @@ func TestDashboardAndRules_NameExportedSeries(t *testing.T) {
 		}
 	}
 	t.Logf("%d expressions, %d series checked against %d exported", len(exprs), len(used), len(series))
+}
+
+// rules reads prometheus-rules.yml: alert name -> expression.
+func rules(t *testing.T) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile("prometheus-rules.yml")
+	require.NoError(t, err)
+	var rf ruleFile
+	require.NoError(t, yaml.Unmarshal(b, &rf))
+	alerts := map[string]string{}
+	for _, g := range rf.Groups {
+		for _, r := range g.Rules {
+			require.NotContains(t, alerts, r.Alert, "alert %s defined twice", r.Alert)
+			alerts[r.Alert] = r.Expr
+		}
+	}
+	return alerts
+}
+
+// TestDashboard_PanelForEveryAlert: for every alert in
+// prometheus-rules.yml, grafana-dashboard.json has a panel whose queries
+// name every series the alert's expression uses, so whoever is woken by an
+// alert finds its history on the dashboard. Panels do not overlap.
+func TestDashboard_PanelForEveryAlert(t *testing.T) {
+	b, err := os.ReadFile("grafana-dashboard.json")
+	require.NoError(t, err)
+	var d struct {
+		Panels []struct {
+			ID      int    `json:"id"`
+			Title   string `json:"title"`
+			GridPos struct {
+				X, Y, W, H int
+			} `json:"gridPos"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	require.NoError(t, json.Unmarshal(b, &d))
+	panelSeries := make([]map[string]bool, len(d.Panels))
+	ids := map[int]bool{}
+	cells := map[[2]int]string{}
+	for i, p := range d.Panels {
+		require.False(t, ids[p.ID], "panel id %d used twice", p.ID)
+		ids[p.ID] = true
+		for x := p.GridPos.X; x < p.GridPos.X+p.GridPos.W; x++ {
+			for y := p.GridPos.Y; y < p.GridPos.Y+p.GridPos.H; y++ {
+				require.Empty(t, cells[[2]int{x, y}], "panels %q and %q overlap", cells[[2]int{x, y}], p.Title)
+				cells[[2]int{x, y}] = p.Title
+			}
+		}
+		panelSeries[i] = map[string]bool{}
+		for _, tg := range p.Targets {
+			names, _ := seriesIn(tg.Expr)
+			for n := range names {
+				panelSeries[i][n] = true
+			}
+		}
+	}
+	for alert, expr := range rules(t) {
+		names, _ := seriesIn(expr)
+		require.NotEmpty(t, names, alert)
+		found := ""
+		for i, ps := range panelSeries {
+			all := true
+			for n := range names {
+				all = all && ps[n]
+			}
+			if all {
+				found = d.Panels[i].Title
+				break
+			}
+		}
+		require.NotEmpty(t, found, "no dashboard panel shows every series of %s (%s)", alert, expr)
+		t.Logf("%s: panel %q", alert, found)
+	}
 }
