@@ -156,17 +156,18 @@ units:
 
 ## image: the FROM-scratch container image (Containerfile) of the static bin/relay, built
 ## with buildah (no daemon; vfs storage, chroot isolation). IMAGE names it. When buildah
-## is missing it runs `apt-get install buildah` (Debian; needs root) and says so first.
+## is missing it runs `apt-get install buildah` (Debian; needs root) and says so first. Docker format:
+## the OCI format has no HEALTHCHECK.
 IMAGE   ?= localhost/pyrycode-relay:$(SBOM_VERSION)
 BUILDAH := buildah --storage-driver vfs
 image: build image-root buildah
-	$(BUILDAH) bud --isolation chroot -q -f Containerfile -t $(IMAGE) .
+	$(BUILDAH) bud --isolation chroot --format docker -q -f Containerfile -t $(IMAGE) .
 
 ## image-root: the image's directory skeleton (the certificate cache at 0700).
 image-root:
 	rm -rf bin/image-root && install -d -m 0700 bin/image-root/var/lib/relay/certs
 
-## image-smoke: relay version and a serve /healthz check inside the image.
+## image-smoke: relay version, a serve /healthz check and the image's HEALTHCHECK inside the image.
 image-smoke: image
 	BUILDAH='$(BUILDAH)' tools/image/smoke.sh $(IMAGE) $(BIN)
 

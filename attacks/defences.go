@@ -25,7 +25,7 @@ func Defences() map[string]string {
 		"TM-TLS-2":   "`internal/tlsconf/tls.go` `ServerTLSConfig` (CipherSuites)",
 		"TM-LEAK-1":  "`internal/server/recover.go` `withRecovery`",
 		"TM-LEAK-2":  "`internal/server/respond.go` `genericBodyWriter.WriteHeader`; `internal/relay/relay.go` `Relay.badRequest`; `internal/server/server.go` `canonicalOnly`",
-		"TM-LEAK-3":  "`internal/server/server.go` `Server.healthz`; `internal/server/server.go` `Server.metricsHandler`",
+		"TM-LEAK-3":  "`internal/server/health.go` `Server.healthz`; `internal/server/health.go` `Server.readyz`; `internal/server/server.go` `Server.metricsHandler`",
 		"TM-ROUTE-1": "`internal/relay/registry.go` `registry.lookupPhone`",
 		"TM-ROUTE-2": "`internal/relay/headers.go` `ParseBinaryHeaders`; `internal/relay/headers.go` `ParsePhoneHeaders`; `internal/relay/headers.go` `ValidServerID`",
 		"TM-ROUTE-3": "`internal/relay/connid.go` `newConnID`",

@@ -14,8 +14,9 @@ import (
 // header values, body, Host); it must never come back, nor may a Go
 // version, a path or an error text. Includes the WebSocket library's own
 // refusals (its Connection-header error echoes the header value unless the
-// relay suppresses it). /healthz reports counts only and no metrics or
-// debug endpoint is reachable on the public listener.
+// relay suppresses it). /healthz reports counts only, /livez and /readyz
+// a fixed "ok", and no metrics or debug endpoint is reachable on the public
+// listener.
 func bodyLeak() Scenario {
 	return Scenario{
 		ID:      "ATK-BODY-LEAK",
@@ -145,11 +146,31 @@ func runBodyLeak(ctx context.Context, t *Target) Result {
 	if bytes.Contains(body, []byte("go1.")) {
 		return Failf("healthz names a Go version: %q", tail(string(body), 120))
 	}
+	// /livez and /readyz: exactly "ok\n", whatever the request carries
+	// (a ready relay: this scenario runs against one that serves). Behind
+	// a proxy that does not forward them, its bare 404 is what clients see.
+	for _, path := range []string{"/livez", "/readyz"} {
+		rr, err := t.rawRequest(ctx, t.buildRequest("GET", path+"?q="+c, [][2]string{{"X-Any", c}}))
+		if err != nil {
+			return Failf("%s: no HTTP response: %v", path, err)
+		}
+		st := rr.Resp.StatusCode
+		switch {
+		case st == 404 && t.Profile == BehindProxy && len(rr.Body) == 0:
+		case st != 200:
+			return Failf("%s: status %d, want 200 from a serving relay", path, st)
+		case string(rr.Body) != "ok\n":
+			return Failf("%s: body %q, want exactly \"ok\\n\"", path, tail(string(rr.Body), 80))
+		}
+		if leakOf(string(rr.All), c) != "" {
+			return Failf("%s: response echoed the canary: %q", path, tail(string(rr.All), 120))
+		}
+	}
 	fw := ""
 	if len(forwarded) > 0 {
 		fw = fmt.Sprintf(" (%s: read leniently and forwarded by the proxy, answered by the relay, nothing echoed)", strings.Join(forwarded, ", "))
 	}
-	return Passf("%d hostile requests: statuses as expected%s, bodies empty or fixed phrases, canary never echoed; /healthz shows counts only; /metrics, pprof, expvar, test hook: 404", len(cases), fw)
+	return Passf("%d hostile requests: statuses as expected%s, bodies empty or fixed phrases, canary never echoed; /healthz shows counts only, /livez and /readyz a fixed ok; /metrics, pprof, expvar, test hook: 404", len(cases), fw)
 }
 
 func is4xxOr505(c int) bool { return is4xx(c) || c == 505 }

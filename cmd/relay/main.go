@@ -2,6 +2,7 @@
 //
 //	relay serve [flags]   run the relay (see relay serve -h)
 //	relay attack [flags]  run the remote-safe attack suite against a deployment
+//	relay healthcheck --url URL  GET URL once: exit 0 on 200, 1 otherwise
 //	relay version         print the version, VCS revision and Go version
 //
 // Exit codes: 0 clean shutdown, 1 runtime failure, 2 refused to start.
@@ -47,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args[1:], stdout, stderr)
 	case "attack":
 		return attacks.Main(args[1:], stdout, stderr)
+	case "healthcheck":
+		return healthcheck(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		switch {
 		case len(args) == 1:
@@ -62,8 +65,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case len(args) == 1:
 			usage(stdout)
 			return exitOK
-		case len(args) == 2 && (args[1] == "serve" || args[1] == "attack" || args[1] == "version"):
-			// relay help serve|attack|version is their -h.
+		case len(args) == 2 && (args[1] == "serve" || args[1] == "attack" || args[1] == "healthcheck" || args[1] == "version"):
+			// relay help serve|attack|healthcheck|version is their -h.
 			return run([]string{args[1], "-h"}, stdout, stderr)
 		}
 		fmt.Fprintf(stderr, "relay: unknown command %q (see relay help)\n", args[1])
@@ -108,6 +111,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   relay serve [flags]    run the relay (relay serve -h lists every flag)
   relay attack [flags]   run the remote-safe attack suite (relay attack -h)
+  relay healthcheck --url URL   GET URL once: exit 0 on 200, 1 otherwise (container HEALTHCHECK)
   relay version          print the version
   relay help [COMMAND]   print this, or a command's flags
 `)

@@ -246,6 +246,7 @@ func TestHelp_StdoutExit0_Everywhere(t *testing.T) {
 		{"serve", "-h"}, {"serve", "--help"}, {"serve", "help"}, {"help", "serve"},
 		{"attack", "-h"}, {"attack", "--help"}, {"attack", "help"}, {"help", "attack"},
 		{"version", "-h"}, {"version", "--help"}, {"help", "version"},
+		{"healthcheck", "-h"}, {"healthcheck", "help"}, {"help", "healthcheck"},
 	} {
 		t.Run(strings.Join(args, "_"), func(t *testing.T) {
 			r := runRelay(t, relayEnv(t), args...)

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -167,6 +168,9 @@ type Cluster struct {
 
 	kvMu sync.Mutex
 	kv   jetstream.KeyValue
+	// kvReady is set once kv is: Ready reads it without waiting on kvMu,
+	// which bucket holds across a NATS request.
+	kvReady atomic.Bool
 
 	mu     sync.Mutex
 	leases map[string]*lease
@@ -237,6 +241,7 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 		return nil, err
 	}
 	c.m.connected.Set(b2f(nc.IsConnected()))
+	c.ensureBucket()
 	c.loopsDone.Add(3)
 	go c.leaseLoop()
 	go c.checkLoop()
@@ -305,6 +310,7 @@ func (c *Cluster) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 		return nil, err
 	}
 	c.kv = kv
+	c.kvReady.Store(true)
 	return kv, nil
 }
 
@@ -467,6 +473,7 @@ func (c *Cluster) leaseLoop() {
 		case <-t.C:
 		case <-c.kick:
 		}
+		c.ensureBucket()
 		ctx, cancel := context.WithTimeout(context.Background(), c.opts.Lease/3)
 		c.refresh(ctx)
 		cancel()

@@ -1,12 +1,12 @@
 // Package server assembles the relay process: listeners, the hardened
-// http.Server around the routing core, /healthz, metrics and shutdown.
+// http.Server around the routing core, the health endpoints, metrics and
+// shutdown.
 package server
 
 import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
@@ -23,7 +23,6 @@ import (
 	"time"
 
 	"github.com/pyrycode/relay/internal/admission"
-	"github.com/pyrycode/relay/internal/buildinfo"
 	"github.com/pyrycode/relay/internal/cluster"
 	"github.com/pyrycode/relay/internal/config"
 	"github.com/pyrycode/relay/internal/metrics"
@@ -54,10 +53,13 @@ type Server struct {
 	hosts       hostGate            // unset: any Host accepted
 	acmeHandler http.Handler        // autocert mode: the port-80 handler
 
-	// lameDuck is set by LameDuck: /healthz answers 503 while every
-	// listener keeps serving, so balancers stop sending new clients before
-	// the drain closes anyone.
+	// lameDuck is set by LameDuck: /readyz and /healthz answer 503 while
+	// every listener keeps serving, so balancers stop sending new clients
+	// before the drain closes anyone.
 	lameDuck atomic.Bool
+	// serving is set by Serve once every listener serves: until then the
+	// relay is not ready (health.go).
+	serving atomic.Bool
 
 	// refusals logs refused requests and sockets within a line budget.
 	refusals *refusalLog
@@ -151,9 +153,9 @@ var (
 // generic bodies, panic recovery, Host check, routes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", s.healthz)
-	// Only the upgrade paths are admission-controlled: /healthz must answer
-	// monitors even while a flood is being refused.
+	// Only the upgrade paths are admission-controlled: the health endpoints
+	// must answer monitors even while a flood is being refused.
+	s.healthRoutes(mux)
 	for _, path := range binaryPaths {
 		mux.Handle(path, s.admit.Middleware(onlyGET(s.relay.ServeBinary)))
 	}
@@ -181,28 +183,6 @@ func onlyGET(h http.HandlerFunc) http.HandlerFunc {
 		}
 		h(w, r)
 	}
-}
-
-// healthz reports counts, the build's version and the uptime: never a
-// server-id, address or token. While the relay drains it answers 503, so a
-// load balancer stops sending clients to a relay that is closing every
-// connection. no-store: a cache in front must not answer for a dead relay.
-func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
-	if s.lameDuck.Load() || s.relay.Draining() {
-		w.Header().Set("Retry-After", "5")
-		emptyStatus(w, http.StatusServiceUnavailable)
-		return
-	}
-	st := s.relay.Stats()
-	body, _ := json.Marshal(struct {
-		Status string `json:"status"`
-		relay.RegistryStats
-		Version       string `json:"version"`
-		UptimeSeconds int64  `json:"uptime_seconds"`
-	}{"ok", st, buildinfo.Get().Version, int64(time.Since(s.started) / time.Second)})
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write(append(body, '\n'))
 }
 
 // clientAddr is the client address the admission layer resolved (trusted
@@ -288,9 +268,10 @@ func handshakePeer(line []byte) (netip.Addr, bool) {
 func (s *Server) metricsHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", s.metrics.Handler())
-	// The same /healthz as the public listener, reachable by IP without a
-	// TLS name: a health check for balancers in TLS modes (docs/deploy.md).
-	mux.HandleFunc("GET /healthz", s.healthz)
+	// The same health endpoints as the public listener, reachable by IP
+	// without a TLS name: a health check for balancers, Kubernetes probes
+	// and the image's HEALTHCHECK in TLS modes (docs/deploy.md).
+	s.healthRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { emptyStatus(w, http.StatusNotFound) })
 	return withGenericBodies(canonicalOnly(mux))
 }
@@ -427,11 +408,12 @@ func (s *Server) Serve() {
 			}
 		}(l)
 	}
+	s.serving.Store(true)
 }
 
-// LameDuck starts the lame-duck window: /healthz (public and metrics
-// listeners) answers 503 while every listener keeps serving. Shutdown
-// follows it.
+// LameDuck starts the lame-duck window: /readyz and /healthz (public and
+// metrics listeners) answer 503 while every listener keeps serving.
+// Shutdown follows it.
 func (s *Server) LameDuck() { s.lameDuck.Store(true) }
 
 // Done delivers the first runtime failure of a listener.

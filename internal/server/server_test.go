@@ -213,6 +213,7 @@ func TestHealthz_VersionUptimeNoStore(t *testing.T) {
 	srv, err := New(cfg, logging.New(io.Discard, 0))
 	require.NoError(t, err)
 	srv.started = time.Now().Add(-90 * time.Second) // as if up for 90 s
+	srv.serving.Store(true)                         // as if Serve had run
 
 	w := newRecorder()
 	srv.healthz(w, mustRequest(t, "GET", "/healthz"))

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Smoke test of the built image (make image-smoke): inside a container of
-# IMAGE, `relay version` must print the same line as bin/relay, and
-# `relay serve` must answer /healthz on loopback. buildah runs it with chroot
+# IMAGE, `relay version` must print the same line as bin/relay,
+# `relay serve` must answer /healthz on loopback, and the image's
+# HEALTHCHECK (relay healthcheck on /readyz) must pass while it serves and
+# fail once it is gone. buildah runs it with chroot
 # isolation and the host network, so the relay binds 127.0.0.1 only.
 set -euo pipefail
 IMAGE=${1:?image}; BIN=${2:?bin/relay}; BUILDAH=${BUILDAH:-buildah --storage-driver vfs}
@@ -26,7 +28,26 @@ done
 echo "image: /healthz -> ${body:-nothing}"
 grep -q '"status":"ok"' <<<"${body:-}" || { echo "image: serve smoke test failed; relay log:"; cat "$log"; exit 1; }
 grep -q '"event":"started"' "$log" || { echo "image: no started line in the relay's log"; cat "$log"; exit 1; }
+
+# The image's own HEALTHCHECK command (scratch has no curl: relay
+# healthcheck), run as the image configures it, against this relay's
+# metrics listener (the image's RELAY_METRICS_LISTEN, 127.0.0.1:9090).
+mapfile -t hcargs < <($BUILDAH inspect --type image --format '{{range .Docker.Config.Healthcheck.Test}}{{println .}}{{end}}' "$IMAGE")
+echo "image: HEALTHCHECK ${hcargs[*]:-none}"
+[ "${hcargs[0]:-}" = CMD ] && [ "${hcargs[2]:-}" = healthcheck ] || { echo "image: no CMD relay healthcheck HEALTHCHECK (docker format?)"; exit 1; }
+hcargs=("${hcargs[@]:1}")
+ok=""
+for _ in $(seq 1 50); do
+  if $BUILDAH run --isolation chroot "$ctr" -- "${hcargs[@]}" >/dev/null 2>&1; then ok=1; break; fi
+  sleep 0.1
+done
+[ -n "$ok" ] || { echo "image: the HEALTHCHECK command did not pass against a serving relay"; cat "$log"; exit 1; }
+echo "image: HEALTHCHECK passes while the relay is ready"
 kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+if $BUILDAH run --isolation chroot "$ctr" -- "${hcargs[@]}" >/dev/null 2>&1; then
+  echo "image: the HEALTHCHECK command passed with no relay running"; exit 1
+fi
+echo "image: HEALTHCHECK fails with the relay gone"
 
 # Autocert in production mode: the relay (uid 65532, no capabilities) must
 # accept the image's /var/lib/relay/certs (0700, its own) as its cache and
