@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -477,7 +478,7 @@ func handshakeVia(addr, caFile string) error {
 	return c.Close()
 }
 
-// haproxyLameDuck: SIGTERM starts the relay's lame duck (/healthz 503, the
+// haproxyLameDuck: SIGTERM starts the relay's lame duck (/readyz 503, the
 // listeners still serving, --drain-delay 30s here). With the recipe's
 // health check HAProxy stops forwarding within a few seconds although the
 // relay's listener still accepts; with the check removed it keeps
@@ -502,7 +503,7 @@ func haproxyLameDuck(t *testing.T, haproxy string) {
 			if withCheck {
 				sig := time.Now()
 				require.Eventually(t, func() bool { return handshakeVia(front, r.cert) != nil }, 5*time.Second, 100*time.Millisecond,
-					"HAProxy kept forwarding to a relay whose /healthz answers 503 for the default --drain-delay (5 s)")
+					"HAProxy kept forwarding to a relay whose /readyz answers 503 for the default --drain-delay (5 s)")
 				t.Logf("HAProxy stopped forwarding %v into the lame duck", time.Since(sig).Round(100*time.Millisecond))
 			} else {
 				time.Sleep(6 * time.Second) // longer than the check took to notice above
@@ -605,6 +606,8 @@ func TestProxyRecipes_Nginx(t *testing.T) {
 	// (127.0.0.1) and not the address the client claimed.
 	require.Equal(t, clientAddr, chargedTo(t, relayLog, clientAddr, front, r.cert, "X-Forwarded-For: 203.0.113.7\r\n"))
 
+	t.Run("readyz through the lame duck", func(t *testing.T) { nginxReadyz(t, r) })
+
 	// Each key setting removed, against a relay of its own (so the main
 	// run's per-address budgets are untouched), beside the main run.
 	var wg sync.WaitGroup
@@ -623,6 +626,35 @@ func TestProxyRecipes_Nginx(t *testing.T) {
 		require.Equal(t, want, rep.Tests, "%s is labelled %q behind the proxy, want %q", id, rep.Tests, want)
 		require.NotEmpty(t, rep.Why, "%s: no reason given for its label", id)
 	}
+}
+
+// nginxReadyz: through the recipe, /readyz answers the relay's 200 and,
+// once SIGTERM starts the relay's lame duck (--drain-delay 30s here), its
+// 503, while /metrics stays 404.
+func nginxReadyz(t *testing.T, r *nginxRig) {
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	relayLog, relayCmd := startRelayCmd(t, addr, "--insecure-listen", addr, "--trust-proxy", "127.0.0.1/32", "--drain-delay", "30s")
+	front := r.start(t, addr, nil)
+	pool := x509.NewCertPool()
+	b, err := os.ReadFile(r.cert)
+	require.NoError(t, err)
+	pool.AppendCertsFromPEM(b)
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: proxyName, MinVersion: tls.VersionTLS12}}}
+	get := func(path string) int {
+		req, err := http.NewRequest(http.MethodGet, "https://"+front+path, nil)
+		require.NoError(t, err)
+		req.Host = proxyName
+		resp, err := client.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusOK, get("/readyz"))
+	require.Equal(t, http.StatusNotFound, get("/metrics"))
+	require.NoError(t, relayCmd.Process.Signal(syscall.SIGTERM))
+	require.Eventually(t, func() bool { return strings.Contains(relayLog.String(), `"event":"lame_duck"`) }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, http.StatusServiceUnavailable, get("/readyz"), "nginx passes the lame duck's 503 on")
 }
 
 // nginxSettingsMatter removes one setting of the recipe at a time and
