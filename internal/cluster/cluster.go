@@ -221,7 +221,10 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 	// the same authorization error twice from one server); watchRefusals
 	// logs it.
 	nopts = append(nopts, nats.IgnoreAuthErrorAbort())
-	if err := preflight(strings.Join(opts.URLs, ","), opts.authOptions(), opts.MaxLinkPayload); err != nil {
+	if err := opts.CheckCreds(); err != nil {
+		return nil, err
+	}
+	if err := preflight(opts); err != nil {
 		return nil, err
 	}
 	nc, err := nats.Connect(strings.Join(opts.URLs, ","), nopts...)
@@ -242,10 +245,11 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 	}
 	c.m.connected.Set(b2f(nc.IsConnected()))
 	c.ensureBucket()
-	c.loopsDone.Add(3)
+	c.loopsDone.Add(4)
 	go c.leaseLoop()
 	go c.checkLoop()
 	go c.watchRefusals()
+	go c.dupLoop()
 	log.Info("cluster mode", "event", "cluster_started", "instance_id", c.self, "cluster_name", opts.Name,
 		"lease_ms", opts.Lease.Milliseconds(), "nats_connected", nc.IsConnected())
 	return c, nil

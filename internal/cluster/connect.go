@@ -63,12 +63,18 @@ func (o Options) authOptions() []nats.Option {
 
 // preflight connects once, without retrying, to tell a refusal (a
 // configuration error: ErrNATSRefused) from a NATS that is merely not
-// reachable yet (nil: the caller's connection keeps retrying).
-func preflight(urls string, opts []nats.Option, maxLink int64) error {
-	nc, err := nats.Connect(urls, append(opts, nats.NoReconnect(), nats.Timeout(requestTimeout))...)
+// reachable yet (nil: the caller's connection keeps retrying). Connected,
+// it checks the server's max_payload and that no live instance answers as
+// this one (ErrDuplicateInstance).
+func preflight(o Options) error {
+	opts := append(o.authOptions(), nats.NoReconnect(), nats.Timeout(requestTimeout), nats.CustomInboxPrefix(inboxPrefix(o.Name, o.InstanceID)))
+	nc, err := nats.Connect(strings.Join(o.URLs, ","), opts...)
 	if err == nil {
 		defer nc.Close()
-		return payloadFits(nc.MaxPayload(), maxLink)
+		if err := payloadFits(nc.MaxPayload(), o.MaxLinkPayload); err != nil {
+			return err
+		}
+		return duplicateAtStart(nc, subjects{o.Name, o.InstanceID})
 	}
 	if r := refusalReason(err); r != "" {
 		return fmt.Errorf("%w (%s): %v", ErrNATSRefused, r, err)

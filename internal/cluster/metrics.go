@@ -22,6 +22,7 @@ type clusterMetrics struct {
 	malformed     prometheus.Counter
 	slowConsumer  prometheus.Counter
 	refreshErrors prometheus.Counter
+	duplicates    prometheus.Counter
 }
 
 func newMetrics(m *metrics.Metrics) *clusterMetrics {
@@ -35,12 +36,13 @@ func newMetrics(m *metrics.Metrics) *clusterMetrics {
 		malformed:     prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_messages_malformed_total", Help: "Cross-instance messages dropped as unparseable or over the handler bound."}),
 		slowConsumer:  prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_slow_consumer_total", Help: "Times NATS dropped messages for this instance."}),
 		refreshErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_lease_refresh_errors_total", Help: "Claim refreshes that failed (retried)."}),
+		duplicates:    prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_duplicate_instances_total", Help: "Times another live instance was found using this instance's id after start."}),
 	}
 	for _, r := range claimResults {
 		cm.claims.WithLabelValues(r)
 	}
 	if m != nil {
-		m.Register(cm.claims, cm.connected, cm.sent, cm.received, cm.malformed, cm.slowConsumer, cm.refreshErrors)
+		m.Register(cm.claims, cm.connected, cm.sent, cm.received, cm.malformed, cm.slowConsumer, cm.refreshErrors, cm.duplicates)
 	}
 	return cm
 }
