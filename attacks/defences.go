@@ -39,7 +39,7 @@ func Defences() map[string]string {
 		"TM-OUT-5":   "`internal/push/credentials.go` `checkCredentialsInfo`; `internal/push/credentials.go` `checkOwner`; `internal/fileowner/fileowner_unix.go` `Foreign`",
 		"TM-CLU-1":   "`internal/cluster/claims.go` `keyFor`; `internal/cluster/claims.go` `Cluster.get` (the server-id check); `internal/relay/remote.go` `Relay.Receive`; `internal/relay/registry.go` `registry.lookupPhone`",
 		"TM-CLU-2":   "`internal/cluster/cluster.go` `Cluster.bucket` (TTL = lease); `internal/cluster/claims.go` `Cluster.refresh`; `internal/cluster/claims.go` `Cluster.Acquire` (1013 while the owner is unreachable)",
-		"TM-CLU-4":   "`internal/relay/remote.go` `Relay.Receive` (a stub's messages only from its home; a proxy's only from its owner); `internal/cluster/subjects.go` `sender`; `internal/cluster/permissions.go` `InstancePermissions`",
+		"TM-CLU-4":   "`internal/relay/remote.go` `Relay.Receive` (a stub's messages only from its home; a proxy's only from its owner); `internal/cluster/subjects.go` `sender`; `internal/cluster/permissions.go` `InstancePermissions`; `internal/cluster/identity.go` `Options.CheckCreds`, `duplicateAtStart`, `Cluster.dupLoop`",
 		"TM-CLU-5":   "`internal/cluster/claims.go` `Cluster.reassert`; `internal/cluster/claims.go` `Cluster.lost`; `internal/relay/remote.go` `Relay.Superseded`",
 	}
 }
