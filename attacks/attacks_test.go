@@ -142,13 +142,32 @@ func runScenario(t *testing.T, target *Target, sc Scenario) {
 func TestAttackCommand_RemoteMode(t *testing.T) {
 	target := localTarget(t)
 	var out, errOut bytes.Buffer
-	code := Main([]string{"--target", target.Base.String(), "--only", "ATK-CROSS-TENANT,ATK-BODY-LEAK,ATK-HEADER-ABUSE", "--json"}, &out, &errOut)
+	code := Main([]string{"--target", target.Base.String(), "--only", "ATK-CROSS-TENANT,ATK-BODY-LEAK,ATK-HEADER-ABUSE", "--json",
+		"--source-base", "https://mirror.example/relay"}, &out, &errOut)
 	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out.String(), errOut.String())
 	var reps []jsonReport
 	require.NoError(t, json.Unmarshal(out.Bytes(), &reps))
 	require.Len(t, reps, 3)
+	doc, _ := parseThreatModel(t)
+	anchors := map[string]bool{}
+	for _, d := range doc {
+		anchors[d.ID] = true
+	}
 	for _, r := range reps {
 		require.Equal(t, Pass, r.Verdict, "%s: %s", r.ID, r.Evidence)
+		// The JSON carries the report's references: the scenario's file
+		// and each threat's entry, as repository paths and as URLs.
+		_, err := os.Stat(filepath.Join("..", r.Source))
+		require.NoError(t, err, "%s: source %s", r.ID, r.Source)
+		require.Equal(t, "https://mirror.example/relay/"+r.Source, r.SourceURL)
+		require.Len(t, r.ThreatRefs, len(r.Threats))
+		for i, ref := range r.ThreatRefs {
+			require.Equal(t, r.Threats[i], ref.ID)
+			require.NotEmpty(t, ref.Title)
+			id, ok := strings.CutPrefix(ref.Doc, "docs/threat-model.md#")
+			require.True(t, ok && anchors[id], "%s: %s is not an anchor of the threat model", r.ID, ref.Doc)
+			require.Equal(t, "https://mirror.example/relay/"+ref.Doc, ref.URL)
+		}
 	}
 	require.Contains(t, errOut.String(), "ATK-CROSS-TENANT: running", "progress goes to stderr")
 }

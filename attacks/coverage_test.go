@@ -289,12 +289,6 @@ func TestThreatModel_DefenceNamesCode(t *testing.T) {
 	require.Len(t, Defences(), verified, "Defences() in attacks/defences.go names a threat docs/threat-model.md lacks")
 }
 
-// scenarioFile is the file that must host a scenario: ATK-PER-IP-FLOOD is
-// in attacks/scenario_peripflood.go (lower case, hyphens dropped).
-func scenarioFile(id string) string {
-	return "scenario_" + strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(id, "ATK-"), "-", "")) + ".go"
-}
-
 // TestScenarioFiles_NamedAfterIDs: a reader finds a scenario's code from
 // its ID without searching, and each scenario file hosts the ID it is
 // named after.

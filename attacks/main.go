@@ -18,7 +18,7 @@ import (
 //
 //	relay attack --target URL [--only IDS] [--json] [--ca FILE] [--timeout D]
 //	             [--read-timeout D] [--read-header-timeout D] [--profile behind-proxy]
-//	             [--junit FILE] [--report FILE.html] [--prom-textfile FILE]
+//	             [--junit FILE] [--report FILE.html] [--source-base URL] [--prom-textfile FILE]
 //	relay attack --list
 //
 // It runs the remote-safe scenarios (each with the load stated in its
@@ -46,9 +46,10 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	promFile := fs.String("prom-textfile", "", "also write Prometheus textfile-collector metrics (one result gauge per scenario, the run's time) to FILE")
 	readTimeout := fs.Duration("read-timeout", 0, "the target relay's --read-timeout, when it is not the default 30s (ATK-SLOW-MESSAGE trickles for that long)")
 	readHeaderTimeout := fs.Duration("read-header-timeout", 0, "the target relay's --read-header-timeout, when it is not the default 5s (ATK-SLOWLORIS's bound)")
+	sourceBase := fs.String("source-base", "", "URL (or path) that repository files are linked under in --report and --json, e.g. a mirror at a tag (default: the checkout a --report is written into, else the repository at the binary's revision)")
 	profile := fs.String("profile", "direct", "what stands in front of the relay: direct (the relay's own TLS, or an L4 balancer) or behind-proxy (a TLS-terminating proxy; each result says whether it tested the relay or the proxy)")
 	help := func() int {
-		fmt.Fprintln(stdout, "usage: relay attack --target URL [--only IDS] [--json] [--ca FILE] [--server-name NAME] [--timeout D] [--read-timeout D] [--read-header-timeout D] [--profile behind-proxy] [--junit FILE] [--report FILE.html] [--prom-textfile FILE]\n       relay attack --list")
+		fmt.Fprintln(stdout, "usage: relay attack --target URL [--only IDS] [--json] [--ca FILE] [--server-name NAME] [--timeout D] [--read-timeout D] [--read-header-timeout D] [--profile behind-proxy] [--junit FILE] [--report FILE.html] [--source-base URL] [--prom-textfile FILE]\n       relay attack --list")
 		// As relay serve -h prints them: --name TYPE, then the help.
 		fs.VisitAll(func(f *flag.Flag) {
 			kind, usage := flag.UnquoteUsage(f)
@@ -136,7 +137,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		render     func(io.Writer, []Report, RunInfo) error
 	}{{"--junit", *junitFile, RenderJUnit}, {"--report", *reportFile, RenderHTML}, {"--prom-textfile", *promFile, RenderPromTextfile}}
 	scs := Select(t, filter)
-	info := RunInfo{Target: base.String(), Started: time.Now()}
+	info := RunInfo{Target: base.String(), Started: time.Now(), SourceBase: reportBase(*sourceBase, *reportFile)}
 	// Every output is checked before anything is attacked: a run whose
 	// results cannot be kept is not run.
 	var unwritable []string
@@ -163,7 +164,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	info.Duration = time.Since(info.Started)
 	code := ExitCode(reports)
 	if *asJSON {
-		err = RenderJSON(stdout, reports)
+		err = RenderJSON(stdout, reports, RunInfo{SourceBase: normBase(*sourceBase)})
 	} else {
 		err = RenderTable(stdout, reports)
 	}

@@ -53,7 +53,7 @@ func TestProfile_BehindProxyLabelsEveryReport(t *testing.T) {
 	require.Regexp(t, `^ID\s+THREATS\s+VERDICT\s+DURATION\s+EVIDENCE\n`, tbl.String())
 	require.NotContains(t, tbl.String(), "TLS-terminating")
 	var js bytes.Buffer
-	require.NoError(t, RenderJSON(&js, direct))
+	require.NoError(t, RenderJSON(&js, direct, RunInfo{}))
 	require.NotContains(t, js.String(), `"tests"`)
 
 	proxied := run(BehindProxy)
@@ -64,7 +64,7 @@ func TestProfile_BehindProxyLabelsEveryReport(t *testing.T) {
 	require.Regexp(t, `(?m)^ATK-B\s+TM-HOST-1\s+PASS\s+proxy\s`, tbl.String())
 	require.Contains(t, tbl.String(), "ATK-B (proxy): the proxy answers it")
 	js.Reset()
-	require.NoError(t, RenderJSON(&js, proxied))
+	require.NoError(t, RenderJSON(&js, proxied, RunInfo{}))
 	var got []jsonReport
 	require.NoError(t, json.Unmarshal(js.Bytes(), &got))
 	require.Equal(t, TestsRelay, got[0].Tests)

@@ -27,6 +27,11 @@ type RunInfo struct {
 	// ExitCode is the run's exit status as far as it is known when the
 	// file is written (ExitPassed, ExitFinding or ExitCouldNotRun).
 	ExitCode int
+	// Peer is the second instance of a cluster (--peer-target), if any.
+	Peer string
+	// SourceBase prefixes repository paths in links (links.go); empty:
+	// the repository at the build's revision.
+	SourceBase string
 }
 
 type junitSuites struct {
@@ -150,79 +155,208 @@ func RenderPromTextfile(w io.Writer, reports []Report, info RunInfo) error {
 	return err
 }
 
+// The HTML report, for a reviewer: a summary first (counts by verdict and
+// by mode, then each finding and each scenario that could not run), then
+// per threat the code that defends it and each scenario run against it,
+// then the threat model's entries as built. A threat ID links to its entry
+// in the page; a file (scenario, defence, the entry in
+// docs/threat-model.md) links under the run's source base (links.go).
+
 // reportThreat is one threat row of the HTML report.
 type reportThreat struct {
-	ID, Title, Status, Note, Defence string
-	Scenarios                        []reportScenario
+	ID, Title, Status string
+	Note, Defence     template.HTML
+	Scenarios         []reportScenario
+	rank              int // 0 a scenario failed, 1 one could not run, 2 the rest
 }
 
 type reportScenario struct {
 	ID, Title, Mode, Bounds, Verdict, Evidence, Duration string
+	Source, SourceURL                                    string
+	Threats                                              []reportRef
+}
+
+// reportRef is a threat named by a scenario: its ID and title.
+type reportRef struct{ ID, Title string }
+
+// reportCount is one row of the summary: a verdict, by mode.
+type reportCount struct {
+	Verdict              string
+	Remote, Local, Total int
+}
+
+// reportEntry is one threat model entry, rendered.
+type reportEntry struct {
+	ID, Title, Ref, RefURL string
+	Items                  []template.HTML
 }
 
 var reportTmpl = template.Must(template.New("report").Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>relay attack report: {{.Target}}</title>
 <style>
-body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;width:100%}
+body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#222;max-width:110em}
+table{border-collapse:collapse}
+.threats{width:100%}
 th,td{border:1px solid #ccc;padding:.35em .5em;vertical-align:top;text-align:left}
 th{background:#f3f3f3}
-code{font-size:12px}
+td.n{text-align:right}
+code{font:12px ui-monospace,monospace;background:#f5f5f5;padding:0 .2em}
+a code{color:inherit}
 .PASS{background:#e6f4ea}.FAIL{background:#fce8e6;font-weight:bold}.SKIP{background:#fef7e0}.COULD-NOT-RUN{background:#e8eaf6}
 .none{color:#888}
+section.entry{border-top:1px solid #ddd;margin-top:1em}
+section.entry:target{background:#fffbe6}
 </style></head><body>
 <h1>relay attack report</h1>
-<p>Target <code>{{.Target}}</code>, started {{.Started}}, took {{.Duration}}:
-{{.Passed}} passed, {{.Failed}} failed, {{.Skipped}} skipped, {{.NotRun}} could not run, of {{.Total}} scenarios.</p>
-<table>
+<p>Target <code>{{.Target}}</code>{{if .Peer}} and its peer instance <code>{{.Peer}}</code>{{end}}, started {{.Started}}, took {{.Duration}}.
+Exit code <b>{{.ExitCode}}</b>: {{.ExitMeaning}}.</p>
+<h2 id="summary">Summary</h2>
+<table class="summary">
+<tr><th>Verdict</th><th>remote-safe</th><th>local-only</th><th>all</th></tr>
+{{range .Counts}}<tr><td class="{{.Verdict}}">{{.Verdict}}</td><td class="n">{{.Remote}}</td><td class="n">{{.Local}}</td><td class="n">{{.Total}}</td></tr>
+{{end}}</table>
+{{if .Findings}}<h2 id="findings">Findings ({{len .Findings}})</h2>
+<ol>{{range .Findings}}<li>{{template "scenario" .}}</li>
+{{end}}</ol>{{else}}<p>No findings: no defence failed in this run.</p>{{end}}
+{{if .NotRun}}<h2 id="could-not-run">Could not run ({{len .NotRun}})</h2>
+<p>Nothing was attacked by these, so nothing is known about their defences.</p>
+<ol>{{range .NotRun}}<li>{{template "scenario" .}}</li>
+{{end}}</ol>{{end}}
+<h2 id="threats">Threats, defences and scenarios</h2>
+<table class="threats">
 <tr><th>Threat</th><th>Defence (code that enforces it)</th><th>Scenario</th><th>Bounds used</th><th>Result</th><th>Evidence</th></tr>
 {{range .Threats}}{{$t := .}}{{if .Scenarios}}{{range $i, $s := .Scenarios}}<tr>
-{{if eq $i 0}}<td rowspan="{{len $t.Scenarios}}"><b>{{$t.ID}}</b> {{$t.Title}}</td><td rowspan="{{len $t.Scenarios}}"><code>{{$t.Defence}}</code></td>{{end}}
-<td><b>{{$s.ID}}</b> ({{$s.Mode}})<br>{{$s.Title}}</td><td>{{$s.Bounds}}</td><td class="{{$s.Verdict}}">{{$s.Verdict}}<br>{{$s.Duration}}</td><td>{{$s.Evidence}}</td>
-</tr>{{end}}{{else}}<tr><td><b>{{.ID}}</b> {{.Title}}</td><td><code>{{.Defence}}</code></td><td colspan="4" class="none">{{.Status}}{{if .Note}}: {{.Note}}{{end}}</td></tr>{{end}}
+{{if eq $i 0}}<td rowspan="{{len $t.Scenarios}}"><a href="#{{$t.ID}}"><b>{{$t.ID}}</b></a> {{$t.Title}}</td><td rowspan="{{len $t.Scenarios}}">{{$t.Defence}}</td>{{end}}
+<td><a href="{{$s.SourceURL}}"><b>{{$s.ID}}</b></a> ({{$s.Mode}})<br>{{$s.Title}}</td><td>{{$s.Bounds}}</td><td class="{{$s.Verdict}}">{{$s.Verdict}}<br>{{$s.Duration}}</td><td>{{$s.Evidence}}</td>
+</tr>{{end}}{{else}}<tr><td><a href="#{{.ID}}"><b>{{.ID}}</b></a> {{.Title}}</td><td>{{.Defence}}</td><td colspan="4" class="none">{{.Status}}{{if .Note}}: {{.Note}}{{end}}</td></tr>{{end}}
 {{end}}</table>
+<h2 id="threat-model">The threat model, as built into this binary</h2>
+<p>Each entry of <a href="{{.ThreatModelURL}}"><code>docs/threat-model.md</code></a> at the build this report came from.</p>
+{{range .Entries}}<section class="entry" id="{{.ID}}"><h3>{{.ID}} {{.Title}}</h3>
+<p><a href="{{.RefURL}}"><code>{{.Ref}}</code></a></p>
+<ul>{{range .Items}}<li>{{.}}</li>{{end}}</ul></section>
+{{end}}
 </body></html>
+{{define "scenario"}}<span class="{{.Verdict}}">{{.Verdict}}</span> <a href="{{.SourceURL}}"><b>{{.ID}}</b></a> {{.Title}}
+({{range $i, $r := .Threats}}{{if $i}}, {{end}}<a href="#{{$r.ID}}">{{$r.ID}}</a> {{$r.Title}}{{end}}): {{.Evidence}}{{end}}
 `))
 
+// exitMeaning says what an exit code of `relay attack` means.
+func exitMeaning(code int) string {
+	switch code {
+	case ExitPassed:
+		return "every scenario passed or was skipped"
+	case ExitFinding:
+		return "a defence did not hold (a finding)"
+	case ExitCouldNotRun:
+		return "no finding, but some scenarios could not run: nothing is known about their defences"
+	}
+	return "usage error"
+}
+
 // RenderHTML writes a self-contained page (no scripts, no external
-// resources): per threat of the model, the code that defends it and each
-// scenario run against it, with its bounds, verdict and evidence line.
-// Threats whose scenarios did not run here say why.
+// resources; links only): the summary, per threat of the model the code
+// that defends it and each scenario run against it, with its bounds,
+// verdict and evidence line, and the threat model's entries. Threats whose
+// scenarios did not run here say why.
 func RenderHTML(w io.Writer, reports []Report, info RunInfo) error {
+	base := info.SourceBase
+	if base == "" {
+		base = publishedBase()
+	}
+	titles := map[string]string{}
+	for _, th := range Threats() {
+		titles[th.ID] = th.Title
+	}
+	toScenario := func(r Report) reportScenario {
+		b := r.Scenario.Bounds
+		if b == "" || r.Scenario.Mode == LocalOnly {
+			b = "local relay of its own"
+		}
+		ev := r.Result.Evidence
+		if r.Proxy != nil {
+			ev = fmt.Sprintf("[tests the %s behind a TLS-terminating proxy: %s] %s", r.Proxy.Tests, r.Proxy.Why, ev)
+		}
+		rs := reportScenario{ID: r.Scenario.ID, Title: r.Scenario.Title, Mode: r.Scenario.Mode.String(),
+			Bounds: b, Verdict: r.Result.Verdict.String(), Evidence: ev, Duration: r.Duration.Round(time.Millisecond).String(),
+			Source: scenarioSource(r.Scenario.ID), SourceURL: base + scenarioSource(r.Scenario.ID)}
+		for _, th := range r.Scenario.Threats {
+			rs.Threats = append(rs.Threats, reportRef{th, titles[th]})
+		}
+		return rs
+	}
+
 	ran := map[string][]Report{}
+	var findings, notRun []reportScenario
+	counts := map[Verdict]*reportCount{}
+	order := []Verdict{Fail, CouldNotRun, Pass, Skip}
+	for _, v := range order {
+		counts[v] = &reportCount{Verdict: v.String()}
+	}
 	for _, r := range reports {
 		for _, th := range r.Scenario.Threats {
 			ran[th] = append(ran[th], r)
 		}
+		c := counts[r.Result.Verdict]
+		if r.Scenario.Mode == LocalOnly {
+			c.Local++
+		} else {
+			c.Remote++
+		}
+		c.Total++
+		switch r.Result.Verdict {
+		case Fail:
+			findings = append(findings, toScenario(r))
+		case CouldNotRun:
+			notRun = append(notRun, toScenario(r))
+		}
 	}
-	n := tally(reports)
+	total := &reportCount{Verdict: "all"}
+	var rows []reportCount
+	for _, v := range order {
+		c := counts[v]
+		total.Remote, total.Local, total.Total = total.Remote+c.Remote, total.Local+c.Local, total.Total+c.Total
+		rows = append(rows, *c)
+	}
+	rows = append(rows, *total)
+
 	defences := Defences()
 	var threats []reportThreat
 	for _, th := range Threats() {
-		rt := reportThreat{ID: th.ID, Title: th.Title, Status: th.Status.String(), Note: th.Note, Defence: defences[th.ID]}
+		rt := reportThreat{ID: th.ID, Title: th.Title, Status: th.Status.String(), Note: mdInline(th.Note, base), Defence: mdInline(defences[th.ID], base), rank: 2}
 		if th.Status == Verified && len(ran[th.ID]) == 0 {
 			rt.Status, rt.Note = "not run here", "its scenarios are local-only or were not selected"
 		}
 		reps := ran[th.ID]
 		sort.SliceStable(reps, func(i, j int) bool { return reps[i].Scenario.ID < reps[j].Scenario.ID })
 		for _, r := range reps {
-			b := r.Scenario.Bounds
-			if b == "" {
-				b = "local relay of its own"
+			switch r.Result.Verdict {
+			case Fail:
+				rt.rank = 0
+			case CouldNotRun:
+				rt.rank = min(rt.rank, 1)
 			}
-			ev := r.Result.Evidence
-			if r.Proxy != nil {
-				ev = fmt.Sprintf("[tests the %s behind a TLS-terminating proxy: %s] %s", r.Proxy.Tests, r.Proxy.Why, ev)
-			}
-			rt.Scenarios = append(rt.Scenarios, reportScenario{ID: r.Scenario.ID, Title: r.Scenario.Title, Mode: r.Scenario.Mode.String(),
-				Bounds: b, Verdict: r.Result.Verdict.String(), Evidence: ev, Duration: r.Duration.Round(time.Millisecond).String()})
+			rt.Scenarios = append(rt.Scenarios, toScenario(r))
 		}
 		threats = append(threats, rt)
 	}
+	// Failures first, then what could not run, each in the model's order.
+	sort.SliceStable(threats, func(i, j int) bool { return threats[i].rank < threats[j].rank })
+
+	var entries []reportEntry
+	for _, e := range threatEntries() {
+		re := reportEntry{ID: e.ID, Title: e.Title, Ref: threatRef(e.ID), RefURL: base + threatRef(e.ID)}
+		for _, it := range e.Items {
+			re.Items = append(re.Items, mdBlock(it, base))
+		}
+		entries = append(entries, re)
+	}
 	return reportTmpl.Execute(w, map[string]any{
-		"Target": info.Target, "Started": info.Started.UTC().Format(time.RFC3339), "Duration": info.Duration.Round(time.Millisecond).String(),
-		"Passed": n[Pass], "Failed": n[Fail], "Skipped": n[Skip], "NotRun": n[CouldNotRun], "Total": len(reports), "Threats": threats,
+		"Target": info.Target, "Peer": info.Peer, "Started": info.Started.UTC().Format(time.RFC3339),
+		"Duration": info.Duration.Round(time.Millisecond).String(), "ExitCode": info.ExitCode, "ExitMeaning": exitMeaning(info.ExitCode),
+		"Counts": rows, "Findings": findings, "NotRun": notRun, "Threats": threats,
+		"Entries": entries, "ThreatModelURL": base + threatModelPath,
 	})
 }
 

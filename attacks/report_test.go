@@ -47,7 +47,8 @@ func TestAttackCommand_Outputs(t *testing.T) {
 		"TM-DEP-1", "not executable", "TM-DOS-1", "not run here"} {
 		require.Contains(t, page, want)
 	}
-	require.NotRegexp(t, `(?i)<script|<link|src="http|href="http`, page, "self-contained and readable offline")
+	require.NotRegexp(t, `(?i)<script|<link|src=`, page, "self-contained and readable offline (links only, nothing loaded)")
+	checkReportLinks(t, b, reportBase("", html), dir, []string{"ATK-CROSS-TENANT", "ATK-TLS-VERSION"})
 
 	b, err = os.ReadFile(prom)
 	require.NoError(t, err)
@@ -79,7 +80,8 @@ func TestAttackCommand_Outputs(t *testing.T) {
 	require.NotNil(t, failed.Suites[0].Cases[0].Failure)
 	b, err = os.ReadFile(html)
 	require.NoError(t, err)
-	require.Contains(t, string(b), `class="FAIL"`)
+	require.Contains(t, string(b), `<td class="FAIL">FAIL<br>`)
+	require.Contains(t, string(b), `<h2 id="findings">Findings (1)</h2>`)
 	b, err = os.ReadFile(prom)
 	require.NoError(t, err)
 	require.Regexp(t, `(?m)^relay_attack_scenario_result\{scenario="ATK-CROSS-TENANT",threats="[^"]+"\} 0$`, string(b))
@@ -106,8 +108,10 @@ func TestAttackCommand_Outputs(t *testing.T) {
 	require.Contains(t, down.Suites[0].Cases[0].Error.Message, "target unreachable")
 	b, err = os.ReadFile(html)
 	require.NoError(t, err)
-	require.Contains(t, string(b), `class="COULD-NOT-RUN"`)
-	require.NotContains(t, string(b), `class="FAIL"`)
+	require.Contains(t, string(b), `<td class="COULD-NOT-RUN">COULD-NOT-RUN<br>`)
+	require.Contains(t, string(b), `<td class="FAIL">FAIL</td><td class="n">0</td><td class="n">0</td><td class="n">0</td>`, "the summary counts no finding")
+	require.NotContains(t, string(b), `<td class="FAIL">FAIL<br>`)
+	require.Contains(t, string(b), "Exit code <b>3</b>")
 	b, err = os.ReadFile(prom)
 	require.NoError(t, err)
 	require.Regexp(t, `(?m)^relay_attack_scenario_result\{scenario="ATK-CROSS-TENANT",threats="[^"]+"\} -2$`, string(b))

@@ -233,24 +233,53 @@ func RenderTable(w io.Writer, reports []Report) error {
 }
 
 type jsonReport struct {
-	ID         string   `json:"id"`
-	Title      string   `json:"title"`
-	Threats    []string `json:"threats"`
-	Mode       Mode     `json:"mode"`
-	Verdict    Verdict  `json:"verdict"`
-	Evidence   string   `json:"evidence"`
-	DurationMS int64    `json:"duration_ms"`
+	ID      string   `json:"id"`
+	Title   string   `json:"title"`
+	Threats []string `json:"threats"`
+	// ThreatRefs: per threat, its entry in the threat model, as a
+	// repository path with its anchor and as a URL under the source base.
+	ThreatRefs []jsonThreatRef `json:"threat_refs"`
+	// Source is the scenario's file in the repository; SourceURL the same
+	// under the source base.
+	Source     string  `json:"source"`
+	SourceURL  string  `json:"source_url"`
+	Mode       Mode    `json:"mode"`
+	Verdict    Verdict `json:"verdict"`
+	Evidence   string  `json:"evidence"`
+	DurationMS int64   `json:"duration_ms"`
 	// Under --profile behind-proxy: relay, proxy or relay+proxy, and why.
 	Tests    string `json:"tests,omitempty"`
 	TestsWhy string `json:"tests_why,omitempty"`
 }
 
-// RenderJSON writes the reports as a JSON array.
-func RenderJSON(w io.Writer, reports []Report) error {
+type jsonThreatRef struct {
+	ID    string `json:"id"`
+	Title string `json:"title"`
+	Doc   string `json:"doc"` // docs/threat-model.md#TM-...
+	URL   string `json:"url"`
+}
+
+// RenderJSON writes the reports as a JSON array, each with its threats'
+// entries in the threat model and its scenario's source file (as
+// repository paths, and as URLs under info.SourceBase: links.go).
+func RenderJSON(w io.Writer, reports []Report, info RunInfo) error {
+	base := info.SourceBase
+	if base == "" {
+		base = publishedBase()
+	}
+	titles := map[string]string{}
+	for _, th := range Threats() {
+		titles[th.ID] = th.Title
+	}
 	out := make([]jsonReport, 0, len(reports))
 	for _, r := range reports {
+		src := scenarioSource(r.Scenario.ID)
 		jr := jsonReport{ID: r.Scenario.ID, Title: r.Scenario.Title, Threats: r.Scenario.Threats, Mode: r.Scenario.Mode,
+			Source: src, SourceURL: base + src,
 			Verdict: r.Result.Verdict, Evidence: r.Result.Evidence, DurationMS: r.Duration.Milliseconds()}
+		for _, th := range r.Scenario.Threats {
+			jr.ThreatRefs = append(jr.ThreatRefs, jsonThreatRef{ID: th, Title: titles[th], Doc: threatRef(th), URL: base + threatRef(th)})
+		}
 		if r.Proxy != nil {
 			jr.Tests, jr.TestsWhy = r.Proxy.Tests, r.Proxy.Why
 		}

@@ -47,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "serve":
 		return serve(args[1:], stdout, stderr)
 	case "attack":
+		// The report links the scenarios' source at the build's revision.
+		attacks.SourceRevision = buildinfo.Get().Revision
 		return attacks.Main(args[1:], stdout, stderr)
 	case "healthcheck":
 		return healthcheck(args[1:], stdout, stderr)
