@@ -53,9 +53,16 @@ func serveRelay(t *testing.T, args ...string) map[string]string {
 		want = 2
 	}
 	got := make(chan [2]string, 4)
+	log := &logBuf{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("relay serve %s: log (tail):\n%s", strings.Join(args, " "), tailOf(log.String(), 3000))
+		}
+	})
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			log.Write(append(sc.Bytes(), '\n'))
 			var l struct{ Event, Listener, Addr string }
 			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Event == "listening" {
 				got <- [2]string{l.Listener, l.Addr}

@@ -243,3 +243,25 @@ func TestMakeImage_SaysItInstallsBuildah(t *testing.T) {
 	require.NoError(t, err)
 	require.Regexp(t, "(?m)^\\| `sbom`, `image`.*apt-get install buildah", string(readme))
 }
+
+// TestDocs_RelayDirInEveryMode: deploy.md's first step, common to every
+// mode, creates /var/lib/relay (0700, the relay's user) before anything is
+// put in it: the autocert cache, and the push key, which every mode may
+// use (issue 21, defect 8a: only the autocert steps created it).
+func TestDocs_RelayDirInEveryMode(t *testing.T) {
+	steps := indentedBlock(t, "../docs/deploy.md", "Create an unprivileged user")
+	idx := func(prefix string) int {
+		for i, l := range steps {
+			if strings.HasPrefix(l, prefix) {
+				return i
+			}
+		}
+		return -1
+	}
+	mk := idx("install -d -m 0700 -o relay -g relay /var/lib/relay")
+	require.GreaterOrEqual(t, mk, 0, "the common steps create /var/lib/relay: %q", steps)
+	require.Equal(t, "install -d -m 0700 -o relay -g relay /var/lib/relay", steps[mk])
+	require.Greater(t, idx("install -d -m 0700 -o relay -g relay /var/lib/relay/certs"), mk)
+	key := indentedBlock(t, "../docs/deploy.md", "Install it readable by the relay's user only")
+	require.Regexp(t, `^install -m 0600 -o relay -g relay \S+ /var/lib/relay/[^/]+$`, key[0], "the push key goes straight into /var/lib/relay")
+}

@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"math/big"
@@ -29,7 +30,8 @@ import (
 	"github.com/letsencrypt/pebble/v2/wfe"
 )
 
-// Server is a running Pebble instance. It is stopped by the test's Cleanup.
+// Server is a running Pebble instance, stopped by the test's Cleanup (Start)
+// or by Close (Run).
 type Server struct {
 	// DirectoryURL is the ACME directory, https://127.0.0.1:PORT/dir.
 	DirectoryURL string
@@ -47,6 +49,7 @@ type Server struct {
 	RootsPEM []byte
 
 	rootPool *x509.CertPool
+	close    func() error
 }
 
 // RootPool returns a new pool holding RootsPEM.
@@ -95,11 +98,26 @@ func WithCertValidity(d time.Duration) Option {
 }
 
 // Start runs Pebble's CA, VA and WFE on 127.0.0.1:0 with an ECDSA CA and
-// returns once the listener accepts connections. Pebble's logs go to t.Log
-// only when ACMETEST_VERBOSE=1 (its goroutines outlive the test otherwise).
+// returns once the listener accepts connections; the test's Cleanup stops
+// it. Pebble's logs go to stderr only when ACMETEST_VERBOSE=1 (its
+// goroutines outlive the test otherwise).
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
+	s, err := Run("127.0.0.1:0", opts...)
+	if err != nil {
+		t.Fatalf("acmetest: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("acmetest: serve: %v", err)
+		}
+	})
+	return s
+}
 
+// Run is Start outside a test (cmd/relay-pebble): Pebble's ACME listener
+// on addr (a loopback address); Close stops it.
+func Run(addr string, opts ...Option) (*Server, error) {
 	var logOut io.Writer = io.Discard
 	if os.Getenv("ACMETEST_VERBOSE") == "1" {
 		logOut = os.Stderr
@@ -108,7 +126,7 @@ func Start(t testing.TB, opts ...Option) *Server {
 
 	wfeCert, wfeCertPEM, err := selfSigned()
 	if err != nil {
-		t.Fatalf("acmetest: WFE certificate: %v", err)
+		return nil, fmt.Errorf("WFE certificate: %w", err)
 	}
 
 	store := db.NewMemoryStore()
@@ -128,9 +146,9 @@ func Start(t testing.TB, opts ...Option) *Server {
 	restore()
 	envMu.Unlock()
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		t.Fatalf("acmetest: listen: %v", err)
+		return nil, fmt.Errorf("listen: %w", err)
 	}
 	srv := &http.Server{
 		Handler:           frontEnd.Handler(),
@@ -138,12 +156,13 @@ func Start(t testing.TB, opts ...Option) *Server {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}
-	done := make(chan struct{})
+	done := make(chan error, 1)
 	go func() {
-		defer close(done)
-		if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("acmetest: serve: %v", err)
+		err := srv.ServeTLS(ln, "", "")
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
 		}
+		done <- err
 	}()
 
 	wfePool := x509.NewCertPool()
@@ -152,11 +171,6 @@ func Start(t testing.TB, opts ...Option) *Server {
 		TLSClientConfig:     &tls.Config{RootCAs: wfePool, MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout: 10 * time.Second,
 	}
-	t.Cleanup(func() {
-		transport.CloseIdleConnections()
-		_ = srv.Close()
-		<-done
-	})
 
 	root := authority.GetRootCert(0)
 	rootPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.DER})
@@ -169,8 +183,16 @@ func Start(t testing.TB, opts ...Option) *Server {
 		WFECertPEM:   wfeCertPEM,
 		RootsPEM:     rootPEM,
 		rootPool:     rootPool,
-	}
+		close: func() error {
+			transport.CloseIdleConnections()
+			_ = srv.Close()
+			return <-done
+		},
+	}, nil
 }
+
+// Close stops the ACME listener and returns its serve error, if any.
+func (s *Server) Close() error { return s.close() }
 
 // setEnv sets vars and returns a func restoring the previous values.
 func setEnv(vars map[string]string) (restore func()) {

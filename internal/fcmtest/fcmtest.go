@@ -4,7 +4,9 @@
 // account's public key, and an FCM HTTP v1 endpoint that checks every
 // request's shape and bearer token and answers as the test asks.
 //
-// It is test support: nothing in the relay binary imports it.
+// It is test support: nothing in the relay binary imports it. Besides tests,
+// cmd/relay-fakefcm serves it on loopback so an operator can try push
+// locally (docs/deploy.md, "Trying push and autocert locally").
 package fcmtest
 
 import (
@@ -70,6 +72,9 @@ type Server struct {
 	Trusted *rsa.PublicKey
 	// ExpiresIn is the lifetime, in seconds, of the access tokens issued.
 	ExpiresIn int
+	// Notify, when set before the first request, is called with each FCM
+	// request once it is recorded (cmd/relay-fakefcm prints them).
+	Notify func(Request)
 
 	release chan struct{}
 	relOnce sync.Once
@@ -109,9 +114,19 @@ func NewKey(t testing.TB) *rsa.PrivateKey {
 // New starts both servers on 127.0.0.1 and stops them at the end of t.
 func New(t testing.TB) *Server {
 	t.Helper()
-	k, err := testKey()
+	s, err := Start()
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Start starts both servers on 127.0.0.1 outside a test; Close stops them.
+func Start() (*Server, error) {
+	k, err := testKey()
+	if err != nil {
+		return nil, err
 	}
 	s := &Server{
 		Project: "relay-test-project", Email: "relay-push@relay-test-project.iam.gserviceaccount.com",
@@ -120,12 +135,14 @@ func New(t testing.TB) *Server {
 	}
 	s.OAuth = httptest.NewServer(http.HandlerFunc(s.serveToken))
 	s.FCM = httptest.NewServer(http.HandlerFunc(s.serveFCM))
-	t.Cleanup(func() {
-		s.Release()
-		s.FCM.Close()
-		s.OAuth.Close()
-	})
-	return s
+	return s, nil
+}
+
+// Close ends hanging requests and stops both servers.
+func (s *Server) Close() {
+	s.Release()
+	s.FCM.Close()
+	s.OAuth.Close()
 }
 
 // TokenURL is the token endpoint's URL (the credentials' token_uri).
@@ -153,18 +170,24 @@ func (s *Server) CredentialsJSON(key *rsa.PrivateKey) []byte {
 	return b
 }
 
-// WriteCredentials writes CredentialsJSON(key) to dir/name with mode 0600
-// and returns its path.
+// WriteCredentials writes CredentialsJSON(key) to
+// dir/fcm-service-account.json with mode 0600 and returns its path.
 func (s *Server) WriteCredentials(t testing.TB, dir string, key *rsa.PrivateKey) string {
 	t.Helper()
-	p := filepath.Join(dir, "fcm-service-account.json")
-	if err := os.WriteFile(p, s.CredentialsJSON(key), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(p, 0o600); err != nil {
+	p, err := s.WriteCredentialsFile(dir, key)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// WriteCredentialsFile is WriteCredentials outside a test.
+func (s *Server) WriteCredentialsFile(dir string, key *rsa.PrivateKey) (string, error) {
+	p := filepath.Join(dir, "fcm-service-account.json")
+	if err := os.WriteFile(p, s.CredentialsJSON(key), 0o600); err != nil {
+		return "", err
+	}
+	return p, os.Chmod(p, 0o600)
 }
 
 // Requests returns the FCM requests received so far.
@@ -274,6 +297,9 @@ func (s *Server) serveFCM(w http.ResponseWriter, r *http.Request) {
 	s.requests = append(s.requests, req)
 	s.inFlight++
 	s.mu.Unlock()
+	if s.Notify != nil {
+		s.Notify(req)
+	}
 	defer func() {
 		s.mu.Lock()
 		s.inFlight--
