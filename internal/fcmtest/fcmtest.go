@@ -21,6 +21,8 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -45,6 +47,18 @@ const (
 	TokenHang         = "hang"         // no answer until the request ends or Release
 	TokenRevoke       = "revoke"       // 401, and the access token it carried is revoked
 	// Anything else: 200 with a message name.
+)
+
+// TokenStall is how the token endpoint stalls a request (StallTokens).
+type TokenStall int
+
+const (
+	// StallAccept: the TCP connection is accepted and never read.
+	StallAccept TokenStall = iota + 1
+	// StallAnswer: the request is read and never answered.
+	StallAnswer
+	// StallBody: 200, the headers and half an access-token body, never the rest.
+	StallBody
 )
 
 // RetryAfter is the Retry-After the fake sends with 429 and 503.
@@ -80,6 +94,10 @@ type Server struct {
 	relOnce sync.Once
 
 	mu            sync.Mutex
+	stall         TokenStall
+	stallLeft     int        // connections (StallAccept) or requests still to stall
+	stalled       int        // stalled so far
+	held          []net.Conn // StallAccept's connections, closed by Release
 	issued        map[string]bool
 	tokenRequests int
 	tokenRejected []string // why each rejected assertion was rejected
@@ -133,7 +151,9 @@ func Start() (*Server, error) {
 		KeyID: "0123456789abcdef", Key: k, Trusted: &k.PublicKey, ExpiresIn: 3600,
 		release: make(chan struct{}), issued: map[string]bool{},
 	}
-	s.OAuth = httptest.NewServer(http.HandlerFunc(s.serveToken))
+	s.OAuth = httptest.NewUnstartedServer(http.HandlerFunc(s.serveToken))
+	s.OAuth.Listener = stallListener{s.OAuth.Listener, s}
+	s.OAuth.Start()
 	s.FCM = httptest.NewServer(http.HandlerFunc(s.serveFCM))
 	return s, nil
 }
@@ -152,8 +172,66 @@ func (s *Server) TokenURL() string { return s.OAuth.URL + "/token" }
 func (s *Server) Endpoint() string { return s.FCM.URL }
 
 // Release ends every hanging request and makes later "hang" tokens answer
-// 200 at once.
-func (s *Server) Release() { s.relOnce.Do(func() { close(s.release) }) }
+// 200 at once; connections held by StallAccept are closed.
+func (s *Server) Release() {
+	s.relOnce.Do(func() { close(s.release) })
+	s.mu.Lock()
+	held := s.held
+	s.held, s.stallLeft = nil, 0
+	s.mu.Unlock()
+	for _, c := range held {
+		_ = c.Close()
+	}
+}
+
+// StallTokens makes the token endpoint stall the next n connections
+// (StallAccept) or requests (StallAnswer, StallBody) as mode says, until
+// the client gives up or Release; later ones are answered as usual. It
+// stands in for a token endpoint that accepts and never answers.
+func (s *Server) StallTokens(n int, mode TokenStall) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stall, s.stallLeft = mode, n
+}
+
+// Stalled counts the connections or requests stalled so far.
+func (s *Server) Stalled() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stalled
+}
+
+// takeStall reports whether this connection (accept) or request should
+// stall as mode, and counts it.
+func (s *Server) takeStall(mode TokenStall) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stall != mode || s.stallLeft == 0 {
+		return false
+	}
+	s.stallLeft--
+	s.stalled++
+	return true
+}
+
+// stallListener holds the connections StallAccept stalls: accepted by the
+// kernel, never handed to the HTTP server, so never read.
+type stallListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l stallListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil || !l.s.takeStall(StallAccept) {
+			return c, err
+		}
+		l.s.mu.Lock()
+		l.s.held = append(l.s.held, c)
+		l.s.mu.Unlock()
+	}
+}
 
 // CredentialsJSON is a service-account key file for key (nil: s.Key).
 func (s *Server) CredentialsJSON(key *rsa.PrivateKey) []byte {
@@ -223,6 +301,25 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.tokenRequests++
 	s.mu.Unlock()
+	switch {
+	case s.takeStall(StallAnswer):
+		_, _ = io.Copy(io.Discard, r.Body)
+		select {
+		case <-r.Context().Done():
+		case <-s.release:
+		}
+		return
+	case s.takeStall(StallBody):
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte(`{"access_token":"ya29.stalled-`))
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-s.release:
+		}
+		return
+	}
 	if why := s.checkAssertion(r); why != "" {
 		s.mu.Lock()
 		s.tokenRejected = append(s.tokenRejected, why)

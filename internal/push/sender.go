@@ -108,18 +108,23 @@ func New(opts Options, d Deps) (*Sender, error) {
 		t.MaxIdleConnsPerHost = opts.MaxInFlight
 		rt = t
 	}
-	tokenClient := &http.Client{Transport: tokenTransport{ctx: s.ctx, timeout: opts.RequestTimeout, rt: rt}}
+	tokenClient := &http.Client{Transport: tokenTransport{ctx: s.ctx, timeout: opts.RequestTimeout, rt: rt}, CheckRedirect: refuseRedirect}
 	tctx := context.WithValue(s.ctx, oauth2.HTTPClient, tokenClient)
 	// A fresh jwt source per fetch: its own ReuseTokenSource would hand back
 	// a token FCM refused (401) until expiry; tokenCache does the caching.
 	fetch := tokenFunc(func() (*oauth2.Token, error) { return creds.jwt.TokenSource(tctx).Token() })
 	s.tokens = &tokenCache{src: fetch, wg: &s.wg}
-	// No redirects: FCM does not redirect, and following one would carry
-	// the bearer token wherever a Location header points.
-	s.client = &http.Client{Transport: rt, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	s.client = &http.Client{Transport: rt, CheckRedirect: refuseRedirect}
 	s.sendURL = opts.Endpoint + "/v1/projects/" + url.PathEscape(creds.project) + "/messages:send"
 	return s, nil
 }
+
+// refuseRedirect is both clients' redirect policy: none is followed.
+// Neither Google endpoint redirects, and a 307 or 308 would resend the
+// bearer token (FCM) or the signed assertion (token endpoint) wherever its
+// Location points, plain http to any host included, past checkURL. The
+// 3xx is returned as the answer, so the wake ends "failed".
+func refuseRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // Enabled reports whether wakes are sent (credentials configured).
 func (s *Sender) Enabled() bool { return s.tokens != nil }
