@@ -121,7 +121,25 @@ func encodeEnvelope(env binaryEnvelope) []byte {
 	return append(b, '}')
 }
 
+// FuzzDecodeBinaryEnvelope: the envelope scanner against encoding/json's
+// reading (oracleEnvelope). Besides testdata/fuzz, the seeds put every byte
+// value, control bytes included, in the frame, conn_id, a key and the
+// wake's token, inside a string, after a backslash and outside strings.
 func FuzzDecodeBinaryEnvelope(f *testing.F) {
+	for b := 0; b < 256; b++ {
+		c := string([]byte{byte(b)})
+		for _, s := range []string{
+			`{"conn_id":"client-0f3a9c2e7b1d4e55","frame":{"k":"` + c + `"}}`,
+			`{"conn_id":"client-0f3a9c2e7b1d4e55","frame":{"k":"\` + c + `"}}`,
+			`{"conn_id":"client-0f3a9c2e7b1d4e55","frame":{"k":` + c + `}}`,
+			`{"conn_id":"client-` + c + `","frame":{}}`,
+			`{"conn_id":"client-0f3a9c2e7b1d4e55","k` + c + `":1,"frame":{}}`,
+			`{"conn_id":"client-0f3a9c2e7b1d4e55","close_code":440` + c + `}`,
+			`{"push_wake":{"platform":"fcm","token":"t` + c + `"}}`,
+		} {
+			f.Add([]byte(s))
+		}
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		env, err := decodeBinaryEnvelope(data)
 		want, wantOK := oracleEnvelope(data)
@@ -177,6 +195,9 @@ func oraclePhoneFrame(data []byte) bool {
 }
 
 func FuzzValidPhoneFrame(f *testing.F) {
+	for _, s := range everyByteSeeds() {
+		f.Add([]byte(s))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if got, want := validPhoneFrame(data), oraclePhoneFrame(data); got != want {
 			t.Fatalf("validPhoneFrame(%q) = %v, oracle %v", data, got, want)

@@ -9,8 +9,19 @@ import (
 
 // The scanner must accept exactly what encoding/json.Valid accepts: this is
 // the differential oracle, byte for byte, with and without the UTF-8 rule.
+// The rule is the relay's own, on top of JSON: json.Valid accepts any byte
+// >= 0x80 inside a string (encoding/json only replaces invalid UTF-8 with
+// U+FFFD when it decodes), while a phone frame or a binary envelope must
+// also be valid UTF-8 (protocol §5: a phone is closed 1007), so with
+// checkUTF8 the oracle is json.Valid && utf8.Valid. The seeds hold every
+// control byte (and every other byte) inside a string, after a backslash
+// and outside strings; jsonscan_table_test.go walks the same ground
+// exhaustively.
 func FuzzJSONValid_MatchesEncodingJSON(f *testing.F) {
 	for _, s := range jsonScanCases() {
+		f.Add([]byte(s))
+	}
+	for _, s := range everyByteSeeds() {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -27,6 +38,18 @@ func FuzzJSONValid_MatchesEncodingJSON(f *testing.F) {
 			t.Fatalf("validJSONObject(%q) = %v, oracle %v", data, got, wantObj)
 		}
 	})
+}
+
+// everyByteSeeds puts each byte value 0..255 inside a short and a long
+// string (in the scanner's fast path), after a backslash, as a value and
+// after one.
+func everyByteSeeds() []string {
+	var out []string
+	for b := 0; b < 256; b++ {
+		c := string([]byte{byte(b)})
+		out = append(out, `{"k":"`+c+`"}`, `{"k":"`+strings.Repeat("a", 35)+c+`"}`, `{"k":"\`+c+`"}`, `{"k":`+c+`}`, `{"k":1`+c+`}`, c)
+	}
+	return out
 }
 
 // jsonScanCases are the grammar's corners: every literal, number shape,
