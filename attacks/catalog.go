@@ -232,5 +232,8 @@ func Catalog() []Scenario {
 		pushFlood(),
 		pushTokenLeak(),
 		fcmCredentials(),
+		frameSmuggle(),
+		pushCleartext(),
+		pushTokenStall(),
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -25,7 +26,10 @@ import (
 // an FCM HTTP v1 endpoint that checks each request's path, bearer token and
 // body (exactly {"message":{"token","data":{"kind":"wake"},"android":
 // {"priority":"HIGH"}}}). A device token starting "hang" is not answered
-// until the request ends or release is called; any other is answered 200.
+// until the request ends or release is called; one starting "redirect" is
+// answered 307 to a trap server that counts what reaches it; any other is
+// answered 200. The token endpoint can be made to stall requests
+// (stallTokens) or redirect them to the trap (redirectTokens).
 // It is the attack suite's own copy (this package imports nothing of the
 // relay's), kept to what the push scenarios need.
 type fakeGoogle struct {
@@ -38,7 +42,15 @@ type fakeGoogle struct {
 	release chan struct{}
 	relOnce sync.Once
 
+	// trap receives what a followed redirect would carry.
+	trap     *http.Server
+	trapBase string
+
 	mu          sync.Mutex
+	stallLeft   int         // token requests still to stall
+	stalls      []stallSpan // the stalled token requests
+	redirectTok bool        // token requests are redirected to the trap
+	trapHits    int
 	issued      map[string]bool
 	tokenOK     int
 	tokenBad    int
@@ -46,6 +58,10 @@ type fakeGoogle struct {
 	inFlight    int
 	maxInFlight int
 }
+
+// stallSpan is one stalled token request: when it arrived and when the
+// client gave up on it (zero while it is still open).
+type stallSpan struct{ began, ended time.Time }
 
 // fcmSend is one request the fake FCM received.
 type fcmSend struct {
@@ -94,13 +110,57 @@ func startFakeGoogle() (*fakeGoogle, error) {
 	mux.HandleFunc("/", g.serveFCM)
 	g.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = g.srv.Serve(ln) }()
+	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		_ = g.srv.Close()
+		return nil, err
+	}
+	g.trapBase = "http://" + tl.Addr().String()
+	g.trap = &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g.mu.Lock()
+		g.trapHits++
+		g.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"access_token":"ya29.trap","expires_in":3600,"token_type":"Bearer","name":"projects/p/messages/1"}`))
+	})}
+	go func() { _ = g.trap.Serve(tl) }()
 	return g, nil
+}
+
+// stallTokens makes the token endpoint read the next n requests and never
+// answer them, until the client gives up (or Close).
+func (g *fakeGoogle) stallTokens(n int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.stallLeft = n
+}
+
+// stalled returns the stalled token requests so far.
+func (g *fakeGoogle) stalled() []stallSpan {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]stallSpan(nil), g.stalls...)
+}
+
+// redirectTokens makes the token endpoint answer 307 to the trap while on.
+func (g *fakeGoogle) redirectTokens(on bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.redirectTok = on
+}
+
+// trapped counts the requests that reached the trap.
+func (g *fakeGoogle) trapped() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.trapHits
 }
 
 // Close ends hanging requests and stops the server.
 func (g *fakeGoogle) Close() {
 	g.Release()
 	_ = g.srv.Close()
+	_ = g.trap.Close()
 }
 
 // Release answers every hanging request (and later "hang" tokens) with 200.
@@ -109,6 +169,11 @@ func (g *fakeGoogle) Release() { g.relOnce.Do(func() { close(g.release) }) }
 // writeCredentials writes a service-account key file (mode 0600) whose
 // token_uri is the fake token endpoint and returns its path.
 func (g *fakeGoogle) writeCredentials(dir string) (string, error) {
+	return g.writeCredentialsURI(dir, g.base+"/token")
+}
+
+// writeCredentialsURI is writeCredentials with another token_uri.
+func (g *fakeGoogle) writeCredentialsURI(dir, tokenURI string) (string, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(g.key)
 	if err != nil {
 		return "", err
@@ -116,7 +181,7 @@ func (g *fakeGoogle) writeCredentials(dir string) (string, error) {
 	b, _ := json.Marshal(map[string]string{
 		"type": "service_account", "project_id": g.project, "private_key_id": fakeKeyID,
 		"private_key":  string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
-		"client_email": g.email, "client_id": "1", "token_uri": g.base + "/token",
+		"client_email": g.email, "client_id": "1", "token_uri": tokenURI,
 	})
 	p := filepath.Join(dir, "fcm-"+randHex(4)+".json")
 	if err := os.WriteFile(p, b, 0o600); err != nil {
@@ -145,6 +210,29 @@ func (g *fakeGoogle) issuedTokens() []string {
 }
 
 func (g *fakeGoogle) serveToken(w http.ResponseWriter, r *http.Request) {
+	g.mu.Lock()
+	redirect, stall := g.redirectTok, g.stallLeft > 0
+	if stall {
+		g.stallLeft--
+		g.stalls = append(g.stalls, stallSpan{began: time.Now()})
+	}
+	i := len(g.stalls) - 1
+	g.mu.Unlock()
+	switch {
+	case redirect:
+		http.Redirect(w, r, g.trapBase+r.URL.Path, http.StatusTemporaryRedirect)
+		return
+	case stall:
+		_, _ = io.Copy(io.Discard, r.Body)
+		select {
+		case <-r.Context().Done():
+		case <-g.release:
+		}
+		g.mu.Lock()
+		g.stalls[i].ended = time.Now()
+		g.mu.Unlock()
+		return
+	}
 	if !g.validAssertion(r) {
 		g.mu.Lock()
 		g.tokenBad++
@@ -229,6 +317,10 @@ func (g *fakeGoogle) serveFCM(w http.ResponseWriter, r *http.Request) {
 	}()
 	if send.Problem != "" {
 		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	if strings.HasPrefix(send.DeviceToken, "redirect") {
+		http.Redirect(w, r, g.trapBase+r.URL.Path, http.StatusTemporaryRedirect)
 		return
 	}
 	if strings.HasPrefix(send.DeviceToken, "hang") {

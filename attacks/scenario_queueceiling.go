@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,11 @@ import (
 // ceiling, then another tenant's reading phone is sent a frame that cannot
 // fit in what is left. The relay must shed the phone furthest behind (an
 // attacker's), not the innocent phone whose frame happened to cross.
+//
+// Shed until it fits: every stalled phone of the attacker holds one small
+// frame mid-write, so shedding one frees less than the victim's frame
+// needs. The relay must go on shedding stallers until the frame fits (and
+// no further), never close the victim's phone while stallers remain.
 //
 // Local-only: it needs /metrics and relays of its own.
 //
@@ -69,10 +75,22 @@ const (
 	queueIsoMaxMsg   = 128 << 10 // --max-message-bytes: room for the victim's envelope
 )
 
+// The shed-until-it-fits phase's sizes. Each stalled phone ends up holding
+// exactly one queueFitsFrame mid-write (its kernel buffers full, nothing
+// queued behind it); the fill stops when another would cross the ceiling.
+// The victim's frame is then several stallers' worth: with 6 stallers of
+// about 6 KB under a 40000-byte ceiling, a 32000-byte frame needs 5 shed.
+const (
+	queueFitsMax    = 40000 // --max-queued-bytes (and --phone-queue-bytes)
+	queueFitsMaxMsg = 32768 // --max-message-bytes
+	queueFitsFrame  = 6000  // bytes of each attacker frame
+	queueFitsVictim = 32000 // bytes of the victim's frame
+)
+
 func queueCeiling() Scenario {
 	return Scenario{
 		ID:      "ATK-QUEUE-CEILING",
-		Title:   "Stalled phones cannot queue past --max-queued-bytes; at the ceiling the attacker's phone furthest behind is closed 1011, never another tenant's; a live pair carries on",
+		Title:   "Stalled phones cannot queue past --max-queued-bytes; at the ceiling the attacker's phones furthest behind are closed 1011 until the frame fits, never another tenant's; a live pair carries on",
 		Threats: []string{"TM-DOS-8"},
 		Mode:    LocalOnly,
 		Run:     runQueueCeiling,
@@ -87,11 +105,15 @@ func runQueueCeiling(ctx context.Context, t *Target) Result {
 	if iso.Verdict != Pass {
 		return iso
 	}
+	fits := runQueueShedUntilFits(ctx, t)
+	if fits.Verdict != Pass {
+		return fits
+	}
 	flood := runQueueFlood(ctx, t)
 	if flood.Verdict != Pass {
 		return flood
 	}
-	return Passf("flood: %s; isolation: %s", flood.Evidence, iso.Evidence)
+	return Passf("flood: %s; isolation: %s; shed until it fits: %s", flood.Evidence, iso.Evidence, fits.Evidence)
 }
 
 // runQueueFlood is the flood phase: many stalled phones, one binary.
@@ -443,4 +465,177 @@ func writeRaw(ctx context.Context, s *session, msg []byte) error {
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	return s.Bin.Write(wctx, websocket.MessageText, msg)
+}
+
+// runQueueShedUntilFits is the shed-until-it-fits phase: stallers that each
+// free too little, and a victim frame that needs several of them shed.
+func runQueueShedUntilFits(ctx context.Context, t *Target) Result {
+	tgt, p, stop, err := dedicated(ctx, t, "--phone-queue-bytes", fmt.Sprint(queueFitsMax), "--max-queued-bytes", fmt.Sprint(queueFitsMax),
+		"--max-message-bytes", fmt.Sprint(queueFitsMaxMsg), "--socket-send-buffer", fmt.Sprint(queueSocketBuffer),
+		"--ping-interval", "1m", "--pong-timeout", "1m", "--write-timeout", "1m")
+	if err != nil {
+		return Failf("shed until it fits: %v", err)
+	}
+	defer stop()
+	m, err := newMetricsScraper(ctx, p)
+	if err != nil {
+		return Failf("shed until it fits: %v", err)
+	}
+	att, err := newSession(ctx, tgt)
+	if err != nil {
+		return Failf("shed until it fits: attacker: %v", err)
+	}
+	defer att.Close()
+	syncPh, err := att.addPhone(nil)
+	if err != nil {
+		return Failf("shed until it fits: attacker sync phone: %v", err)
+	}
+	syncR := syncPh.StartReading()
+	// settled returns relay_queued_bytes once the relay has handled every
+	// envelope the attacker sent and its writers have blocked or finished.
+	settled := func() (float64, error) {
+		n := randHex(8)
+		if err := att.send(syncPh.ConnID, map[string]string{"sync": n}); err != nil {
+			return 0, err
+		}
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			msg := syncR.next(time.Until(deadline))
+			if msg == nil {
+				return 0, errors.New("the attacker's sync frame was not delivered")
+			}
+			if bytes.Contains(msg, []byte(n)) {
+				break
+			}
+		}
+		return m.stableValue(ctx, mQueuedBytes)
+	}
+	frame := `{"pad":"` + strings.Repeat("S", queueFitsFrame-10) + `"}`
+
+	// Fill: stall phones one at a time, each sent one frame at a time until
+	// exactly one is stuck mid-write (the gauge grows by that frame's
+	// charge). Never more than one frame in flight: a burst would queue
+	// several at once and could cross the ceiling before the victim does.
+	var stalled []*phone
+	q, cost := 0.0, 0.0
+	fillStart := time.Now()
+	for {
+		if cost > 0 && queueFitsMax-q < cost {
+			break // another stuck frame would cross the ceiling
+		}
+		if len(stalled) == 16 {
+			return Failf("shed until it fits: 16 stallers and the queue still holds only %.0f of %d", q, queueFitsMax)
+		}
+		ph, err := att.addPhoneVia(phoneHeaders(att.ServerID, "tok-"+randHex(8)), smallBufClient(tgt))
+		if err != nil {
+			return Failf("shed until it fits: attacker phone %d: %v", len(stalled)+1, err)
+		}
+		stalled = append(stalled, ph)
+		env := []byte(`{"conn_id":"` + ph.ConnID + `","frame":` + frame + `}`)
+		sent := 0
+		for {
+			if err := writeRaw(ctx, att, env); err != nil {
+				return Failf("shed until it fits: attacker write: %v", err)
+			}
+			sent++
+			now, err := settled()
+			if err != nil {
+				return Failf("shed until it fits: fill: %v", err)
+			}
+			if d := now - q; d > 0 {
+				if cost == 0 {
+					cost = d
+				}
+				if d != cost {
+					return Failf("shed until it fits: stalled phone %d holds %.0f bytes, want one frame's %.0f: the fill is miscalibrated", len(stalled), d, cost)
+				}
+				q = now
+				break
+			}
+			if sent > 64 {
+				return Failf("shed until it fits: 64 frames to a stalled phone never filled its kernel buffers")
+			}
+		}
+	}
+	fillTime := time.Since(fillStart)
+	headroom := queueFitsMax - q
+	vcost := cost - queueFitsFrame + queueFitsVictim // the victim frame's charge
+	need := int(math.Ceil((vcost - headroom) / cost))
+	if need < 2 || need >= len(stalled) {
+		return Failf("shed until it fits: the victim's frame needs %d of %d stallers shed (headroom %.0f, frame charge %.0f each): the phase proves nothing", need, len(stalled), headroom, cost)
+	}
+	drops0, err := m.value(ctx, mDropCeiling)
+	if err != nil {
+		return Failf("shed until it fits: metrics: %v", err)
+	}
+	att.drain()
+	if drops0 != 0 || len(closeNotices(att.Seen)) != 0 {
+		return Failf("shed until it fits: the fill itself crossed the ceiling (%s = %v, notices %v)", mDropCeiling, drops0, closeNotices(att.Seen))
+	}
+
+	vic, err := newSession(ctx, tgt)
+	if err != nil {
+		return Failf("shed until it fits: victim: %v", err)
+	}
+	defer vic.Close()
+	vph, err := vic.addPhone(nil)
+	if err != nil {
+		return Failf("shed until it fits: victim phone: %v", err)
+	}
+	vR := vph.StartReading()
+	n := randHex(8)
+	vf := `{"v":"` + n + `","pad":"` + strings.Repeat("v", queueFitsVictim-len(n)-17) + `"}`
+	if err := writeRaw(ctx, vic, []byte(`{"conn_id":"`+vph.ConnID+`","frame":`+vf+`}`)); err != nil {
+		return Failf("shed until it fits: victim binary write: %v", err)
+	}
+	got := false
+	for deadline := time.Now().Add(5 * time.Second); !got && time.Now().Before(deadline); {
+		msg := vR.next(time.Until(deadline))
+		if msg == nil {
+			break
+		}
+		got = bytes.Contains(msg, []byte(n)) && len(msg) == len(vf)
+	}
+	// The shed phones' notices follow their close handshakes' timeout.
+	pollUntil(ctx, 5*time.Second, 20*time.Millisecond, func() bool { att.drain(); return len(closeNotices(att.Seen)) >= need })
+	time.Sleep(200 * time.Millisecond) // room for one shed too many to show
+	att.drain()
+	vic.drain()
+	attClosed := closeNotices(att.Seen)
+	if !got {
+		return Failf("shed until it fits broken: the victim's reading phone never got its %d-byte frame, which needed %d of %d stallers (one %.0f-byte frame each) shed; the victim phone was closed %d, its binary got notices %v; attacker phones shed: %d",
+			len(vf), need, len(stalled), cost, vR.closeCode(2*time.Second), closeNotices(vic.Seen), len(attClosed))
+	}
+	if vn := closeNotices(vic.Seen); len(vn) != 0 {
+		return Failf("shed until it fits broken: the victim's binary got close notices %v", vn)
+	}
+	if code := vR.closeCode(100 * time.Millisecond); code != 0 {
+		return Failf("shed until it fits broken: the victim's phone was closed %d after its frame", code)
+	}
+	if _, err := vic.roundTrip(vph, 3*time.Second); err != nil {
+		return Failf("shed until it fits broken: the victim's pair stopped relaying: %v", err)
+	}
+	stalledIDs := map[string]bool{}
+	for _, ph := range stalled {
+		stalledIDs[ph.ConnID] = true
+	}
+	for id, code := range attClosed {
+		if !stalledIDs[id] || code != 1011 {
+			return Failf("shed until it fits: phone %s closed %d, want only stalled attacker phones closed 1011", id, code)
+		}
+	}
+	if len(attClosed) != need {
+		return Failf("shed until it fits: %d attacker phones shed, want exactly the %d the victim's frame needed (headroom %.0f, frame charge %.0f each)", len(attClosed), need, headroom, cost)
+	}
+	drops1, err := m.value(ctx, mDropCeiling)
+	if err != nil {
+		return Failf("shed until it fits: metrics: %v", err)
+	}
+	if int(drops1-drops0) != need {
+		return Failf("shed until it fits: %s moved by %v, want %d", mDropCeiling, drops1-drops0, need)
+	}
+	if q1, err := m.value(ctx, mQueuedBytes); err != nil || q1 > queueFitsMax {
+		return Failf("shed until it fits: relay_queued_bytes %v (err %v) over the ceiling %d", q1, err, queueFitsMax)
+	}
+	return Passf("%d stallers each holding one %.0f-byte frame mid-write left %.0f of %d bytes (fill %v); the victim's %d-byte frame needed %d shed: exactly %d attacker phones were closed 1011 and the victim's phone got its frame and stayed",
+		len(stalled), cost, headroom, queueFitsMax, fillTime.Round(time.Millisecond), len(vf), need, len(attClosed))
 }
