@@ -8,6 +8,7 @@ package deploy
 // user (attack_units_test.go).
 
 import (
+	"os"
 	"os/exec"
 	"regexp"
 	"testing"
@@ -55,4 +56,11 @@ func TestWalkthrough_ReadyzThroughNATSOutage(t *testing.T) {
 	require.Equal(t, 0, check("/livez"), "the process itself is fine")
 	require.NoError(t, ns.Restart())
 	until(m[1], 0, "NATS back")
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	require.NoError(t, err)
+	return b
 }
