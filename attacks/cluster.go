@@ -31,7 +31,7 @@ func newClusterStage(ctx context.Context, t *Target, n int, flags ...string) (*c
 }
 
 // newClusterStageVia is newClusterStage with len(urls) instances, instance
-// i dialling NATS at urls[i] (a cutLink in front of the shared server, say),
+// i dialling NATS at urls[i] (a CutLink in front of the shared server, say),
 // or at Local.NATSURL where urls[i] is "".
 func newClusterStageVia(ctx context.Context, t *Target, urls []string, flags ...string) (*clusterStage, *Result) {
 	l, skip := localOrSkip(t)

@@ -2,31 +2,33 @@ package attacks
 
 import (
 	"errors"
-	"io"
 	"net"
 	"net/url"
 	"sync"
 )
 
-// cutLink is a TCP forwarder on loopback between one relay and its NATS
-// server that a scenario can cut and heal: a network partition of one
-// instance, made from outside the process (the relay is a black box). Cut
-// drops every connection through it and refuses new ones (accepted, then
-// closed at once, as a partition's reset would); Heal lets connections
-// through again.
-type cutLink struct {
+// CutLink is a TCP forwarder on loopback between one relay and its NATS
+// server that a scenario or a cluster test can cut, blackhole and heal: a
+// network partition of one instance, made from outside the process (the
+// relay is a black box). Cut drops every connection through it and refuses
+// new ones (accepted, then closed at once, as a partition's reset would);
+// Blackhole holds every byte both ways without closing anything (a silent
+// partition: no reset ever arrives); Heal lets connections through again,
+// held bytes first, as TCP's retransmissions would deliver them.
+type CutLink struct {
 	ln     net.Listener
 	target string
 
 	mu    sync.Mutex
 	cut   bool
+	flow  chan struct{} // closed while bytes flow; open while blackholed
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
 }
 
-// newCutLink forwards a loopback listener to natsURL (nats://127.0.0.1:N),
+// NewCutLink forwards a loopback listener to natsURL (nats://127.0.0.1:N),
 // which must be on loopback too.
-func newCutLink(natsURL string) (*cutLink, error) {
+func NewCutLink(natsURL string) (*CutLink, error) {
 	u, err := url.Parse(natsURL)
 	if err != nil {
 		return nil, err
@@ -38,16 +40,17 @@ func newCutLink(natsURL string) (*cutLink, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &cutLink{ln: ln, target: u.Host, conns: map[net.Conn]struct{}{}}
+	l := &CutLink{ln: ln, target: u.Host, flow: make(chan struct{}), conns: map[net.Conn]struct{}{}}
+	close(l.flow)
 	l.wg.Add(1)
 	go l.accept()
 	return l, nil
 }
 
 // URL is the NATS URL to give the relay behind the link.
-func (l *cutLink) URL() string { return "nats://" + l.ln.Addr().String() }
+func (l *CutLink) URL() string { return "nats://" + l.ln.Addr().String() }
 
-func (l *cutLink) accept() {
+func (l *CutLink) accept() {
 	defer l.wg.Done()
 	for {
 		c, err := l.ln.Accept()
@@ -76,7 +79,7 @@ func (l *cutLink) accept() {
 }
 
 // track registers both ends, unless the link was cut meanwhile.
-func (l *cutLink) track(a, b net.Conn) bool {
+func (l *CutLink) track(a, b net.Conn) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.cut {
@@ -88,9 +91,24 @@ func (l *cutLink) track(a, b net.Conn) bool {
 	return true
 }
 
-func (l *cutLink) pipe(dst, src net.Conn) {
+func (l *CutLink) pipe(dst, src net.Conn) {
 	defer l.wg.Done()
-	_, _ = io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			l.mu.Lock()
+			flow := l.flow
+			l.mu.Unlock()
+			<-flow // blackholed: hold this chunk and stop reading
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	_ = dst.Close()
 	_ = src.Close()
 	l.mu.Lock()
@@ -100,24 +118,48 @@ func (l *cutLink) pipe(dst, src net.Conn) {
 }
 
 // Cut partitions the relay from NATS.
-func (l *cutLink) Cut() {
+func (l *CutLink) Cut() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.cut = true
+	l.flowLocked()
 	for c := range l.conns {
 		_ = c.Close()
 	}
 }
 
-// Heal ends the partition: the relay's next reconnect gets through.
-func (l *cutLink) Heal() {
+// Blackhole partitions the relay from NATS silently: connections stay
+// open and nothing crosses them until Heal or Cut.
+func (l *CutLink) Blackhole() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case <-l.flow:
+		l.flow = make(chan struct{})
+	default: // already blackholed
+	}
+}
+
+// Heal ends the partition: held bytes flow, and the relay's next
+// reconnect gets through.
+func (l *CutLink) Heal() {
 	l.mu.Lock()
 	l.cut = false
+	l.flowLocked()
 	l.mu.Unlock()
 }
 
+// flowLocked lets bytes flow again. Caller holds l.mu.
+func (l *CutLink) flowLocked() {
+	select {
+	case <-l.flow:
+	default:
+		close(l.flow)
+	}
+}
+
 // Close stops the forwarder and every connection through it.
-func (l *cutLink) Close() {
+func (l *CutLink) Close() {
 	_ = l.ln.Close()
 	l.Cut()
 	l.wg.Wait()

@@ -17,7 +17,7 @@ func Defences() map[string]string {
 		"TM-DOS-8":   "`internal/relay/outbox.go` `byteBudget.acquire`; `internal/relay/phone.go` `phoneConn.pushShedding`; `internal/relay/relay.go` `Relay.shedLargestBacklog`; `internal/relay/outbox.go` `outbox.shed`; `internal/relay/remote.go` `Relay.queueUp`",
 		"TM-DOS-9":   "`internal/relay/binary.go` `binaryConn.readLoop` (one envelope to at most one phone); `internal/relay/phone.go` `phoneConn.readLoop`",
 		"TM-DOS-10":  "`internal/relay/heartbeat.go` `heartbeats.ping`; `internal/relay/binary.go` `binaryConn.claim` (the conflict probe)",
-		"TM-DOS-11":  "`internal/relay/binary.go` `binaryConn.write`; `internal/relay/progress.go` `progressConn.Write`; `internal/relay/heartbeat.go` `heartbeats.ping`; `internal/relay/conn.go` `wsEnd.alive`",
+		"TM-DOS-11":  "`internal/relay/binary.go` `binaryConn.write`; `internal/relay/progress.go` `progressConn.Write`; `internal/relay/heartbeat.go` `heartbeats.ping`; `internal/relay/conn.go` `wsEnd.alive`; `internal/relay/remote.go` `Relay.Probe`",
 		"TM-LOG-1":   "`internal/logging/handler.go` `filter.add` (key allowlist)",
 		"TM-LOG-2":   "`internal/logging/sanitize.go` `Sanitize`; `internal/server/server.go` `httpErrorWriter.Write`",
 		"TM-CERT-1":  "`internal/tlsconf/tls.go` `CheckCacheDir`",
@@ -27,7 +27,7 @@ func Defences() map[string]string {
 		"TM-LEAK-2":  "`internal/server/respond.go` `genericBodyWriter.WriteHeader`; `internal/relay/relay.go` `Relay.badRequest`; `internal/server/server.go` `canonicalOnly`",
 		"TM-LEAK-3":  "`internal/server/health.go` `Server.healthz`; `internal/server/health.go` `Server.readyz`; `internal/server/server.go` `Server.metricsHandler`",
 		"TM-ROUTE-1": "`internal/relay/registry.go` `registry.lookupPhone`",
-		"TM-ROUTE-2": "`internal/relay/headers.go` `ParseBinaryHeaders`; `internal/relay/headers.go` `ParsePhoneHeaders`; `internal/relay/headers.go` `ValidServerID`",
+		"TM-ROUTE-2": "`internal/relay/headers.go` `ParseBinaryHeaders`; `internal/relay/headers.go` `ParsePhoneHeaders`; `internal/relay/headers.go` `ValidServerID`; `internal/relay/claimgate.go` `claimGates.lock`",
 		"TM-ROUTE-3": "`internal/relay/connid.go` `newConnID`",
 		"TM-ROUTE-4": "`internal/relay/relay.go` `Relay.ServePhone` (the token is kept only with ForwardV1Token); `internal/relay/phone.go` `phoneConn.readLoop` (first envelope only)",
 		"TM-ROUTE-5": "`internal/relay/jsonscan.go` `validJSONObject`; `internal/relay/jsonscan.go` `skipString`; `internal/relay/jsonscan.go` `skipValue`; `internal/relay/envelope.go` `scanBinaryEnvelope`",
@@ -42,6 +42,6 @@ func Defences() map[string]string {
 		"TM-CLU-1":   "`internal/cluster/claims.go` `keyFor`; `internal/cluster/claims.go` `Cluster.get` (the server-id check); `internal/relay/remote.go` `Relay.Receive`; `internal/relay/registry.go` `registry.lookupPhone`",
 		"TM-CLU-2":   "`internal/cluster/cluster.go` `Cluster.bucket` (TTL = lease); `internal/cluster/claims.go` `Cluster.refresh`; `internal/cluster/claims.go` `Cluster.Acquire` (1013 while the owner is unreachable)",
 		"TM-CLU-4":   "`internal/relay/remote.go` `Relay.Receive` (a stub's messages only from its home; a proxy's only from its owner); `internal/cluster/subjects.go` `sender`; `internal/cluster/permissions.go` `InstancePermissions`; `internal/cluster/identity.go` `Options.CheckCreds`, `duplicateAtStart`, `Cluster.dupLoop`",
-		"TM-CLU-5":   "`internal/cluster/claims.go` `Cluster.reassert`; `internal/cluster/claims.go` `Cluster.lost`; `internal/relay/remote.go` `Relay.Superseded`",
+		"TM-CLU-5":   "`internal/cluster/claims.go` `Cluster.reassert`; `internal/cluster/claims.go` `Cluster.lost`; `internal/relay/remote.go` `Relay.Superseded`; `internal/relay/remote.go` `binaryConn.clusterClaim`; `internal/cluster/claims.go` `Cluster.Acquire`; `internal/cluster/cluster.go` `Start` (NATS ping interval)",
 	}
 }

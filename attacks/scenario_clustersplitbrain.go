@@ -61,7 +61,7 @@ func runClusterSplitBrain(ctx context.Context, t *Target) Result {
 	if l.NATSURL == "" {
 		return Skipf("cluster scenarios need a NATS server (go test ./attacks starts one)")
 	}
-	link, err := newCutLink(l.NATSURL)
+	link, err := NewCutLink(l.NATSURL)
 	if err != nil {
 		return Failf("cut link: %v", err)
 	}

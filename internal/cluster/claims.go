@@ -91,8 +91,13 @@ func (c *Cluster) value(serverID string, epoch uint64, grace bool) []byte {
 	return b
 }
 
-// Acquire implements relay.Backplane.
-func (c *Cluster) Acquire(ctx context.Context, serverID string) (relay.ClaimOutcome, error) {
+// Acquire implements relay.Backplane. Every grant is a create or a
+// revision-checked update of the claim, and gives it a new epoch (the
+// revision written), also for a new binary on the instance that owns it
+// already: so of two instances that read the same claim and each want to
+// give it to a new binary, exactly one write succeeds, and the other reads
+// the claim again and finds the winner's binary (4409 when it lives).
+func (c *Cluster) Acquire(ctx context.Context, serverID string, probe bool) (relay.ClaimOutcome, error) {
 	kv, err := c.bucket(ctx)
 	if err != nil {
 		c.m.claims.WithLabelValues("unavailable").Inc()
@@ -101,12 +106,13 @@ func (c *Cluster) Acquire(ctx context.Context, serverID string) (relay.ClaimOutc
 	key := keyFor(serverID)
 	// probed is the claim (owner, epoch) whose binary its owner reported
 	// dead: it may be replaced even though its owner refreshed it meanwhile
-	// (the refresh changes the revision, not the claim).
+	// (the refresh changes the revision, not the epoch; a new binary there
+	// would have changed the epoch).
 	var probed *claimEntry
 	for attempt := 0; attempt < 6; attempt++ {
 		rev, err := kv.Create(ctx, key, c.value(serverID, 0, false))
 		if err == nil {
-			c.granted(serverID, rev, rev, "created")
+			c.granted(serverID, rev, "created")
 			return relay.ClaimGranted, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
@@ -119,19 +125,33 @@ func (c *Cluster) Acquire(ctx context.Context, serverID string) (relay.ClaimOutc
 		if !found {
 			continue // expired or released since: create again
 		}
+		c.mu.Lock()
+		l := c.leases[serverID]
+		c.mu.Unlock()
 		how := "reclaimed"
 		switch {
+		case e.Owner == c.self && l != nil && l.epoch == e.Epoch:
+			// Ours: a new binary for this instance's slot (its grace, or
+			// a binary here found dead). The write still goes through the
+			// store, so a rival elsewhere that read the claim fails.
+			how = "local"
 		case e.Owner == c.self:
-			c.mu.Lock()
-			_, ours := c.leases[serverID]
-			c.mu.Unlock()
-			if ours {
-				return relay.ClaimLocal, nil
-			}
 			how = "stale" // a claim this instance no longer serves
+		case l != nil:
+			// The store gave the server-id to another instance while this
+			// one still served it (it was cut off from NATS): the store
+			// wins, the slot here goes (binary 1011, phones 4404), and the
+			// claim is decided against the new owner below.
+			c.lost(serverID, l.epoch, e.Owner, e.Epoch)
+			continue
 		case e.Grace:
+			// Another instance's slot in grace: its owner gives it a
+			// binary only by a revision-checked write too, so if both
+			// write, one fails.
 		case probed != nil && probed.Owner == e.Owner && probed.Epoch == e.Epoch:
 			how = "takeover"
+		case !probe:
+			return relay.ClaimHeld, nil
 		default:
 			res, err := c.probe(ctx, e.Owner, serverID)
 			if err != nil {
@@ -152,7 +172,7 @@ func (c *Cluster) Acquire(ctx context.Context, serverID string) (relay.ClaimOutc
 		// refresh, another claimant), read it again.
 		rev, err = kv.Update(ctx, key, c.value(serverID, 0, false), e.rev)
 		if err == nil {
-			c.granted(serverID, rev, rev, how)
+			c.granted(serverID, rev, how)
 			return relay.ClaimGranted, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
@@ -166,10 +186,10 @@ func (c *Cluster) Acquire(ctx context.Context, serverID string) (relay.ClaimOutc
 // granted records a new lease and tells everyone: the former owner drops
 // its slot and every instance closes phones that joined under an older
 // claim. This instance's own proxies of an older claim go the same way.
-func (c *Cluster) granted(serverID string, epoch, rev uint64, how string) {
+func (c *Cluster) granted(serverID string, epoch uint64, how string) {
 	c.m.claims.WithLabelValues(how).Inc()
 	c.mu.Lock()
-	c.leases[serverID] = &lease{epoch: epoch, rev: rev}
+	c.leases[serverID] = &lease{epoch: epoch, rev: epoch}
 	c.mu.Unlock()
 	_ = c.nc.Publish(c.sub.ownerOut(), encodeOwner(ownerMsg{epoch: epoch, serverID: serverID}))
 	c.rl.Superseded(serverID, c.self, epoch)
@@ -234,7 +254,7 @@ func (c *Cluster) refresh(ctx context.Context) {
 			newRev, err = c.reassert(ctx, kv, id, epoch, grace)
 		}
 		if err != nil {
-			if errors.Is(err, errLost) {
+			if errors.Is(err, errLost) || errors.Is(err, errRetry) {
 				continue
 			}
 			c.m.refreshErrors.Inc()
@@ -278,6 +298,16 @@ func (c *Cluster) reassert(ctx context.Context, kv jetstream.KeyValue, id string
 	}
 	if e.Owner == c.self && e.Epoch == epoch {
 		return e.rev, nil
+	}
+	c.mu.Lock()
+	l := c.leases[id]
+	regranted := l != nil && e.Owner == c.self && l.epoch == e.Epoch
+	c.mu.Unlock()
+	if regranted {
+		// A new binary here took the claim under a new epoch while this
+		// refresh ran (Acquire): nothing was lost; the next refresh
+		// writes the new lease.
+		return 0, errRetry
 	}
 	c.lost(id, epoch, e.Owner, e.Epoch)
 	return 0, errLost

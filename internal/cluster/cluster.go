@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -91,8 +92,26 @@ func LinkPayload(maxMessage int64, maxToken int) int64 {
 const (
 	DefaultName  = "relay"
 	DefaultLease = 15 * time.Second
-	// requestTimeout bounds a join, ping or store operation.
+	// requestTimeout bounds a join or store operation.
 	requestTimeout = 3 * time.Second
+	// A silent partition (packets held, no reset) is detected by NATS's
+	// own pings: one every natsPingInterval, and the connection is given
+	// up once more than natsMaxPingsOut are unanswered, so within
+	// (natsMaxPingsOut+1) x natsPingInterval = 3 s of the last answer
+	// (docs/cluster.md, failure behaviour). nats.go's defaults (2 minutes)
+	// would leave cross-instance phones silent that long. A write to NATS
+	// blocked for natsFlusherTimeout gives the connection up too.
+	natsPingInterval   = time.Second
+	natsMaxPingsOut    = 2
+	natsFlusherTimeout = 2 * time.Second
+	// Peers this instance shares phones with are pinged every
+	// peerPingInterval (each ping waits peerPingTimeout); a peer that
+	// leaves peerLostAfter pings in a row unanswered while this instance
+	// is connected (crashed, stopped, or cut off without NATS noticing
+	// yet) loses every shared phone, 1011, within about 4 s.
+	peerPingInterval = time.Second
+	peerPingTimeout  = time.Second
+	peerLostAfter    = 3
 	// maxPending bounds what NATS buffers for this instance's link
 	// subscription before it drops messages (a slow consumer, detected and
 	// answered by closing every cross-instance phone 1011).
@@ -177,6 +196,8 @@ type Cluster struct {
 	// missing counts consecutive checks that found no claim for a
 	// server-id proxies here joined under (checkLoop only).
 	missing map[string]int
+	// silent counts consecutive unanswered pings per peer (pingLoop only).
+	silent map[string]int
 
 	kick      chan struct{}
 	stop      chan struct{}
@@ -199,7 +220,7 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 		log = slog.New(slog.NewJSONHandler(io.Discard, nil))
 	}
 	c := &Cluster{opts: opts, self: opts.InstanceID, sub: subjects{opts.Name, opts.InstanceID}, rl: rl, log: log,
-		m: newMetrics(m), leases: make(map[string]*lease), missing: make(map[string]int), kick: make(chan struct{}, 1), stop: make(chan struct{}),
+		m: newMetrics(m), leases: make(map[string]*lease), missing: make(map[string]int), silent: make(map[string]int), kick: make(chan struct{}, 1), stop: make(chan struct{}),
 		sem: make(chan struct{}, 64)}
 	nopts := []nats.Option{
 		nats.Name("pyrycode-relay " + opts.InstanceID),
@@ -211,6 +232,9 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 		// so its phone is closed 1011 instead of the frame waiting for a
 		// reconnect that may come after its receiver gave up on it.
 		nats.ReconnectBufSize(-1),
+		nats.PingInterval(natsPingInterval),
+		nats.MaxPingsOutstanding(natsMaxPingsOut),
+		nats.FlusherTimeout(natsFlusherTimeout),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, _ error) { c.disconnected() }),
 		nats.ReconnectHandler(func(_ *nats.Conn) { c.reconnected() }),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) { c.asyncError(s, err) }),
@@ -245,9 +269,10 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 	}
 	c.m.connected.Set(b2f(nc.IsConnected()))
 	c.ensureBucket()
-	c.loopsDone.Add(4)
+	c.loopsDone.Add(5)
 	go c.leaseLoop()
 	go c.checkLoop()
+	go c.pingLoop()
 	go c.watchRefusals()
 	go c.dupLoop()
 	log.Info("cluster mode", "event", "cluster_started", "instance_id", c.self, "cluster_name", opts.Name,
@@ -384,13 +409,15 @@ func (c *Cluster) onLink(msg *nats.Msg) {
 }
 
 // async runs a request handler off the subscription's goroutine, bounded:
-// past the bound the request goes unanswered and the asker times out.
+// past the bound the request goes unanswered (counted as
+// relay_cluster_requests_dropped_total{reason="handlers_busy"}) and the
+// asker times out.
 func (c *Cluster) async(f func()) {
 	select {
 	case c.sem <- struct{}{}:
 		go func() { defer func() { <-c.sem }(); f() }()
 	default:
-		c.m.malformed.Inc()
+		c.m.requestsDropped.WithLabelValues(string(dropHandlersBusy)).Inc()
 	}
 }
 
@@ -401,6 +428,17 @@ func (c *Cluster) onJoin(msg *nats.Msg) {
 		c.m.malformed.Inc()
 		return
 	}
+	if c.rl.ClaimPending(serverID) {
+		// A claim is being installed here: the join waits for its
+		// outcome, off the subscription's goroutine.
+		c.async(func() { c.admit(msg, from, serverID) })
+		return
+	}
+	c.admit(msg, from, serverID)
+}
+
+// admit answers a join request.
+func (c *Cluster) admit(msg *nats.Msg, from, serverID string) {
 	connID, code := c.rl.AdmitRemote(from, serverID)
 	var epoch uint64
 	c.mu.Lock()
@@ -444,22 +482,67 @@ func (c *Cluster) ping() {
 	if !c.nc.IsConnected() {
 		return
 	}
-	for _, peer := range c.rl.Peers() {
+	peers := c.rl.Peers()
+	for _, peer := range peers {
+		// Links created just before the ping may not be known to the peer
+		// yet (a join's reply in flight): only older ones are judged.
 		before := time.Now().Add(-requestTimeout)
-		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), peerPingTimeout)
 		msg, err := c.nc.RequestWithContext(ctx, c.sub.to(peer, kindPing), []byte{wireVersion})
 		cancel()
 		switch {
 		case errors.Is(err, nats.ErrNoResponders) && c.nc.IsConnected():
-			c.log.Warn("cluster peer gone", "event", "cluster_peer_lost", "peer", peer)
-			c.rl.Reconcile(peer, false, nil, time.Now())
+			c.peerLost(peer)
 		case err != nil:
-			// Uncertain (timeout, our own link): ask again next time.
+			// Unanswered: the peer crashed, stopped, or is cut off (NATS
+			// may keep its subscriptions for minutes), or this instance's
+			// own link is failing, which NATS's pings tell within 3 s.
+			if c.silent[peer]++; c.silent[peer] >= peerLostAfter && c.nc.IsConnected() {
+				c.peerLost(peer)
+			}
 		default:
-			if ids, err := decodeConnIDs(msg.Data); err == nil {
+			delete(c.silent, peer)
+			ids, err := decodeConnIDs(msg.Data)
+			// The peer published what it sent before its answer (a
+			// phone's last frames, its leave) ahead of the answer, but
+			// they may still wait in this instance's link subscription:
+			// judge the links only once those are handled, or the answer
+			// would overtake them and drop a phone before its last
+			// frames (issue 24, defect 9).
+			if err == nil && c.caughtUp(peerPingTimeout) {
 				c.rl.Reconcile(peer, true, ids, before)
 			}
 		}
+	}
+	for peer := range c.silent {
+		if !slices.Contains(peers, peer) {
+			delete(c.silent, peer)
+		}
+	}
+}
+
+// peerLost closes every link with a peer that is gone.
+func (c *Cluster) peerLost(peer string) {
+	delete(c.silent, peer)
+	c.log.Warn("cluster peer gone", "event", "cluster_peer_lost", "peer", peer)
+	c.rl.Reconcile(peer, false, nil, time.Now())
+}
+
+// caughtUp waits (at most d) until every message this instance had
+// received when it was called has been handled (nats.go's barrier runs
+// behind everything already queued for each subscription).
+func (c *Cluster) caughtUp(d time.Duration) bool {
+	done := make(chan struct{})
+	if err := c.nc.Barrier(func() { close(done) }); err != nil {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
 	}
 }
 
@@ -484,8 +567,7 @@ func (c *Cluster) leaseLoop() {
 	}
 }
 
-// checkLoop checks the claims this instance's proxies joined under and
-// pings the peers it shares phones with.
+// checkLoop checks the claims this instance's proxies joined under.
 func (c *Cluster) checkLoop() {
 	defer c.loopsDone.Done()
 	t := time.NewTicker(c.opts.Lease / 3)
@@ -499,6 +581,20 @@ func (c *Cluster) checkLoop() {
 		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 		c.verify(ctx)
 		cancel()
+	}
+}
+
+// pingLoop pings the peers this instance shares phones with.
+func (c *Cluster) pingLoop() {
+	defer c.loopsDone.Done()
+	t := time.NewTicker(peerPingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
 		c.ping()
 	}
 }

@@ -289,6 +289,9 @@ type peer struct {
 	// looked at the flag would park it one message early.
 	count  atomic.Int64
 	parkAt atomic.Int64
+	// every, when set, is how long the reader pauses after each message:
+	// a slow but live peer.
+	every  atomic.Int64
 	deaf   atomic.Bool
 	parked chan struct{}
 	resume chan struct{}
@@ -382,6 +385,9 @@ func (p *peer) read() {
 		}
 		n := p.count.Add(1)
 		p.events <- cfEvent{typ: typ, data: data}
+		if d := p.every.Load(); d > 0 {
+			time.Sleep(time.Duration(d))
+		}
 		if p.parkAt.Load() == n {
 			p.deaf.Store(true)
 			p.parked <- struct{}{}
@@ -739,6 +745,12 @@ func (s *script) deafen(p *peer, trigger func()) {
 	}
 }
 
+// slow makes p read one message every d from now on.
+func (s *script) slow(p *peer, d time.Duration) {
+	s.log("%s: reads one message every %v", p.name, d)
+	p.every.Store(int64(d))
+}
+
 // hear makes a deaf p read again.
 func (s *script) hear(p *peer) {
 	s.log("%s: reads again", p.name)
@@ -1022,6 +1034,28 @@ var cfCases = []cfCase{
 		q := s.phone("P1", 1, "S0")
 		s.learn(q, b0)
 		s.quiet(b0, p, q)
+	}},
+	{name: "conflict-slow-binary", config: "default", run: func(s *script) {
+		b0 := s.binary("B0", 0, "S0")
+		p0 := s.phone("P0", 0, "S0")
+		s.learn(p0, b0)
+		// B0 takes one message every 100 ms: a ping to it waits behind the
+		// frames queued for it far longer than the probe timeout (1 s),
+		// but it keeps taking bytes, so it is alive to a rival on any
+		// instance (the mixed topology probes it from its own instance,
+		// the remote one from another): 4409, and B0 keeps its slot.
+		s.slow(b0, 100*time.Millisecond)
+		for k := 0; k < 40; k++ {
+			s.send(p0, fmt.Sprintf(`{"k":%d,"pad":"%s"}`, k, strings.Repeat("s", cfMaxMsg-200)))
+		}
+		b1 := s.binary("B1", 1, "S0")
+		s.expect(b1)
+		for k := 0; k < 40; k++ {
+			s.expect(b0)
+		}
+		s.to(b0, "P0", `{"still":"yours"}`)
+		s.expect(p0)
+		s.quiet(b0, p0)
 	}},
 	{name: "takeover-dead-incumbent", config: "default", run: func(s *script) {
 		b0 := s.binary("B0", 0, "S0")

@@ -133,10 +133,26 @@ func newEnv(t *testing.T, n int, extra ...string) *env {
 
 func (e *env) start(id string, extra ...string) *instance {
 	e.t.Helper()
+	return e.startVia(id, e.nats.URL(), extra...)
+}
+
+// startLinked starts relay id with its NATS connection through a CutLink
+// the test can cut, blackhole and heal.
+func (e *env) startLinked(id string, extra ...string) (*instance, *attacks.CutLink) {
+	e.t.Helper()
+	link, err := attacks.NewCutLink(e.nats.URL())
+	require.NoError(e.t, err)
+	e.t.Cleanup(link.Close)
+	return e.startVia(id, link.URL(), extra...), link
+}
+
+// startVia starts relay id connecting to NATS at natsURL.
+func (e *env) startVia(id, natsURL string, extra ...string) *instance {
+	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	args := []string{"serve", "--insecure-listen", "127.0.0.1:0",
-		"--cluster-nats", e.nats.URL(), "--instance-id", id, "--cluster-lease", lease.String(),
+		"--cluster-nats", natsURL, "--instance-id", id, "--cluster-lease", lease.String(),
 		"--grace-period", grace.String(), "--probe-timeout", "500ms", "--close-timeout", "300ms",
 		"--upgrade-rate", "1000", "--upgrade-burst", "1000", "--log-level", "debug",
 		"--metrics-listen", "127.0.0.1:0"}

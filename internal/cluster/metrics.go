@@ -8,11 +8,26 @@ import (
 
 // claimResults are the result labels of relay_cluster_claims_total, a
 // closed set: created, reclaimed (another instance's grace slot), takeover
-// (another instance's dead binary), stale (a claim of this instance's id it
-// no longer served), conflict (4409), unavailable (1013), reasserted (a
-// claim re-created after NATS was away longer than the lease), lost (a
-// claim another instance replaced), invalid (a value that is not a claim).
-var claimResults = []string{"created", "reclaimed", "takeover", "stale", "conflict", "unavailable", "reasserted", "lost", "invalid"}
+// (another instance's dead binary), local (a new binary for this
+// instance's own claim: its grace slot or a dead binary here), stale (a
+// claim of this instance's id it no longer served), conflict (4409),
+// unavailable (1013), reasserted (a claim re-created after NATS was away
+// longer than the lease), lost (a claim another instance replaced),
+// invalid (a value that is not a claim).
+var claimResults = []string{"created", "reclaimed", "takeover", "local", "stale", "conflict", "unavailable", "reasserted", "lost", "invalid"}
+
+// requestDrop is why a request from another instance (a probe or a join)
+// went unanswered: the reason label of relay_cluster_requests_dropped_total,
+// a closed set. The asker times out and refuses its client 1013.
+type requestDrop string
+
+const (
+	// dropHandlersBusy: the handlers that may wait (probes, joins waiting
+	// for a claim in progress) were all in use (64).
+	dropHandlersBusy requestDrop = "handlers_busy"
+)
+
+var allRequestDrops = []requestDrop{dropHandlersBusy}
 
 type clusterMetrics struct {
 	claims        *prometheus.CounterVec
@@ -23,6 +38,8 @@ type clusterMetrics struct {
 	slowConsumer  prometheus.Counter
 	refreshErrors prometheus.Counter
 	duplicates    prometheus.Counter
+	// requestsDropped: requests left unanswered, by requestDrop.
+	requestsDropped *prometheus.CounterVec
 }
 
 func newMetrics(m *metrics.Metrics) *clusterMetrics {
@@ -33,16 +50,22 @@ func newMetrics(m *metrics.Metrics) *clusterMetrics {
 		connected:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_cluster_nats_connected", Help: "1 while this instance's NATS connection is up."}),
 		sent:          prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_messages_sent_total", Help: "Cross-instance link messages published."}),
 		received:      prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_messages_received_total", Help: "Cross-instance link messages received."}),
-		malformed:     prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_messages_malformed_total", Help: "Cross-instance messages dropped as unparseable or over the handler bound."}),
+		malformed:     prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_messages_malformed_total", Help: "Cross-instance messages dropped as unparseable."}),
 		slowConsumer:  prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_slow_consumer_total", Help: "Times NATS dropped messages for this instance."}),
 		refreshErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_lease_refresh_errors_total", Help: "Claim refreshes that failed (retried)."}),
 		duplicates:    prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_duplicate_instances_total", Help: "Times another live instance was found using this instance's id after start."}),
+		requestsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_cluster_requests_dropped_total", Help: "Requests from other instances (probes, joins) left unanswered, by reason.",
+		}, []string{"reason"}),
 	}
 	for _, r := range claimResults {
 		cm.claims.WithLabelValues(r)
 	}
+	for _, r := range allRequestDrops {
+		cm.requestsDropped.WithLabelValues(string(r))
+	}
 	if m != nil {
-		m.Register(cm.claims, cm.connected, cm.sent, cm.received, cm.malformed, cm.slowConsumer, cm.refreshErrors, cm.duplicates)
+		m.Register(cm.claims, cm.connected, cm.sent, cm.received, cm.malformed, cm.slowConsumer, cm.refreshErrors, cm.duplicates, cm.requestsDropped)
 	}
 	return cm
 }

@@ -21,7 +21,9 @@ import (
 //	kind: 1 up (phone frame, home -> owner), 2 down (envelope for a phone,
 //	owner -> home; code != 0 is a close directive), 3 leave (phone gone,
 //	home -> owner), 4 evict (owner -> home: close with code).
-//	flags: bit 0 notify (leave: the binary gets a close notice).
+//	flags: bit 0 notify (leave: the binary gets a close notice); bit 1
+//	backlog (evict: the phone's queue on the owner was full). Unknown bits
+//	are ignored.
 //	seq: per phone and direction, from 1 (up and down only; 0 otherwise).
 //	token: only on a phone's first up, only with --forward-v1-token.
 //
@@ -47,7 +49,10 @@ const wireVersion = 1
 // dropped; the sequence numbers of the phones it concerned then show a gap.
 var ErrWire = errors.New("cluster: malformed message")
 
-const flagNotify = 1
+const (
+	flagNotify  = 1
+	flagBacklog = 2
+)
 
 func appendStr(b []byte, s string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
@@ -108,6 +113,9 @@ func encodeLink(dst []byte, m relay.LinkMessage) []byte {
 	if m.Notify {
 		flags |= flagNotify
 	}
+	if m.Backlog {
+		flags |= flagBacklog
+	}
 	dst = append(dst, wireVersion, byte(m.Kind), flags)
 	dst = binary.AppendUvarint(dst, m.Seq)
 	dst = binary.AppendUvarint(dst, uint64(m.Code))
@@ -125,6 +133,7 @@ func decodeLink(b []byte) (relay.LinkMessage, error) {
 	m.Kind = relay.LinkKind(r.byte())
 	flags := r.byte()
 	m.Notify = flags&flagNotify != 0
+	m.Backlog = flags&flagBacklog != 0
 	m.Seq = r.uvarint()
 	code := r.uvarint()
 	m.ServerID = r.str()

@@ -19,10 +19,18 @@ import (
 // budget) and a stub in the owner's slot (so the owner enforces MaxPhones,
 // routes its binary's envelopes and sends close notices).
 type Backplane interface {
-	// Acquire claims serverID cluster-wide for a binary connecting here.
-	// ErrClusterUnavailable when the claim store or the owner cannot be
-	// reached: the binary is refused 1013 and retries.
-	Acquire(ctx context.Context, serverID string) (ClaimOutcome, error)
+	// Acquire claims serverID cluster-wide for a new binary here, by a
+	// revision-checked write to the claim store that gives the claim a new
+	// epoch, also when this instance owns it already (a reclaim of its
+	// grace slot, a takeover of its dead binary): a rival elsewhere that
+	// read the claim before can then not take it too. The caller has
+	// already refused the binary if a live one holds the slot here. When
+	// another instance's live binary may hold it, Acquire asks that
+	// instance (a wait of up to ProbeTimeout) only if probe is true, and
+	// answers ClaimHeld otherwise. ErrClusterUnavailable when the claim
+	// store or the owner cannot be reached: the binary is refused 1013 and
+	// retries.
+	Acquire(ctx context.Context, serverID string, probe bool) (ClaimOutcome, error)
 	// SetGrace records that serverID's slot here entered (true) or left
 	// (false) its grace period; the claim stays this instance's.
 	SetGrace(serverID string, grace bool)
@@ -47,15 +55,15 @@ var ErrClusterUnavailable = errors.New("relay: cluster unavailable")
 type ClaimOutcome int
 
 const (
-	// ClaimGranted: this instance now owns the server-id (a fresh claim, a
-	// reclaim of another instance's grace slot, or a takeover from a binary
-	// its owner found dead). The former owner has been told.
+	// ClaimGranted: this instance now owns the server-id under a new epoch
+	// (a fresh claim, a reclaim of a grace slot, or a takeover from a
+	// binary its owner found dead). The former owner has been told.
 	ClaimGranted ClaimOutcome = iota + 1
-	// ClaimLocal: this instance already owns it; the local registry decides
-	// (reclaim, probe, takeover) exactly as in single-instance mode.
-	ClaimLocal
 	// ClaimConflict: a live binary holds it on another instance (4409).
 	ClaimConflict
+	// ClaimHeld: another instance holds it with a binary that only a probe
+	// can tell dead or alive, and Acquire was asked not to probe.
+	ClaimHeld
 )
 
 // JoinOutcome is a remote owner's answer to a phone joining here.
@@ -81,7 +89,8 @@ const (
 	// (Code; Notify when the binary gets a close notice).
 	LinkLeave
 	// LinkEvict: the owner dropped the phone, owner -> home: close it with
-	// Code (4404 eviction, 1011 lost frames), no notice.
+	// Code (4404 eviction, 1011 lost frames or, with Backlog, its queue on
+	// the owner full), no notice.
 	LinkEvict
 )
 
@@ -94,8 +103,12 @@ type LinkMessage struct {
 	Seq      uint64 // per phone and direction, from 1: a gap means loss
 	Code     int
 	Notify   bool
-	Token    string
-	Frame    []byte
+	// Backlog: an eviction because the phone's queue on its owner was full
+	// (its cap or the relay-wide ceiling): the phone's close reason is
+	// "backlog full", as on one relay.
+	Backlog bool
+	Token   string
+	Frame   []byte
 }
 
 // ProbeResult is an owner's answer about its binary for a server-id.

@@ -23,6 +23,11 @@ type binaryConn struct {
 	// holding is true while this connection holds its server-id's slot. The
 	// registry sets it under its lock; phone read loops read it lock-free.
 	holding atomic.Bool
+	// unlock ends the claim's turn at its server-id's gate (claimgate.go),
+	// taken before the 101; early is the cluster's answer when the claim
+	// was put to the store before the 101 (nil otherwise).
+	unlock func()
+	early  *earlyClaim
 
 	rd msgReader
 }
@@ -43,7 +48,9 @@ func (b *binaryConn) logAttrs(event string) []any {
 func (b *binaryConn) run() {
 	rl := b.rl
 	b.initIO()
-	if !b.claim() {
+	claimed := b.claim()
+	b.unlock()
+	if !claimed {
 		<-b.gone
 		rl.countClose("binary", b.cause)
 		return
@@ -66,35 +73,20 @@ func (b *binaryConn) run() {
 	rl.countClose("binary", b.cause)
 }
 
-// claim takes the server-id's slot. A live incumbent (it answers a ping
-// within ProbeTimeout) keeps it and b is closed 4409; a dead one is closed
-// 1011 and replaced. The loop repeats only if the slot changed during a
-// probe, which needs another binary to win a race each time: bounded.
+// claim takes the server-id's slot; the caller holds the server-id's gate.
+// A live incumbent (it answers a ping within ProbeTimeout) keeps it and b
+// is closed 4409; a dead one is closed 1011 and replaced. In cluster mode
+// the store decides too (clusterClaim).
 func (b *binaryConn) claim() bool {
-	rl := b.rl
-	if rl.bp != nil {
-		// Cluster: the server-id may be owned elsewhere. Claims for one
-		// server-id on this instance run one at a time, so the claim store
-		// and the local registry agree.
-		mu := rl.claimLock(b.serverID)
-		mu.Lock()
-		defer mu.Unlock()
-		if !b.clusterClaim() {
-			return false
-		}
-		if !b.localClaim() {
-			if !rl.reg.has(b.serverID) {
-				rl.bp.Release(b.serverID)
-			}
-			return false
-		}
-		rl.bp.SetGrace(b.serverID, false)
-		return true
+	if b.rl.bp != nil {
+		return b.clusterClaim()
 	}
 	return b.localClaim()
 }
 
-// localClaim is claim against this instance's registry.
+// localClaim is claim against this instance's registry. The loop repeats
+// only if the slot changed during a probe, which needs the incumbent to
+// leave meanwhile: bounded.
 func (b *binaryConn) localClaim() bool {
 	rl := b.rl
 	for attempt := 0; attempt < 3; attempt++ {

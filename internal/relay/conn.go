@@ -84,6 +84,9 @@ type closeCause struct {
 	notify bool
 	// directive: the binary chose the code (a close directive).
 	directive bool
+	// evicted: a remote phone's owner dropped it (LinkEvict); the owner
+	// sends the notice, if one is due.
+	evicted bool
 }
 
 // wsEnd is the close state shared by both connection kinds.

@@ -84,6 +84,13 @@ func newMemHarness(t *testing.T, mutate func(*Options)) *harness {
 // every connection.
 func newMemHarnessWrap(t *testing.T, mutate func(*Options), wrap func(net.Conn) net.Conn) *harness {
 	t.Helper()
+	return newMemHarnessWith(t, mutate, wrap, nil)
+}
+
+// newMemHarnessWith is newMemHarnessWrap with bp as the relay's backplane
+// (cluster mode, this instance called "owner") when it is not nil.
+func newMemHarnessWith(t *testing.T, mutate func(*Options), wrap func(net.Conn) net.Conn, bp Backplane) *harness {
+	t.Helper()
 	o := fastOptions()
 	if mutate != nil {
 		mutate(&o)
@@ -91,6 +98,9 @@ func newMemHarnessWrap(t *testing.T, mutate func(*Options), wrap func(net.Conn) 
 	logs := &logBuffer{}
 	rl, err := New(o, Deps{Log: slog.New(slog.NewJSONHandler(logs, nil))})
 	require.NoError(t, err)
+	if bp != nil {
+		rl.SetBackplane(bp, "owner")
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/server", rl.ServeBinary)
 	mux.HandleFunc("/v1/client", rl.ServePhone)

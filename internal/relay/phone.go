@@ -93,8 +93,11 @@ func (p *phoneConn) run() {
 // join admits p into its server-id's slot here or, in cluster mode, through
 // the slot's owner on another instance. It returns 0 or the refusal.
 func (p *phoneConn) join() (websocket.StatusCode, string) {
+	if p.rl.bp == nil {
+		return joinCode(p.rl.joinLocal(p))
+	}
 	err := p.rl.reg.join(p)
-	if err == ErrNoBinary && p.rl.bp != nil { // cluster: the owner may be elsewhere
+	if err == ErrNoBinary { // cluster: the store says who owns it (joinRemote)
 		switch code := p.joinRemote(); code {
 		case 0:
 			return 0, ""
@@ -105,6 +108,11 @@ func (p *phoneConn) join() (websocket.StatusCode, string) {
 		}
 		return CodeNoBinary, reasonNoBinary
 	}
+	return joinCode(err)
+}
+
+// joinCode is the refusal for a local join's error.
+func joinCode(err error) (websocket.StatusCode, string) {
 	switch err {
 	case nil:
 		return 0, ""

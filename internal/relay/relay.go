@@ -66,11 +66,13 @@ type Relay struct {
 	wg       sync.WaitGroup // running handlers
 
 	// Cluster mode (remote.go); bp is nil on a single instance.
-	bp         Backplane
-	self       string
-	claimLocks [64]sync.Mutex
-	proxMu     sync.Mutex
-	proxies    map[proxyKey]*phoneConn
+	bp      Backplane
+	self    string
+	proxMu  sync.Mutex
+	proxies map[proxyKey]*phoneConn
+
+	// gates runs each server-id's claims one at a time (claimgate.go).
+	gates claimGates
 }
 
 // New returns a relay with validated options.
@@ -145,9 +147,7 @@ var acceptOptions = &websocket.AcceptOptions{
 // also clears them on hijack; doing it here keeps the guarantee if the
 // server in front ever changes (TestUpgradedConnection_OutlivesHTTPServerTimeouts).
 func (rl *Relay) accept(w http.ResponseWriter, r *http.Request) *wsEnd {
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Time{})
-	_ = rc.SetWriteDeadline(time.Time{})
+	clearDeadlines(w)
 	hc := &hijackCapture{ResponseWriter: w, writeTimeout: rl.opts.WriteTimeout}
 	ws, err := websocket.Accept(hc, r, acceptOptions)
 	if err != nil {
@@ -159,6 +159,12 @@ func (rl *Relay) accept(w http.ResponseWriter, r *http.Request) *wsEnd {
 	e := newWSEnd(ws, hc.conn, rl.opts.CloseTimeout)
 	e.pc = hc.pc
 	return e
+}
+
+func clearDeadlines(w http.ResponseWriter) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
 }
 
 // hijackCapture keeps the raw connection the WebSocket library hijacks, so
@@ -206,10 +212,28 @@ func (rl *Relay) ServeBinary(w http.ResponseWriter, r *http.Request) {
 		rl.badRequest(w, r)
 		return
 	}
+	// The claim holds its server-id's gate from before the 101 until the
+	// slot is installed or the claim refused: a phone that arrives once the
+	// binary has its 101 finds the slot, or waits for the claim's outcome.
+	// In cluster mode a server-id with no slot here is claimed in the store
+	// before the 101 too (unless that needs another instance's probe, which
+	// waits for the WebSocket), so phones on other instances find it held.
+	clearDeadlines(w) // the claim may wait for its turn and the store
+	unlock := sync.OnceFunc(rl.gates.lock(h.ServerID))
+	defer unlock()
+	var early *earlyClaim
+	if rl.bp != nil {
+		early = rl.claimEarly(h.ServerID)
+	}
+	ran := false
 	rl.serve(w, r, func(e *wsEnd, remote string) func() {
-		b := &binaryConn{wsEnd: e, rl: rl, turn: make(chan struct{}, 1), serverID: h.ServerID, version: h.Version, ua: h.UserAgent, remote: remote}
-		return b.run
+		b := &binaryConn{wsEnd: e, rl: rl, turn: make(chan struct{}, 1), serverID: h.ServerID, version: h.Version, ua: h.UserAgent, remote: remote,
+			unlock: unlock, early: early}
+		return func() { ran = true; b.run() }
 	})
+	if !ran && early != nil && early.err == nil && early.out == ClaimGranted {
+		rl.bp.Release(h.ServerID) // no WebSocket after all: the claim goes
+	}
 }
 
 // ServePhone handles GET /v1/client (and its /v2/client alias).

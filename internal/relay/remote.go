@@ -2,12 +2,9 @@ package relay
 
 import (
 	"context"
-	"hash/fnv"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/coder/websocket"
 )
 
 // Cluster mode's half of the routing core: proxies (a phone socket here,
@@ -90,35 +87,105 @@ func (rl *Relay) SetBackplane(bp Backplane, self string) {
 	}
 }
 
-// claimLock serialises cluster claims and claim releases per server-id on
-// this instance (striped: a fixed set of mutexes, no per-id allocation).
-func (rl *Relay) claimLock(serverID string) *sync.Mutex {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(serverID))
-	return &rl.claimLocks[h.Sum32()%uint32(len(rl.claimLocks))]
+// earlyClaim is the cluster's answer to a claim put to the store before
+// the binary's 101 (claimEarly).
+type earlyClaim struct {
+	out ClaimOutcome
+	err error
 }
 
-// clusterClaim asks the cluster before the local registry decides. It
-// returns false when b was refused (b is being closed).
+// claimEarly puts a claim for serverID to the cluster's store before the
+// binary's 101 when this instance has no slot for it, so that a phone
+// joining any instance once the binary has its 101 finds the server-id
+// held. A claim that needs another instance's probe (ClaimHeld) is decided
+// after the 101, as a probe of a local incumbent is: the server-id is held
+// (by that incumbent) meanwhile. It returns nil when this instance has a
+// slot: the local rules decide first (clusterClaim). The caller holds the
+// server-id's gate.
+func (rl *Relay) claimEarly(serverID string) *earlyClaim {
+	if rl.reg.has(serverID) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
+	defer cancel()
+	out, err := rl.bp.Acquire(ctx, serverID, false)
+	return &earlyClaim{out: out, err: err}
+}
+
+// clusterClaim is claim in cluster mode: the local rules first (a live
+// binary here keeps its slot: 4409, and nothing is written), then the
+// store (Backplane.Acquire: a revision-checked write, probing the owner
+// elsewhere if need be), then the slot here. Every binary that takes a slot
+// writes the store first, so two instances can never both give a server-id
+// to a new binary: one of the two writes fails (protocol §7 holds
+// cluster-wide: a live incumbent anywhere means 4409). The caller holds the
+// server-id's gate.
 func (b *binaryConn) clusterClaim() bool {
 	rl := b.rl
-	if rl.reg.has(b.serverID) {
-		return true // this instance owns it: local rules apply
+	var dead *binaryConn // a local incumbent found dead, to replace
+	var out ClaimOutcome
+	var err error
+	if e := b.early; e != nil && e.out != ClaimHeld {
+		out, err = e.out, e.err
+	} else {
+		if inc, held := rl.reg.holder(b.serverID); held && inc != nil {
+			if inc.alive(rl.opts.ProbeTimeout) {
+				rl.log.Info("claim refused: server-id held by a live binary", append(b.logAttrs("binary_conflict"), "close_code", int(CodeConflict))...)
+				b.end(closeCause{code: CodeConflict, reason: reasonConflict})
+				return false
+			}
+			dead = inc
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), rl.opts.ProbeTimeout+joinTimeout)
+		out, err = rl.bp.Acquire(ctx, b.serverID, true)
+		cancel()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), rl.opts.ProbeTimeout+joinTimeout)
-	defer cancel()
-	out, err := rl.bp.Acquire(ctx, b.serverID)
 	switch {
 	case err != nil:
 		rl.log.Warn("claim refused: cluster unavailable", append(b.logAttrs("binary_cluster_unavailable"), "close_code", CodeTryAgain)...)
 		b.end(closeCause{code: CodeTryAgain, reason: reasonClusterDown})
 		return false
-	case out == ClaimConflict:
+	case out != ClaimGranted:
 		rl.log.Info("claim refused: server-id held by a live binary on another instance", append(b.logAttrs("binary_conflict"), "close_code", int(CodeConflict))...)
 		b.end(closeCause{code: CodeConflict, reason: reasonConflict})
 		return false
 	}
-	return true
+	if b.install(dead) {
+		rl.bp.SetGrace(b.serverID, false)
+		return true
+	}
+	// Not installed (shutting down): give the claim back, or record that
+	// the slot here is still in grace.
+	if inc, held := rl.reg.holder(b.serverID); !held {
+		rl.bp.Release(b.serverID)
+	} else {
+		rl.bp.SetGrace(b.serverID, inc == nil)
+	}
+	return false
+}
+
+// install puts b in its slot once the cluster granted its claim: a free
+// slot or one in grace is b's at once; dead, the local incumbent found
+// dead before the grant, is replaced (1011). Only claims install binaries
+// and they hold the gate, so the slot can only have lost its binary since.
+func (b *binaryConn) install(dead *binaryConn) bool {
+	rl := b.rl
+	for attempt := 0; attempt < 3; attempt++ {
+		res := rl.reg.claim(b)
+		switch {
+		case res.ok:
+			return true
+		case res.incumbent == nil: // shutting down
+			b.end(closeCause{code: CodeGoingAway, reason: reasonShutdown})
+			return false
+		case res.incumbent == dead && rl.reg.takeover(b, dead):
+			dead.end(closeCause{code: CodeInternal, reason: reasonReplaced})
+			rl.log.Info("dead binary replaced", b.logAttrs("binary_takeover")...)
+			return true
+		}
+	}
+	b.end(closeCause{code: CodeConflict, reason: reasonConflict})
+	return false
 }
 
 // slotRemoved gives up the cluster claim of a slot that ended here (grace
@@ -127,9 +194,8 @@ func (rl *Relay) slotRemoved(serverID string) {
 	if rl.bp == nil {
 		return
 	}
-	mu := rl.claimLock(serverID)
-	mu.Lock()
-	defer mu.Unlock()
+	unlock := rl.gates.lock(serverID)
+	defer unlock()
 	if !rl.reg.has(serverID) {
 		rl.bp.Release(serverID)
 	}
@@ -146,12 +212,9 @@ func (p *phoneConn) joinRemote() (code int) {
 	}
 	if out.Owner == rl.self {
 		// This instance owns it but had no slot when the phone arrived: a
-		// claim is being installed. Wait for it (claims hold the lock).
-		mu := rl.claimLock(p.serverID)
-		mu.Lock()
-		err := rl.reg.join(p)
-		mu.Unlock()
-		switch err {
+		// claim is being installed. Wait for its outcome.
+		rl.gates.wait(ctx, p.serverID)
+		switch rl.reg.join(p) {
 		case nil:
 			return 0
 		case ErrTooManyPhones:
@@ -170,6 +233,25 @@ func (p *phoneConn) joinRemote() (code int) {
 	rl.proxMu.Unlock()
 	return 0
 }
+
+// joinLocal adds p to its server-id's slot here. When there is none but a
+// claim for it is in progress here, it waits (at most joinTimeout) for
+// the claim's outcome: a phone that arrives once its binary has its 101
+// finds the slot (protocol §7).
+func (rl *Relay) joinLocal(p *phoneConn) error {
+	err := rl.reg.join(p)
+	if err != ErrNoBinary || !rl.gates.pending(p.serverID) {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
+	defer cancel()
+	rl.gates.wait(ctx, p.serverID)
+	return rl.reg.join(p)
+}
+
+// ClaimPending reports whether a claim of serverID is in progress here: a
+// join for it (AdmitRemote) may have to wait for its outcome.
+func (rl *Relay) ClaimPending(serverID string) bool { return rl.gates.pending(serverID) }
 
 // forwardUp sends one validated phone frame to its owner. A failed publish
 // closes the phone 1011: the frame is lost and the phone must know.
@@ -191,12 +273,6 @@ func (p *phoneConn) forwardUp(frame []byte) bool {
 // owner, which sends the close notice if one is due.
 func (p *phoneConn) leaveRemote() {
 	rl := p.rl
-	rl.proxMu.Lock()
-	if rl.proxies[proxyKey{p.route.owner, p.connID}] == p {
-		delete(rl.proxies, proxyKey{p.route.owner, p.connID})
-		rl.m.ClusterProxies.Set(float64(len(rl.proxies)))
-	}
-	rl.proxMu.Unlock()
 	// Every end but a directive's or an eviction's is news to the binary,
 	// this instance's shutdown (1001) included: its binary lives on. An
 	// eviction (the claim moved: reclaim, takeover, grace expiry, or the
@@ -205,20 +281,33 @@ func (p *phoneConn) leaveRemote() {
 	// slot yet when this leave arrives, and its binary would otherwise
 	// hear of a phone it is not losing but being replaced for
 	// (TestClusterConformance, takeover-dead-incumbent).
-	evicted := p.cause.reason == reasonNoBinary
+	evicted := p.cause.evicted || p.cause.reason == reasonNoBinary
 	_ = rl.bp.Send(p.route.owner, LinkMessage{Kind: LinkLeave, ServerID: p.serverID, ConnID: p.connID, Code: int(p.cause.code), Notify: !p.cause.directive && !evicted})
+	// Unlisted only once the leave is on its way: the owner's ping (which
+	// lists the phones this instance still has, LinkedWith) must never
+	// arrive there ahead of the leave and drop the phone before its last
+	// frames.
+	rl.proxMu.Lock()
+	if rl.proxies[proxyKey{p.route.owner, p.connID}] == p {
+		delete(rl.proxies, proxyKey{p.route.owner, p.connID})
+		rl.m.ClusterProxies.Set(float64(len(rl.proxies)))
+	}
+	rl.proxMu.Unlock()
 }
 
 // AdmitRemote admits a phone whose socket is on instance home into the
 // local slot of serverID, as a stub. It returns the minted conn_id, or the
-// close code for the phone (CodeNoBinary, CodeTooManyPhones).
+// close code for the phone (CodeNoBinary, CodeTooManyPhones). With no slot
+// but a claim in progress here, it waits for the claim's outcome (at most
+// joinTimeout): call it off the subscription's goroutine when
+// ClaimPending.
 func (rl *Relay) AdmitRemote(home, serverID string) (connID string, code int) {
 	stub := &phoneConn{rl: rl, serverID: serverID, remote: home,
 		out:  newOutbox(rl.opts.PhoneQueueBytes, rl.budget),
 		link: &stubLink{home: home, created: time.Now(), stop: make(chan struct{})}}
 	// As for a local phone, a writer runs only while frames are queued.
 	stub.out.start = func() { go stub.dispatch() }
-	if err := rl.reg.join(stub); err != nil {
+	if err := rl.joinLocal(stub); err != nil {
 		if err == ErrTooManyPhones {
 			return "", int(CodeTooManyPhones)
 		}
@@ -336,7 +425,7 @@ func (rl *Relay) loseStub(p *phoneConn, loss LinkLoss, code int) {
 	if b != nil {
 		go b.sendNotice(appendCloseNotice(nil, p.connID, code))
 	}
-	_ = rl.bp.Send(p.link.home, LinkMessage{Kind: LinkEvict, ServerID: p.serverID, ConnID: p.connID, Code: int(CodeInternal)})
+	_ = rl.bp.Send(p.link.home, LinkMessage{Kind: LinkEvict, ServerID: p.serverID, ConnID: p.connID, Code: int(CodeInternal), Backlog: loss == LossQueue})
 }
 
 // stubEvicted tells a stub's home that the owner evicted the phone (a
@@ -390,7 +479,7 @@ func (rl *Relay) Receive(from string, m LinkMessage) {
 			return
 		}
 		if m.Kind == LinkEvict {
-			p.end(closeCause{code: evictCode(m.Code), reason: reasonNoBinary})
+			p.end(evictCause(m))
 			return
 		}
 		if m.Seq != p.route.lastDown+1 {
@@ -403,24 +492,40 @@ func (rl *Relay) Receive(from string, m LinkMessage) {
 	}
 }
 
-// evictCode accepts only the codes an owner sends in LinkEvict.
-func evictCode(code int) websocket.StatusCode {
-	if code == int(CodeInternal) {
-		return CodeInternal
+// evictCause is how a proxy closes on its owner's LinkEvict: only the
+// codes an owner sends, each with the reason one relay gives it (4404 "no
+// binary", 1011 "backlog full" for a full queue, else "cluster link
+// lost"), and no close notice (the owner has dealt with its binary).
+func evictCause(m LinkMessage) closeCause {
+	switch {
+	case m.Code != int(CodeInternal):
+		return closeCause{code: CodeNoBinary, reason: reasonNoBinary, evicted: true}
+	case m.Backlog:
+		return closeCause{code: CodeInternal, reason: reasonBacklog, evicted: true}
 	}
-	return CodeNoBinary
+	return closeCause{code: CodeInternal, reason: reasonLinkLost, evicted: true}
 }
 
 // Probe answers another instance's conflicting claim for serverID: is the
-// binary holding it here alive?
+// binary holding it here alive? The rule is the one a rival here meets
+// (wsEnd.alive: a pong, or bytes moved meanwhile), so a slow but live
+// binary is live to a claim from any instance. With no slot but a claim in
+// progress here, it first waits (at most ProbeTimeout) for that claim's
+// outcome: a binary that was just granted the server-id is not absent.
 func (rl *Relay) Probe(serverID string) ProbeResult {
 	inc, held := rl.reg.holder(serverID)
+	if !held && rl.gates.pending(serverID) {
+		ctx, cancel := context.WithTimeout(context.Background(), rl.opts.ProbeTimeout)
+		rl.gates.wait(ctx, serverID)
+		cancel()
+		inc, held = rl.reg.holder(serverID)
+	}
 	switch {
 	case !held:
 		return ProbeAbsent
 	case inc == nil:
 		return ProbeDead // grace: a reclaim takes it
-	case ping(inc.ws, rl.opts.ProbeTimeout, inc.ended):
+	case inc.alive(rl.opts.ProbeTimeout):
 		return ProbeLive
 	}
 	return ProbeDead
@@ -430,7 +535,9 @@ func (rl *Relay) Probe(serverID string) ProbeResult {
 // (a reclaim or takeover elsewhere, or this instance's lease was lost). A
 // slot here is dropped exactly as a takeover drops it (binary 1011, phones
 // 4404 wherever they are), and proxies here that joined under an older
-// claim are closed 4404.
+// claim are closed 4404. Epochs are the store's revisions, so they order
+// claims: a proxy that joined a claim newer than epoch (a late broadcast
+// that NATS delivered after a newer one) stays.
 func (rl *Relay) Superseded(serverID, owner string, epoch uint64) {
 	if owner != rl.self {
 		if b, phones, ok := rl.reg.drop(serverID); ok {
@@ -441,7 +548,7 @@ func (rl *Relay) Superseded(serverID, owner string, epoch uint64) {
 		}
 	}
 	for _, p := range rl.proxySnapshot() {
-		if p.serverID == serverID && (p.route.owner != owner || p.route.epoch < epoch) {
+		if p.serverID == serverID && p.route.epoch < epoch {
 			p.end(closeCause{code: CodeNoBinary, reason: reasonNoBinary})
 		}
 	}
@@ -515,7 +622,10 @@ func (rl *Relay) LinkedWith(peer string) []string {
 // Reconcile compares the phones shared with peer against the peer's own
 // list (LinkedWith on the peer): a link created before `before` that the
 // peer does not know has lost a LinkLeave or LinkEvict, and is closed. A
-// peer that is gone (alive false) loses every link.
+// peer that is gone (alive false) loses every link. Either way frames may
+// have been lost, so a stub's binary gets a 1011 notice, as when this
+// instance's own link drops (LinkLost). A stub whose leave arrived is
+// left alone: it ends behind its queued frames, with the phone's own code.
 func (rl *Relay) Reconcile(peer string, alive bool, theirs []string, before time.Time) {
 	known := make(map[string]bool, len(theirs))
 	for _, id := range theirs {
@@ -530,8 +640,8 @@ func (rl *Relay) Reconcile(peer string, alive bool, theirs []string, before time
 		}
 	}
 	for _, s := range rl.reg.stubs() {
-		if s.link.home == peer && (!alive || (!known[s.connID] && s.link.created.Before(before))) {
-			rl.dropStub(s, int(CodeGoingAway))
+		if s.link.home == peer && !s.link.leaving.Load() && (!alive || (!known[s.connID] && s.link.created.Before(before))) {
+			rl.dropStub(s, int(CodeInternal))
 			n++
 		}
 	}

@@ -14,9 +14,11 @@ type sentLinks struct {
 	sent []LinkMessage
 }
 
-func (s *sentLinks) Acquire(context.Context, string) (ClaimOutcome, error) { return ClaimGranted, nil }
-func (s *sentLinks) SetGrace(string, bool)                                 {}
-func (s *sentLinks) Release(string)                                        {}
+func (s *sentLinks) Acquire(context.Context, string, bool) (ClaimOutcome, error) {
+	return ClaimGranted, nil
+}
+func (s *sentLinks) SetGrace(string, bool) {}
+func (s *sentLinks) Release(string)        {}
 func (s *sentLinks) Join(context.Context, string) (JoinOutcome, error) {
 	return JoinOutcome{}, ErrClusterUnavailable
 }
