@@ -14,4 +14,5 @@ var allowedLogKeys = map[string]bool{
 	"duration_ms": true, "incident": true, "error": true,
 	"outcome": true, "token_fp": true, "http_status": true, "not_after": true,
 	"instance_id": true, "peer": true, "cluster_name": true, "lease_ms": true, "nats_connected": true,
+	"setting": true, "setting_value": true, "setting_from": true, "fcm_project": true,
 }

@@ -142,6 +142,9 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	if errors.Is(err, config.ErrHelp) {
 		return exitOK
 	}
+	if eerr := config.CheckEnviron(os.Environ()); eerr != nil {
+		return refuse(stderr, eerr)
+	}
 	if err != nil {
 		return refuse(stderr, err)
 	}
@@ -152,6 +155,14 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		if err := privilege.CheckCapabilities(privilege.ProcStatus); err != nil {
 			return refuse(stderr, err)
 		}
+	}
+	if cfg.Check {
+		if err := server.Check(cfg); err != nil {
+			return refuse(stderr, err)
+		}
+		fmt.Fprintf(stdout, "# relay serve --check: ok (mode %s); the effective settings, as a --config file would hold them\n", cfg.Mode)
+		config.WriteSettings(stdout, cfg.Settings())
+		return exitOK
 	}
 	log := logging.New(stderr, parseLevel(cfg.LogLevel))
 
@@ -169,6 +180,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return exitRuntime
 	}
 	srv.Serve()
+	logSettings(log, cfg) // after every refusal: a refusal stays one line
 	log.Info("relay started", "event", "started", "version", buildinfo.Get().Version, "mode", string(cfg.Mode))
 
 	code := exitOK
@@ -220,6 +232,14 @@ func lameDuck(srv *server.Server, log *slog.Logger, d time.Duration, sigs <-chan
 			log.Info("second signal: draining now", "event", "lame_duck_cut")
 			return
 		}
+	}
+}
+
+// logSettings logs each setting that is not its default, once at start,
+// with where it came from: what an operator changed, in the journal.
+func logSettings(log *slog.Logger, cfg config.Config) {
+	for _, s := range cfg.NonDefault() {
+		log.Info("setting", "event", "setting", "setting", s.Name, "setting_value", s.Value, "setting_from", s.From)
 	}
 }
 

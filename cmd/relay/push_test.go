@@ -94,6 +94,12 @@ func TestPush_OneWakeIsExactlyOneSignedWellShapedFCMRequest(t *testing.T) {
 	require.NotContains(t, log, token)
 	require.NotContains(t, log, token[len("device-"):])
 	require.Contains(t, log, `"token_fp":"`+push.Fingerprint(token)+`"`)
+	// Push is said to be on once at start, with the project and no byte of the key.
+	require.Equal(t, 1, p.countEvent("push_enabled"))
+	on := p.waitEvent(t, "push_enabled", time.Second)
+	require.Equal(t, fake.Project, on["fcm_project"])
+	require.NotContains(t, log, "PRIVATE KEY")
+	require.NotContains(t, log, fake.KeyID)
 }
 
 func TestPush_FramesKeepFlowingWhileFCMHangs(t *testing.T) {

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"io/fs"
@@ -53,7 +55,7 @@ func (c *Config) validateCluster(set map[string]bool) error {
 	if !o.Enabled() {
 		for _, name := range clusterOnly {
 			if set[name] {
-				return &Error{Problem: "--" + name + " needs --cluster-nats"}
+				return &Error{Problem: c.subject(name) + " needs --cluster-nats"}
 			}
 		}
 		return nil
@@ -66,12 +68,18 @@ func (c *Config) validateCluster(set map[string]bool) error {
 			continue
 		}
 		if _, err := os.Stat(f.path); err != nil {
-			return &Error{Problem: "--" + f.name + ": cannot read the file"}
+			return c.NameFile(fmt.Errorf("%s: cannot read the file: %w", f.path, pathErr(err)), f.name)
 		}
 	}
 	if o.CredsFile != "" {
 		if problem := credsFileProblem(o.CredsFile); problem != "" {
-			return &Error{Problem: "--cluster-nats-creds: " + problem}
+			return c.NameFile(errors.New(problem), "cluster-nats-creds")
+		}
+	}
+	if o.CAFile != "" {
+		// nats.go would refuse it only when it connects; --check connects to nothing.
+		if pem, err := os.ReadFile(o.CAFile); err != nil || !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return c.NameFile(fmt.Errorf("%s holds no PEM certificate", o.CAFile), "cluster-nats-ca")
 		}
 	}
 	return nil

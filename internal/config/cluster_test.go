@@ -42,7 +42,7 @@ func TestClusterCreds_LooseFileRefused(t *testing.T) {
 			err := parse(tc.path)
 			require.Error(t, err)
 			require.True(t, errors.Is(err, ErrInvalidConfig), "%v", err)
-			require.Contains(t, err.Error(), "--cluster-nats-creds: ")
+			require.Contains(t, err.Error(), "--cluster-nats-creds / RELAY_CLUSTER_NATS_CREDS: ")
 			require.Contains(t, err.Error(), tc.want)
 		})
 	}

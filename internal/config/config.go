@@ -1,7 +1,8 @@
-// Package config turns `relay serve` flags and RELAY_* environment variables
-// into a validated Config. Anything invalid is refused before a port is
-// bound (exit 2) with one line that names the flag, or the RELAY_* variable
-// the value came from, and says what a valid value looks like.
+// Package config turns `relay serve` flags, RELAY_* environment variables
+// and the --config file into a validated Config. Anything invalid is
+// refused before a port is bound (exit 2) with one line that names the
+// flag, the RELAY_* variable or the file and line the value came from, and
+// says what a valid value looks like.
 package config
 
 import (
@@ -86,9 +87,26 @@ type Config struct {
 	LogLevel   string
 	Production bool // RELAY_PRODUCTION=1: refuse plain HTTP and running as root
 
-	// fromEnv names the flags whose value came from a RELAY_* variable (and
-	// not the command line), so a refusal names the variable.
-	fromEnv map[string]bool
+	// ConfigFile is --config (or RELAY_CONFIG): the TOML file read before
+	// the environment and the command line, and again on SIGHUP.
+	ConfigFile string
+	// Check is --check: run every start-up validation, print the effective
+	// settings, exit (relay serve --check).
+	Check bool
+
+	// from says where each flag's value came from when not from the
+	// command line (a RELAY_* variable, the file and line), so a refusal
+	// names it.
+	from map[string]origin
+	// settings is every setting's effective value and origin (Settings).
+	settings []Setting
+}
+
+// origin is where a flag's value came from, when not the command line.
+type origin struct {
+	env  bool   // its RELAY_* variable
+	file string // the configuration file ...
+	line int    // ... and the line
 }
 
 // Defaults for the settings config owns; the routing core's and the
@@ -109,6 +127,7 @@ const (
 type Env func(string) string
 
 // EnvName maps a flag name to its environment variable: max-conns -> RELAY_MAX_CONNS.
+// The configuration file uses the flag names themselves (file.go).
 func EnvName(flagName string) string {
 	return "RELAY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
@@ -172,6 +191,8 @@ func newFlagSet(c *Config, env Env, trust *string, sink *flagSink) *flag.FlagSet
 	clusterFlags(fs, &c.Cluster)
 
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.ConfigFile, "config", "", "TOML file of settings, keys named as these flags (max-conns = 4096); the environment and the command line override it; reread on SIGHUP")
+	fs.BoolVar(&c.Check, "check", false, "run every start-up validation without binding or connecting, print the effective settings, exit 0 or 2")
 
 	// Every value goes through hinted, so a value that does not parse is
 	// refused with what a valid one looks like.
@@ -180,8 +201,10 @@ func newFlagSet(c *Config, env Env, trust *string, sink *flagSink) *flag.FlagSet
 }
 
 // Parse parses `relay serve` arguments. Each flag may also be set through
-// its RELAY_* environment variable; the command line wins. For -h, --help
-// or a lone "help" argument it prints the usage to usage and returns ErrHelp.
+// its RELAY_* environment variable and in the --config file (RELAY_CONFIG);
+// the command line wins, then the environment, then the file. For -h,
+// --help or a lone "help" argument it prints the usage to usage and returns
+// ErrHelp.
 func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 	if env == nil {
 		env = func(string) string { return "" }
@@ -190,15 +213,33 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 	var trust string
 	sink := new(flagSink)
 	fs := newFlagSet(&c, env, &trust, sink)
+	c.from = map[string]origin{}
 
-	// Environment first, so that the command line overrides it.
-	c.fromEnv = map[string]bool{}
+	// The file first, then the environment, so that the command line
+	// overrides both.
+	if path := configPath(args, env); path != "" {
+		vals, err := readConfigFile(path, fs)
+		if err != nil {
+			return Config{}, err
+		}
+		for _, name := range sortedKeys(vals) {
+			v := vals[name]
+			c.from[name] = origin{file: path, line: v.line}
+			if err := fs.Lookup(name).Value.Set(v.raw); err != nil {
+				return Config{}, withOrigin(err, c.from[name])
+			}
+		}
+		c.ConfigFile = path
+	}
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
+		if notFromEnv[f.Name] {
+			return
+		}
 		if v := env(EnvName(f.Name)); v != "" && err == nil {
-			c.fromEnv[f.Name] = true
+			c.from[f.Name] = origin{env: true}
 			if serr := f.Value.Set(v); serr != nil {
-				err = withEnv(serr)
+				err = withOrigin(serr, c.from[f.Name])
 			}
 		}
 	})
@@ -224,10 +265,11 @@ func Parse(args []string, env Env, usage io.Writer) (Config, error) {
 		return Config{}, &Error{Problem: fmt.Sprintf("unexpected argument %s", show(fs.Arg(0)))}
 	}
 	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true; delete(c.fromEnv, f.Name) })
-	for name := range c.fromEnv {
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true; delete(c.from, f.Name) })
+	for name := range c.from {
 		set[name] = true
 	}
+	c.settings = snapshot(fs, c.from, set)
 
 	prefixes, err := c.parseCIDRs(trust)
 	if err != nil {

@@ -14,8 +14,9 @@ import (
 )
 
 // Error is a refusal to start: one line that names the flag (or the RELAY_*
-// variable the value came from), the refused value, and what is wrong with
-// it, including what a valid value looks like. It matches ErrInvalidConfig.
+// variable, or the configuration file and line, the value came from), the
+// refused value, and what is wrong with it, including what a valid value
+// looks like. It matches ErrInvalidConfig.
 type Error struct {
 	// Flag is the flag name without dashes; empty when the refusal is about
 	// no single value (a mixture of modes).
@@ -24,6 +25,9 @@ type Error struct {
 	Value string
 	// FromEnv is set when Value came from EnvName(Flag), not the command line.
 	FromEnv bool
+	// File and Line are set when Value came from the configuration file.
+	File string
+	Line int
 	// Problem follows the value: "must be positive, e.g. 30s".
 	Problem string
 }
@@ -32,6 +36,8 @@ func (e *Error) Error() string {
 	switch {
 	case e.Flag == "":
 		return e.Problem
+	case e.File != "":
+		return fmt.Sprintf("%s:%d: %s = %s %s", e.File, e.Line, e.Flag, show(e.Value), e.Problem)
 	case e.FromEnv:
 		return EnvName(e.Flag) + "=" + show(e.Value) + " " + e.Problem
 	default:
@@ -58,17 +64,68 @@ var (
 	socketFlags = map[string]string{"Max": "max-sockets", "MaxPerIP": "max-sockets-per-ip"}
 )
 
-// subject is how a refusal names a flag: --name, or RELAY_NAME when its
-// value came from the environment.
+// subject is how a refusal names a flag: --name, RELAY_NAME when its value
+// came from the environment, or "name (FILE:LINE)" from the file.
 func (c *Config) subject(name string) string {
-	if c.fromEnv[name] {
+	switch o := c.from[name]; {
+	case o.env:
 		return EnvName(name)
+	case o.file != "":
+		return fmt.Sprintf("%s (%s:%d)", name, o.file, o.line)
 	}
 	return "--" + name
 }
 
 func (c *Config) refuse(name string, value any, problem string) *Error {
-	return &Error{Flag: name, Value: fmt.Sprint(value), FromEnv: c.fromEnv[name], Problem: problem}
+	o := c.from[name]
+	return &Error{Flag: name, Value: fmt.Sprint(value), FromEnv: o.env, File: o.file, Line: o.line, Problem: problem}
+}
+
+// FileError is a refusal about a file (or directory) a flag names: the TLS
+// pair, the certificate cache, the ACME CA, the FCM key, the NATS
+// credentials or CA. It names the flag and its RELAY_* variable, whichever
+// set it, and the configuration file's line when that did, so an operator
+// knows what to change wherever the value lives:
+//
+//	--tls-key / RELAY_TLS_KEY: TLS key file: stat /etc/relay/key.pem: no such file or directory
+//
+// It unwraps to the cause (tlsconf.ErrKeyFileInsecure, ...).
+type FileError struct {
+	// Flags are the flag names (without dashes) the file was given by:
+	// one, or both of a pair (--tls-cert and --tls-key).
+	Flags []string
+	// Where is "FILE:LINE" when the configuration file set the first flag.
+	Where string
+	Err   error
+}
+
+func (e *FileError) Error() string {
+	names := make([]string, len(e.Flags))
+	for i, f := range e.Flags {
+		names[i] = "--" + f + " / " + EnvName(f)
+	}
+	s := strings.Join(names, " and ")
+	if e.Where != "" {
+		s += " (set in " + e.Where + ")"
+	}
+	return s + ": " + e.Err.Error()
+}
+
+func (e *FileError) Unwrap() error { return e.Err }
+
+// Is makes every *FileError match ErrInvalidConfig, as *Error does.
+func (e *FileError) Is(target error) bool { return target == ErrInvalidConfig }
+
+// NameFile wraps err, a problem with the file flags name, as a *FileError.
+func (c *Config) NameFile(err error, flags ...string) error {
+	if err == nil {
+		return nil
+	}
+	fe := &FileError{Flags: flags, Err: err}
+	if o := c.from[flags[0]]; o.file != "" {
+		fe.Where = fmt.Sprintf("%s:%d", o.file, o.line)
+	}
+	return fe
 }
 
 // must refuses value of flag name: "must be WANT, e.g. DEFAULT".
@@ -182,11 +239,12 @@ func (h *hinted) hint() string {
 	return "is not valid"
 }
 
-// withEnv marks a refusal as coming from the environment variable.
-func withEnv(err error) error {
+// withOrigin marks a refusal as coming from the environment variable or
+// the configuration file.
+func withOrigin(err error, o origin) error {
 	var e *Error
 	if errors.As(err, &e) {
-		e.FromEnv = true
+		e.FromEnv, e.File, e.Line = o.env, o.file, o.line
 		return e
 	}
 	return err

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"math"
+	"os"
 	"strings"
 	"testing"
 
@@ -36,8 +37,9 @@ func FuzzConfigParse(f *testing.F) {
 				t.Fatalf("Parse(%q, %q): error %v is neither ErrInvalidConfig nor ErrHelp", args, envv, err)
 			}
 			var ce *Error
-			if !errors.Is(err, ErrHelp) && !errors.As(err, &ce) {
-				t.Fatalf("Parse(%q): refusal %T is not a *config.Error", args, err)
+			var fe *FileError
+			if !errors.Is(err, ErrHelp) && !errors.As(err, &ce) && !errors.As(err, &fe) {
+				t.Fatalf("Parse(%q): refusal %T is not a *config.Error or *config.FileError", args, err)
 			}
 			if strings.Contains(err.Error(), "\n") {
 				t.Fatalf("Parse(%q): refusal is not one line: %q", args, err)
@@ -49,6 +51,48 @@ func FuzzConfigParse(f *testing.F) {
 		}
 		if err := c.Relay.Validate(); err != nil {
 			t.Fatalf("relay options invalid after a successful parse: %v", err)
+		}
+		checkUsable(t, c)
+	})
+}
+
+// FuzzConfigFile feeds Parse an arbitrary --config file. It must never
+// panic; it refuses with one line naming the file, or returns a config that
+// validates and is usable, whatever the file holds.
+func FuzzConfigFile(f *testing.F) {
+	for _, seed := range []string{
+		"max-conns = 100\nupgrade-rate = 2.5\ntrust-proxy = [\"10.0.0.5/32\"]\ndrain-delay = \"3s\"\n",
+		"[cluster]\nname = 1\n", "max-conns = = 1", "a.b.c = 1\n", "\"max-conns\" = 1\n", "max-conns = 1\nmax-conns = 2\n",
+		"ping-interval = 30\n", "trust-proxy = [1, \"x\"]\n", "max-conns = 1979-05-27T07:32:00Z\n", "\ufeffmax-conns = 1\n",
+		"log-level = \"\\u0000\"\n", "# only a comment\n", "",
+	} {
+		f.Add(seed)
+	}
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, text string) {
+		p := dir + "/relay.toml"
+		if err := writeFile(p, text); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Parse([]string{"--config", p, "--insecure-listen", "127.0.0.1:0"}, func(k string) string {
+			if k == "HOME" {
+				return "/home/relay"
+			}
+			return ""
+		}, io.Discard)
+		if err != nil {
+			var ce *Error
+			var fe *FileError
+			if !errors.Is(err, ErrInvalidConfig) || (!errors.As(err, &ce) && !errors.As(err, &fe)) {
+				t.Fatalf("refusal %T %v is not a configuration error", err, err)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("refusal is not one line: %q", err)
+			}
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("the file was accepted but Validate: %v", err)
 		}
 		checkUsable(t, c)
 	})
@@ -126,3 +170,5 @@ func checkUsable(t *testing.T, c Config) {
 		}
 	}
 }
+
+func writeFile(p, text string) error { return os.WriteFile(p, []byte(text), 0o600) }

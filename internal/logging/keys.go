@@ -58,6 +58,11 @@ const (
 	KeyClusterName   = "cluster_name"   // operator-configured --cluster-name
 	KeyLeaseMS       = "lease_ms"       // the configured cluster claim lease, whole milliseconds
 	KeyNATSConnected = "nats_connected" // whether the NATS connection is up, a bool
+
+	KeySetting      = "setting"       // a relay serve flag's name, from the closed set of flags
+	KeySettingValue = "setting_value" // that flag's operator-chosen value (a URL's password redacted; never a file's contents)
+	KeySettingFrom  = "setting_from"  // where the value came from: flag, env, FILE:LINE, default
+	KeyFCMProject   = "fcm_project"   // the Firebase project id push wakes go to (validated [a-z0-9.:-]); never the key
 )
 
 // callerKeys is the closed set behind IsCallerKey. Unexported so that no
@@ -69,6 +74,7 @@ var callerKeys = map[string]struct{}{
 	KeyDurationMS: {}, KeyIncident: {}, KeyError: {},
 	KeyOutcome: {}, KeyTokenFP: {}, KeyHTTPStatus: {}, KeyNotAfter: {},
 	KeyInstanceID: {}, KeyPeer: {}, KeyClusterName: {}, KeyLeaseMS: {}, KeyNATSConnected: {},
+	KeySetting: {}, KeySettingValue: {}, KeySettingFrom: {}, KeyFCMProject: {},
 }
 
 // reservedKeys are written by the handler (or by slog itself) and refused as

@@ -36,6 +36,17 @@ const fcmScope = "https://www.googleapis.com/auth/firebase.messaging"
 // about 2.3 KiB.
 const maxCredentialsBytes = 64 << 10
 
+// CheckCredentials runs New's checks of the key file (owner, mode, symlinks,
+// its contents) without building a sender: relay serve --check. Nil when
+// push is off.
+func CheckCredentials(o Options) error {
+	if !o.Enabled() {
+		return nil
+	}
+	_, err := loadCredentials(o.CredentialsFile, o.Project)
+	return err
+}
+
 // credentials is a checked, parsed key file.
 type credentials struct {
 	jwt     *jwt.Config

@@ -116,6 +116,9 @@ func New(opts Options, d Deps) (*Sender, error) {
 	s.tokens = &tokenCache{src: fetch, wg: &s.wg}
 	s.client = &http.Client{Transport: rt, CheckRedirect: refuseRedirect}
 	s.sendURL = opts.Endpoint + "/v1/projects/" + url.PathEscape(creds.project) + "/messages:send"
+	// Said once at start, so an operator sees push is on and for which
+	// project: the project id only, never a byte of the key.
+	s.log.Info("push wakes on (FCM)", "event", "push_enabled", "fcm_project", creds.project)
 	return s, nil
 }
 

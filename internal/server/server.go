@@ -106,7 +106,7 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 	s.metrics.QueuedBytesLimit.Set(float64(cfg.Relay.MaxQueuedBytes))
 	ps, err := push.New(cfg.Push, push.Deps{Log: log, Metrics: s.metrics})
 	if err != nil {
-		return nil, err
+		return nil, cfg.NameFile(err, "fcm-credentials")
 	}
 	s.push = ps
 	onReject := func(reason relay.RejectReason, r *http.Request) {

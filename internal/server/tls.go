@@ -72,28 +72,23 @@ func (s *Server) setupTLS() error {
 	case config.ModeStatic:
 		sc, err := tlsconf.NewStaticCert(s.cfg.TLSCert, s.cfg.TLSKey)
 		if err != nil {
-			return err
+			return nameStatic(s.cfg, err)
 		}
 		s.static = sc
 		s.tlsConfig = sc.TLSConfig()
 		s.servingStatic("loaded")
 	case config.ModeAutocert:
-		opts := tlsconf.AutocertOptions{
-			Domain:       s.cfg.Domain,
-			CacheDir:     s.cfg.CertCache,
-			Email:        s.cfg.ACMEEmail,
-			DirectoryURL: s.cfg.ACMEDirectory,
-		}
+		opts := autocertOptions(s.cfg)
 		if s.cfg.ACMECA != "" {
 			client, err := clientTrusting(s.cfg.ACMECA)
 			if err != nil {
-				return err
+				return s.cfg.NameFile(err, "acme-ca")
 			}
 			opts.HTTPClient = client
 		}
 		m, err := tlsconf.NewAutocertManager(opts)
 		if err != nil {
-			return err
+			return nameAutocert(s.cfg, err)
 		}
 		s.observeAutocert(m)
 		s.tlsConfig = tlsconf.AutocertTLSConfig(m)
@@ -125,14 +120,14 @@ func hostsOf(leaf *x509.Certificate) hostPolicy {
 func clientTrusting(file string) (*http.Client, error) {
 	pem, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("%w: --acme-ca: %v", config.ErrInvalidConfig, err)
+		return nil, fmt.Errorf("ACME CA file: %w", err)
 	}
 	pool, err := x509.SystemCertPool()
 	if err != nil || pool == nil {
 		pool = x509.NewCertPool()
 	}
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("%w: --acme-ca %s holds no PEM certificate", config.ErrInvalidConfig, file)
+		return nil, fmt.Errorf("ACME CA file: %s holds no PEM certificate", file)
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}

@@ -18,6 +18,15 @@ import (
 // (world-readable) certificate or a PEM parse error.
 var ErrKeyPairSwapped = errors.New("tlsconf: certificate and key files are swapped")
 
+// ErrCertFile and ErrKeyFile are wrapped by LoadKeyPair's refusals that
+// are about one of the two files (unreadable, not a certificate), so the
+// caller can name the flag that gave it; ErrKeyFileInsecure is about the
+// key file too. A pair that does not match wraps neither.
+var (
+	ErrCertFile = errors.New("tlsconf: TLS certificate file")
+	ErrKeyFile  = errors.New("tlsconf: TLS key file")
+)
+
 // LoadKeyPair reads a static certificate chain and private key: swapped
 // files are refused (ErrKeyPairSwapped), then a key file any "other" user
 // can access (ErrKeyFileInsecure), then a pair that does not match. The
@@ -30,16 +39,16 @@ func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	}
 	fi, err := os.Stat(keyFile)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("tlsconf: TLS key file: %w", err)
+		return tls.Certificate{}, fmt.Errorf("%w: %w", ErrKeyFile, err)
 	}
 	if perm := fi.Mode().Perm(); perm&0o007 != 0 {
 		return tls.Certificate{}, fmt.Errorf("%w: %s has mode %#o; want 0600 or 0640 (chmod 600 %s)", ErrKeyFileInsecure, keyFile, perm, keyFile)
 	}
 	if certErr != nil {
-		return tls.Certificate{}, fmt.Errorf("tlsconf: TLS certificate file: %w", certErr)
+		return tls.Certificate{}, fmt.Errorf("%w: %w", ErrCertFile, certErr)
 	}
 	if keyErr != nil {
-		return tls.Certificate{}, fmt.Errorf("tlsconf: TLS key file: %w", keyErr)
+		return tls.Certificate{}, fmt.Errorf("%w: %w", ErrKeyFile, keyErr)
 	}
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
@@ -47,7 +56,7 @@ func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	}
 	if cert.Leaf == nil {
 		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
-			return tls.Certificate{}, fmt.Errorf("tlsconf: parse TLS certificate: %w", err)
+			return tls.Certificate{}, fmt.Errorf("%w: parse: %w", ErrCertFile, err)
 		}
 	}
 	return cert, nil

@@ -242,15 +242,9 @@ type AutocertOptions struct {
 // and returns a manager that accepts the CA's terms, requests certificates
 // for opts.Domain only and caches them in opts.CacheDir.
 func NewAutocertManager(opts AutocertOptions) (*autocert.Manager, error) {
-	domain, err := canonicalDomain(opts.Domain)
+	domain, err := checkAutocertNames(opts)
 	if err != nil {
 		return nil, err
-	}
-	if opts.DirectoryURL != "" {
-		u, err := url.Parse(opts.DirectoryURL)
-		if err != nil || u.Scheme != "https" || u.Host == "" {
-			return nil, fmt.Errorf("%w: want an absolute https URL", ErrInvalidDirectoryURL)
-		}
 	}
 	if err := CheckCacheDir(opts.CacheDir); err != nil {
 		return nil, err
@@ -266,6 +260,35 @@ func NewAutocertManager(opts AutocertOptions) (*autocert.Manager, error) {
 		m.Client = &acme.Client{DirectoryURL: opts.DirectoryURL, HTTPClient: opts.HTTPClient}
 	}
 	return m, nil
+}
+
+// CheckAutocertOptions runs NewAutocertManager's checks without creating
+// anything (relay serve --check): a missing cache directory is not an
+// error, since the start creates it 0700.
+func CheckAutocertOptions(opts AutocertOptions) error {
+	if _, err := checkAutocertNames(opts); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(opts.CacheDir); opts.CacheDir != "" && errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return CheckCacheDir(opts.CacheDir)
+}
+
+// checkAutocertNames checks the domain and the directory URL and returns
+// the canonical domain.
+func checkAutocertNames(opts AutocertOptions) (string, error) {
+	domain, err := canonicalDomain(opts.Domain)
+	if err != nil {
+		return "", err
+	}
+	if opts.DirectoryURL != "" {
+		u, err := url.Parse(opts.DirectoryURL)
+		if err != nil || u.Scheme != "https" || u.Host == "" {
+			return "", fmt.Errorf("%w: want an absolute https URL", ErrInvalidDirectoryURL)
+		}
+	}
+	return domain, nil
 }
 
 // canonicalDomain lower-cases name and checks it is a dotted LDH host name
