@@ -27,6 +27,17 @@ GOVULNCHECK    := $(TOOLS)/govulncheck-$(GOVULNCHECK_VERSION)/govulncheck
 CYCLONEDX_VERSION ?= v1.10.0
 CYCLONEDX      := $(TOOLS)/cyclonedx-gomod-$(CYCLONEDX_VERSION)/cyclonedx-gomod
 SBOM_VERSION   := $(or $(VERSION),devel)
+# The Debian package (make deb): nfpm pinned like the tools above. Its
+# version is the git tag without the "v" (1.2.0, 1.2.0+3+gabc1234 after
+# it), else 0.0.0+git.<revision>; every file's mtime is the commit's time,
+# so two builds of one commit are byte-identical.
+NFPM_VERSION   ?= v2.48.0
+NFPM           := $(TOOLS)/nfpm-$(NFPM_VERSION)/nfpm
+DEB_ARCH       ?= $(shell $(GO) env GOARCH)
+DEB_VERSION    ?= $(shell echo '$(SBOM_VERSION)' | sed -e 's/^v\([0-9]\)/\1/;t' -e 's/^/0.0.0+git./' | tr -- '-_' '++')
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+DEB            := bin/relay_$(DEB_VERSION)_$(DEB_ARCH).deb
+DEB_ENV        := RELAY_DEB_VERSION='$(DEB_VERSION)' RELAY_DEB_ARCH='$(DEB_ARCH)' RELAY_DEB_BINARY='$(BIN)' SOURCE_DATE_EPOCH='$(SOURCE_DATE_EPOCH)'
 
 .PHONY: build test run cluster cluster-figures cluster-scale vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb units image image-root image-smoke buildah clean
 
@@ -123,6 +134,19 @@ sbom: build $(CYCLONEDX)
 
 $(CYCLONEDX):
 	GOBIN=$(dir $(CYCLONEDX)) $(GO) install github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@$(CYCLONEDX_VERSION)
+
+## deb: the Debian package bin/relay_VERSION_ARCH.deb (nfpm, deploy/nfpm.yaml): /usr/bin/relay,
+## the units in /lib/systemd/system, sysusers.d and tmpfiles.d for the relay and relay-attack
+## users and /var/lib/relay, /etc/relay/relay.toml as a conffile. Then TestDeb_* inspect it
+## with dpkg-deb, install it into a throwaway root (dpkg --root; as root) and systemd-analyze
+## verify the installed units against the installed binary, and build it again to compare.
+deb: build $(NFPM)
+	$(DEB_ENV) $(NFPM) package --config deploy/nfpm.yaml --packager deb --target $(DEB)
+	RELAY_DEB=$(abspath $(DEB)) RELAY_NFPM=$(NFPM) $(DEB_ENV) \
+	  $(GO) test -count=1 -run 'TestDeb' -v ./deploy
+
+$(NFPM):
+	GOBIN=$(dir $(NFPM)) $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
 
 ## vulncheck: the offline vulnerability gate. govulncheck (pinned) reads a database
 ## built from the OSV records of a PINNED golang.org/x/vulndb module version (the

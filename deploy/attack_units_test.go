@@ -29,7 +29,7 @@ func attackExecStart(t *testing.T) ([]string, string) {
 	m := regexp.MustCompile(`(?m)^ExecStart=((?:.*\\\n)*.*)$`).FindStringSubmatch(string(svc))
 	require.NotNil(t, m, "no ExecStart")
 	args := strings.Fields(strings.ReplaceAll(m[1], "\\\n", " "))
-	require.Equal(t, []string{"/usr/local/bin/relay", "attack", "--target", "${RELAY_ATTACK_TARGET}"}, args[:4])
+	require.Equal(t, []string{"/usr/bin/relay", "attack", "--target", "${RELAY_ATTACK_TARGET}"}, args[:4])
 	return args, string(svc)
 }
 
@@ -96,7 +96,7 @@ func TestAttackUnits_VerifiedAndRunnable(t *testing.T) {
 	tmr, err := os.ReadFile("relay-attack.timer")
 	require.NoError(t, err)
 	for name, b := range map[string]string{"relay-attack.service": svc, "relay-attack.timer": string(tmr)} {
-		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(strings.ReplaceAll(b, "/usr/local/bin/relay", relayBin)), 0o644))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(strings.ReplaceAll(b, "/usr/bin/relay", relayBin)), 0o644))
 	}
 	out, err := exec.Command(sa, "verify", "--no-pager", filepath.Join(dir, "relay-attack.service"), filepath.Join(dir, "relay-attack.timer")).CombinedOutput()
 	require.NoError(t, err, "systemd-analyze verify:\n%s", out)

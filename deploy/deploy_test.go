@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -45,6 +46,42 @@ var units = map[string]int{
 	"relay-autocert.service": 2,
 	"relay-static.service":   1,
 	"relay-proxy.service":    1,
+}
+
+// confPath is the configuration file every relay unit reads (the .deb's
+// conffile, deploy/relay.toml).
+const confPath = "/etc/relay/relay.toml"
+
+// modeConfig returns the settings deploy/relay.toml gives unit's mode: the
+// commented lines of its block ("# --- MODE (UNIT...") uncommented, plus
+// the keys set for every mode; key -> raw TOML value.
+func modeConfig(t *testing.T, unit string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile("relay.toml")
+	require.NoError(t, err)
+	conf := map[string]string{}
+	in, found := false, false
+	kv := regexp.MustCompile(`^#?([a-z0-9-]+) = (.+)$`)
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "# --- ") {
+			in = strings.Contains(line, "("+unit)
+			found = found || in
+			continue
+		}
+		if line == "" {
+			in = false
+			continue
+		}
+		m := kv.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		if in || !strings.HasPrefix(line, "#") {
+			conf[m[1]] = m[2]
+		}
+	}
+	require.True(t, found, "deploy/relay.toml has no block for %s", unit)
+	return conf
 }
 
 // maxExposure is the highest systemd-analyze security score a unit may have
@@ -136,12 +173,26 @@ func TestUnits_HardenedAndScored(t *testing.T) {
 				require.Equal(t, want, one(k), "%s: %s", name, k)
 			}
 			require.Contains(t, d["SystemCallFilter"], "@system-service", name)
-			require.True(t, strings.HasPrefix(one("ExecStart"), "/usr/local/bin/relay serve "), name)
+			// The mode comes from the configuration file (its block for this
+			// unit in deploy/relay.toml); a reload checks it before SIGHUP.
+			require.Equal(t, "/usr/bin/relay serve --config "+confPath, one("ExecStart"), name)
+			require.Equal(t, []string{"/usr/bin/relay serve --check --config " + confPath, "/bin/kill -HUP $MAINPID"}, d["ExecReload"],
+				"%s: systemctl reload checks the file, then signals", name)
+			others := []string{}
+			for u := range units {
+				if u != name {
+					others = append(others, u)
+				}
+			}
+			sort.Strings(others)
+			require.Equal(t, strings.Join(others, " "), one("Conflicts"), "%s: one mode at a time", name)
+			conf := modeConfig(t, name)
 
 			// Capabilities: CAP_NET_BIND_SERVICE only, and only where a port
 			// below 1024 is bound.
 			bound := one("CapabilityBoundingSet")
-			if strings.Contains(one("ExecStart"), "--insecure-listen 127.0.0.1:") {
+			if l, ok := conf["insecure-listen"]; ok {
+				require.True(t, strings.HasPrefix(l, `"127.0.0.1:`), "%s: plain HTTP on loopback only: %s", name, l)
 				require.Empty(t, bound, "%s binds no privileged port: no capability", name)
 				require.Empty(t, d["AmbientCapabilities"], name)
 			} else {
@@ -149,13 +200,14 @@ func TestUnits_HardenedAndScored(t *testing.T) {
 				require.Equal(t, "CAP_NET_BIND_SERVICE", one("AmbientCapabilities"), name)
 				require.Equal(t, "RELAY_PRODUCTION=1", one("Environment"), "%s: production policy on", name)
 			}
-			if strings.Contains(one("ExecStart"), "--cert-cache ") {
+			if _, ok := conf["domain"]; ok {
 				require.Equal(t, "0700", one("StateDirectoryMode"), name)
 				require.Contains(t, one("StateDirectory"), "relay/certs", name)
-				require.Contains(t, one("ExecStart"), "--cert-cache /var/lib/relay/certs", name)
+				require.Equal(t, `"/var/lib/relay/certs"`, conf["cert-cache"], name)
 			}
-			if strings.Contains(one("ExecStart"), "--tls-key ") {
+			if k, ok := conf["tls-key"]; ok {
 				require.Equal(t, "ssl-cert", one("SupplementaryGroups"), name)
+				require.True(t, strings.HasPrefix(k, `"/etc/ssl/private/`), name)
 			}
 
 			// The file limit covers every capped listener at its cap at once.
@@ -168,7 +220,7 @@ func TestUnits_HardenedAndScored(t *testing.T) {
 			tmp := filepath.Join(t.TempDir(), name)
 			b, err := os.ReadFile(name)
 			require.NoError(t, err)
-			require.NoError(t, os.WriteFile(tmp, []byte(strings.ReplaceAll(string(b), "/usr/local/bin/relay", relayBin)), 0o644))
+			require.NoError(t, os.WriteFile(tmp, []byte(strings.ReplaceAll(string(b), "/usr/bin/relay", relayBin)), 0o644))
 			out, err := exec.Command(sa, "verify", "--no-pager", tmp).CombinedOutput()
 			require.NoError(t, err, "systemd-analyze verify %s:\n%s", name, out)
 			require.Empty(t, strings.TrimSpace(string(out)), "systemd-analyze verify %s warned", name)

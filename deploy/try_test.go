@@ -168,7 +168,7 @@ func TestUnits_ProxyPushDropIn(t *testing.T) {
 		require.NoError(t, os.MkdirAll(filepath.Join(unitDir, m[1]+".service.d"), 0o755))
 		b, err := os.ReadFile("relay-proxy.service")
 		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(filepath.Join(unitDir, m[1]+".service"), []byte(strings.ReplaceAll(string(b), "/usr/local/bin/relay", relayBin)), 0o644))
+		require.NoError(t, os.WriteFile(filepath.Join(unitDir, m[1]+".service"), []byte(strings.ReplaceAll(string(b), "/usr/bin/relay", relayBin)), 0o644))
 		if dropIn {
 			d, err := os.ReadFile("relay-proxy-push.conf")
 			require.NoError(t, err)
