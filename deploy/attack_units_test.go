@@ -41,6 +41,24 @@ func serveRelay(t *testing.T, args ...string) map[string]string {
 	if len(args) == 0 {
 		args = []string{"--insecure-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"}
 	}
+	listeners := []string{"public"}
+	if strings.Contains(strings.Join(args, " "), "--metrics-listen") {
+		listeners = append(listeners, "metrics")
+	}
+	return startServe(t, listeners, args...).addrs
+}
+
+// relayProc is a running `relay serve`.
+type relayProc struct {
+	cmd   *exec.Cmd
+	addrs map[string]string // listener name -> address, as logged
+	log   *logBuf           // its stderr (JSON lines)
+}
+
+// startServe runs the test binary's `relay serve` with args until the test
+// ends and waits until it has logged each of listeners.
+func startServe(t *testing.T, listeners []string, args ...string) *relayProc {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, relayBin, append([]string{"serve"}, args...)...)
 	cmd.Env = append(os.Environ(), "RELAY_PRODUCTION=")
@@ -48,10 +66,6 @@ func serveRelay(t *testing.T, args ...string) map[string]string {
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
-	want := 1
-	if strings.Contains(strings.Join(args, " "), "--metrics-listen") {
-		want = 2
-	}
 	got := make(chan [2]string, 4)
 	log := &logBuf{}
 	t.Cleanup(func() {
@@ -62,7 +76,7 @@ func serveRelay(t *testing.T, args ...string) map[string]string {
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			log.Write(append(sc.Bytes(), '\n'))
+			_, _ = log.Write(append(sc.Bytes(), '\n'))
 			var l struct{ Event, Listener, Addr string }
 			if json.Unmarshal(sc.Bytes(), &l) == nil && l.Event == "listening" {
 				got <- [2]string{l.Listener, l.Addr}
@@ -71,15 +85,18 @@ func serveRelay(t *testing.T, args ...string) map[string]string {
 	}()
 	addrs := map[string]string{}
 	deadline := time.After(15 * time.Second)
-	for len(addrs) < want {
+	for len(addrs) < len(listeners) {
 		select {
 		case l := <-got:
 			addrs[l[0]] = l[1]
 		case <-deadline:
-			t.Fatalf("the relay logged %v of its %d listeners", addrs, want)
+			t.Fatalf("the relay logged %v of its listeners %v", addrs, listeners)
 		}
 	}
-	return addrs
+	for _, l := range listeners {
+		require.Contains(t, addrs, l)
+	}
+	return &relayProc{cmd: cmd, addrs: addrs, log: log}
 }
 
 // TestAttackUnits_VerifiedAndRunnable: relay-attack.service and its timer

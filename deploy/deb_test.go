@@ -280,3 +280,65 @@ func fileOwner(t *testing.T, fi os.FileInfo) [2]int {
 	require.True(t, ok)
 	return [2]int{int(st.Uid), int(st.Gid)}
 }
+
+// TestDeb_ConfigCheckAfterInstall: the walkthrough's "choose the mode" on
+// the installed package. In the throwaway root (chroot, so every path in
+// the file is the installed one): the shipped /etc/relay/relay.toml, no
+// mode chosen, is refused by relay serve --check (exit 2); with the
+// autocert block uncommented as docs/deploy.md says, the check passes as
+// the relay user (the cache is its own) and prints the effective settings,
+// and is refused as root, to whom the cache does not belong.
+func TestDeb_ConfigCheckAfterInstall(t *testing.T) {
+	deb := debEnv(t)
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI runs make deb as root")
+		}
+		t.Skip("needs root to install into a throwaway root")
+	}
+	root := installDeb(t, deb)
+	var uid, gid string
+	for _, line := range strings.Split(string(mustRead(t, filepath.Join(root, "etc/passwd"))), "\n") {
+		if f := strings.Split(line, ":"); len(f) > 3 && f[0] == "relay" {
+			uid, gid = f[2], f[3]
+		}
+	}
+	require.NotEmpty(t, uid)
+	check := func(userspec string) (int, string) {
+		cmd := exec.Command("chroot", "--userspec="+userspec, root, "/usr/bin/relay", "serve", "--check", "--config", confPath)
+		cmd.Env = []string{"PATH=/usr/bin:/bin"}
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			return 0, string(out)
+		}
+		ee, ok := err.(*exec.ExitError)
+		require.True(t, ok, "%v: %s", err, out)
+		return ee.ExitCode(), string(out)
+	}
+	relayUser := uid + ":" + gid
+
+	code, out := check(relayUser)
+	require.Equal(t, 2, code, "the shipped file chooses no mode: %s", out)
+
+	conf := filepath.Join(root, confPath)
+	var edited []string
+	in := false
+	for _, line := range strings.Split(string(mustRead(t, conf)), "\n") {
+		if strings.HasPrefix(line, "# --- ") {
+			in = strings.Contains(line, "(relay-autocert.service")
+		} else if line == "" {
+			in = false
+		} else if in && regexp.MustCompile(`^#[a-z-]+ = `).MatchString(line) {
+			line = strings.TrimPrefix(line, "#")
+		}
+		edited = append(edited, line)
+	}
+	require.NoError(t, os.WriteFile(conf, []byte(strings.Join(edited, "\n")), 0o644))
+	code, out = check(relayUser)
+	require.Equal(t, 0, code, "the autocert block as shipped, checked as relay: %s", out)
+	require.Contains(t, out, "relay.example.com", "the effective settings are printed")
+	require.Contains(t, out, "/var/lib/relay/certs")
+
+	code, out = check("0:0")
+	require.Equal(t, 2, code, "as root the relay's cache is another user's: %s", out)
+}

@@ -1,9 +1,12 @@
-// Package deploy holds the operator files (systemd units, Grafana dashboard,
-// Prometheus rules, Containerfile, nginx and HAProxy recipes) and the tests
-// that keep them true: the units must pass systemd-analyze and score 2.0 or
-// lower, every series the dashboard and the rules name must be one the real
-// relay exports, and `relay attack` through each proxy recipe must pass
-// (proxy_test.go).
+// Package deploy holds the operator files (systemd units, the .deb's
+// nfpm.yaml and relay.toml, Grafana dashboard, Prometheus rules and their
+// promtool cases, the NATS node's configuration and unit, nginx and HAProxy
+// recipes) and the tests that keep them true: the units must pass
+// systemd-analyze and score 2.0 or lower, every series the dashboard and
+// the rules name must be one the real relay exports, `relay attack` through
+// each proxy recipe must pass (proxy_test.go), the package must install
+// into a throwaway root (deb_test.go, from make deb), and the documented
+// walkthrough steps must work as written (walkthrough_test.go).
 package deploy
 
 import (
