@@ -18,6 +18,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"flag"
 	"fmt"
@@ -160,6 +161,30 @@ func (r result) line() string {
 	return fmt.Sprintf("caught   %s (%s) by %s (%v): %s", r.m.Name, strings.Join(r.m.Threats, ","), strings.Join(r.failed, ", "), r.took.Round(time.Second), firstFailure(r.output))
 }
 
+// scratchDir is job slot's scratch directory for the source tree in the
+// working directory, locked for this run until unlock. The path is fixed
+// per tree and slot, so the go command's build cache (keyed on package
+// directories) rebuilds only what a mutant changed; it differs between
+// trees, so that `make mutate` in two worktrees at once never copies over
+// the other's tree, and the lock makes two runs from one tree take turns.
+func scratchDir(slot int) (dir string, unlock func(), err error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", nil, err
+	}
+	sum := sha256.Sum256([]byte(wd))
+	base := filepath.Join(os.TempDir(), fmt.Sprintf("relay-mutate-%d", os.Getuid()))
+	if err := os.MkdirAll(base, 0o700); err != nil {
+		return "", nil, err
+	}
+	dir = filepath.Join(base, fmt.Sprintf("%x-%d", sum[:6], slot))
+	unlock, err = lockFile(dir + ".lock")
+	if err != nil {
+		return "", nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return dir, unlock, nil
+}
+
 // errBuild: the mutated tree or its tests do not compile, which is a
 // broken mutant, not a catch.
 var errBuild = errors.New("does not build")
@@ -170,7 +195,12 @@ func runOne(m attacks.Mutant, apply bool, slot int) (r result) {
 	r.m = m
 	start := time.Now()
 	defer func() { r.took = time.Since(start) }()
-	tmp := filepath.Join(os.TempDir(), fmt.Sprintf("relay-mutate-%d", os.Getuid()), fmt.Sprint(slot))
+	tmp, unlock, err := scratchDir(slot)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	defer unlock()
 	if err := os.RemoveAll(tmp); err != nil {
 		r.err = err
 		return r
