@@ -164,7 +164,9 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		config.WriteSettings(stdout, cfg.Settings())
 		return exitOK
 	}
-	log := logging.New(stderr, parseLevel(cfg.LogLevel))
+	level := new(slog.LevelVar) // SIGHUP may change it
+	level.Set(parseLevel(cfg.LogLevel))
+	log := slog.New(logging.NewHandler(stderr, &logging.Options{Level: level}))
 
 	srv, err := server.New(cfg, log)
 	if err != nil {
@@ -183,13 +185,14 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	logSettings(log, cfg) // after every refusal: a refusal stays one line
 	log.Info("relay started", "event", "started", "version", buildinfo.Get().Version, "mode", string(cfg.Mode))
 
+	r := &reloader{args: args, cfg: cfg, level: level, srv: srv, log: log}
 	code := exitOK
 	stopping := false
 	for !stopping {
 		select {
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				srv.ReloadCertificate()
+				r.reload()
 				continue
 			}
 			log.Info("shutting down", "event", "shutdown")
@@ -200,8 +203,8 @@ func serve(args []string, stdout, stderr io.Writer) int {
 			stopping = true
 		}
 	}
-	if code == exitOK && cfg.DrainDelay > 0 {
-		lameDuck(srv, log, cfg.DrainDelay, sigs)
+	if code == exitOK && r.cfg.DrainDelay > 0 { // as SIGHUP may have set it
+		lameDuck(r, r.cfg.DrainDelay, sigs)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -212,12 +215,14 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	return code
 }
 
-// lameDuck answers /healthz 503 for d while every listener keeps serving,
-// so that load balancers stop sending new clients before the drain closes
-// anyone. A second SIGINT/SIGTERM ends it early; SIGHUP still reloads.
-func lameDuck(srv *server.Server, log *slog.Logger, d time.Duration, sigs <-chan os.Signal) {
+// lameDuck answers /readyz and /healthz 503 for d while every listener
+// keeps serving, so that load balancers stop sending new clients before the
+// drain closes anyone. A second SIGINT/SIGTERM ends it early; SIGHUP still
+// reloads.
+func lameDuck(r *reloader, d time.Duration, sigs <-chan os.Signal) {
+	srv, log := r.srv, r.log
 	srv.LameDuck()
-	log.Info("lame duck: /healthz answers 503 while the listeners keep serving; the drain follows", "event", "lame_duck", "duration_ms", d.Milliseconds())
+	log.Info("lame duck: /readyz and /healthz answer 503 while the listeners keep serving; the drain follows", "event", "lame_duck", "duration_ms", d.Milliseconds())
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
@@ -226,7 +231,7 @@ func lameDuck(srv *server.Server, log *slog.Logger, d time.Duration, sigs <-chan
 			return
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				srv.ReloadCertificate()
+				r.reload()
 				continue
 			}
 			log.Info("second signal: draining now", "event", "lame_duck_cut")

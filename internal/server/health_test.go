@@ -73,3 +73,30 @@ func TestHealth_ServingThenLameDuck_OnBothListeners(t *testing.T) {
 		require.Equal(t, "ok\n", body)
 	}
 }
+
+// ApplyLimits runs while connections are admitted and sockets accepted:
+// the race detector watches the swapped caps.
+func TestApplyLimits_WhileServing(t *testing.T) {
+	r := start(t)
+	cfg, err := config.Parse([]string{"--insecure-listen", "127.0.0.1:0"}, nil, io.Discard)
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 50; i++ {
+			resp, err := http.Get(r.base + "/v1/server") // refused (no upgrade) after admission
+			if err == nil {
+				resp.Body.Close()
+			}
+		}
+	}()
+	for i := 0; i < 200; i++ {
+		c := cfg
+		c.Admission.MaxConnsPerIP = 1 + i%7
+		c.Sockets.MaxPerIP = 64 + i%7
+		require.NoError(t, r.srv.ApplyLimits(c))
+	}
+	<-done
+	max, perIP, _, _ := r.srv.admit.Limits()
+	require.Equal(t, [2]int{cfg.Admission.MaxConns, 1 + 199%7}, [2]int{max, perIP})
+}

@@ -67,8 +67,11 @@ type Server struct {
 	started time.Time // for /healthz uptime_seconds
 
 	servers []*listenerServer
-	wg      sync.WaitGroup
-	errc    chan error
+	// socketCaps are the public and ACME listeners' socket caps, which
+	// ApplyLimits changes on SIGHUP.
+	socketCaps []admission.SocketCaps
+	wg         sync.WaitGroup
+	errc       chan error
 }
 
 // listenerServer is one bound listener and the http.Server on it.
@@ -365,6 +368,7 @@ func (s *Server) wrapListener(name string, raw net.Listener) (net.Listener, erro
 		_ = raw.Close()
 		return nil, err
 	}
+	s.socketCapsOf(ln)
 	if name == "public" && s.cfg.ProxyProtocol {
 		ln = admission.WrapListener(ln, s.cfg.Admission.TrustedProxies, s.cfg.ProxyHeaderTimeout, onReject)
 	}
