@@ -33,6 +33,11 @@ var OtherVariables = []EnvVariable{
 	{"RELAY_CLUSTER_FIGURES", false, "make cluster-figures: run the figures test"},
 	{"RELAY_CLUSTER_SCALE_AGENT", false, "make cluster-scale: an agent process of the scale model"},
 	{"RELAY_BENCH_FORWARDER", false, "the load harness: serve the baseline forwarder"},
+	{"RELAY_DEB", false, "make deb: the package its test inspects"},
+	{"RELAY_DEB_VERSION", false, "make deb: the package's version"},
+	{"RELAY_DEB_ARCH", false, "make deb: the package's architecture"},
+	{"RELAY_DEB_BINARY", false, "make deb: the binary it packages (nfpm.yaml's ${RELAY_DEB_BINARY})"},
+	{"RELAY_NFPM", false, "make deb: the pinned nfpm its test builds with"},
 }
 
 // CheckEnviron refuses a RELAY_* variable in environ (os.Environ) that is
