@@ -24,6 +24,15 @@ const (
 	CodeTooManyPhones  = websocket.StatusCode(4429)              // phone cap reached
 )
 
+// closeCodes are every code the relay itself closes with: with "peer" and
+// "directive" they are relay_connection_closes_total's cause labels
+// (countClose), pre-registered at 0 for both roles so that the series
+// exist, and a dashboard panel has data, before the first close.
+var closeCodes = []websocket.StatusCode{
+	CodeGoingAway, CodeUnsupported, CodeInvalidPayload, CodeTooBig, CodeInternal,
+	CodeTryAgain, CodeNoBinary, CodeConflict, CodeTooManyPhones,
+}
+
 // Close reasons are fixed phrases: never a server-id, header value or error
 // text (protocol §6).
 const (

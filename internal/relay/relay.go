@@ -92,6 +92,13 @@ func New(opts Options, d Deps) (*Relay, error) {
 	}
 	rl.routedToBinary = rl.m.FramesRouted.WithLabelValues("to_binary")
 	rl.routedToPhone = rl.m.FramesRouted.WithLabelValues("to_phone")
+	for _, role := range []string{"binary", "phone"} {
+		for _, code := range closeCodes {
+			rl.m.Closes.WithLabelValues(role, strconv.Itoa(int(code)))
+		}
+		rl.m.Closes.WithLabelValues(role, "peer")
+		rl.m.Closes.WithLabelValues(role, "directive")
+	}
 	for _, reason := range AllDropReasons {
 		rl.m.FramesDropped.WithLabelValues(string(reason))
 	}

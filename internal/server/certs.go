@@ -154,13 +154,20 @@ func (s *Server) autocertGetCertificate(get func(*tls.ClientHelloInfo) (*tls.Cer
 	var last atomic.Int64 // unix nanos of the last failure line
 	var suppressed atomic.Int64
 	return func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-		c, err := get(hello)
 		ours := strings.ToLower(strings.TrimSuffix(hello.ServerName, ".")) == domain
+		if !ours {
+			// No certificate, and no error: crypto/tls then answers the
+			// unrecognized_name alert (RFC 6066 §3) that names the problem;
+			// an error from here would be sent as internal_error. autocert
+			// would refuse the name anyway (its HostPolicy): it is not asked.
+			return nil, nil
+		}
+		c, err := get(hello)
 		challenge := len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acme.ALPNProto
 		switch {
 		case err == nil && c != nil && c.Leaf != nil && !challenge:
 			s.metrics.CertNotAfter.Set(float64(c.Leaf.NotAfter.Unix()))
-		case err != nil && ours && !challenge:
+		case err != nil && !challenge:
 			s.metrics.ACMEErrors.Inc()
 			now := time.Now().UnixNano()
 			if l := last.Load(); now-l >= int64(acmeErrorLogEvery) && last.CompareAndSwap(l, now) {

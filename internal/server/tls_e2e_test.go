@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pyrycode/relay/internal/acmetest"
@@ -223,13 +224,24 @@ func TestAutocert_PebbleIssues_VerifiedWSSExchange_CertCached(t *testing.T) {
 	require.Contains(t, string(pemBytes), "CERTIFICATE")
 }
 
+// A name the relay does not serve, or no name at all, is refused at the
+// handshake with the unrecognized_name alert (RFC 6066), which says what
+// is wrong, not internal_error (issue 21, 9e), in TLS 1.3 and 1.2.
 func TestAutocert_UnknownSNI_HandshakeRefused(t *testing.T) {
 	r := startAutocertRelay(t)
-	_, err := r.handshake(t, &tls.Config{ServerName: "other.example.test", MinVersion: tls.VersionTLS12})
-	require.Error(t, err, "the relay completed a handshake for a name it does not serve")
+	for _, v := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
+		_, err := r.handshake(t, &tls.Config{ServerName: "other.example.test", MinVersion: v, MaxVersion: v})
+		require.Error(t, err, "the relay completed a handshake for a name it does not serve")
+		require.ErrorContains(t, err, "remote error: tls: unrecognized name", "version %#x: the alert the relay sent", v)
+	}
+	// No SNI at all (a client dialling the address): the same alert.
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	_, err := tls.DialWithDialer(d, "tcp", r.public, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}) //nolint:gosec // no name: nothing to verify
+	require.ErrorContains(t, err, "tls: unrecognized name")
 	// Its own name still works afterwards.
 	_, err = r.handshake(t, &tls.Config{MinVersion: tls.VersionTLS12})
 	require.NoError(t, err)
+	require.Zero(t, testutil.ToFloat64(r.srv.metrics.ACMEErrors), "a stranger's name is no ACME error")
 }
 
 // tlsPolicyCases are run against the relay's public listener in both TLS
