@@ -8,12 +8,21 @@ package deploy
 // user (attack_units_test.go).
 
 import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"sort"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pyrycode/relay/internal/cluster/natstest"
@@ -63,4 +72,110 @@ func mustRead(t *testing.T, p string) []byte {
 	b, err := os.ReadFile(p)
 	require.NoError(t, err)
 	return b
+}
+
+// unitConfig renders deploy/relay.toml's block for unit (modeConfig) as a
+// file, each loopback address moved to a free port, plus extra lines.
+func unitConfig(t *testing.T, unit string, extra ...string) string {
+	t.Helper()
+	var b strings.Builder
+	keys := []string{}
+	conf := modeConfig(t, unit)
+	for k := range conf {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := regexp.MustCompile(`127\.0\.0\.1:\d+`).ReplaceAllStringFunc(conf[k], func(string) string { return freeLoopbackAddr(t) })
+		fmt.Fprintf(&b, "%s = %s\n", k, v)
+	}
+	for _, l := range extra {
+		b.WriteString(l + "\n")
+	}
+	return b.String()
+}
+
+// dialBinary claims serverID on the relay at addr from the loopback address
+// from and returns the answer's HTTP status (101 when admitted; the socket
+// stays open until the test ends).
+func dialBinary(t *testing.T, addr, from, serverID string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	client := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+	c, resp, err := websocket.Dial(ctx, "ws://"+addr+"/v1/server", &websocket.DialOptions{HTTPClient: client, HTTPHeader: http.Header{
+		"X-Pyrycode-Server": {serverID}, "X-Pyrycode-Version": {"1"}, "User-Agent": {"deploy-test"}}})
+	if err != nil {
+		require.NotNil(t, resp, "%v", err)
+		return resp.StatusCode
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	return http.StatusSwitchingProtocols
+}
+
+// execReload runs a unit's ExecReload lines as systemd does: in order, each
+// to its end, stopping at the first that fails (which fails the reload).
+func execReload(t *testing.T, lines []string, conf string, pid int) (ran int, out string, err error) {
+	t.Helper()
+	for _, l := range lines {
+		l = strings.ReplaceAll(l, "/usr/bin/relay", relayBin)
+		l = strings.ReplaceAll(l, confPath, conf)
+		l = strings.ReplaceAll(l, "$MAINPID", strconv.Itoa(pid))
+		f := strings.Fields(l)
+		cmd := exec.Command(f[0], f[1:]...)
+		cmd.Env = append(os.Environ(), "RELAY_PRODUCTION=")
+		b, e := cmd.CombinedOutput()
+		ran++
+		out += string(b)
+		if e != nil {
+			return ran, out, e
+		}
+	}
+	return ran, out, nil
+}
+
+// TestWalkthrough_ReloadALimit: the relay runs as relay-proxy.service runs
+// it (its ExecStart; the configuration its block of deploy/relay.toml, on
+// free ports, with max-conns = 1), and a second binary is refused 503. The
+// file edited to max-conns = 2 and the unit's own ExecReload lines run as
+// systemd runs them (relay serve --check, then kill -HUP $MAINPID): the
+// relay logs the change and admits the second binary. Then a mistyped key:
+// the check exits 2 naming it, so the signal is never sent and the reload
+// fails, and the relay keeps max-conns = 2 (a third binary is refused).
+func TestWalkthrough_ReloadALimit(t *testing.T) {
+	const unit = "relay-proxy.service"
+	d := directives(t, unit)
+	require.Len(t, d["ExecStart"], 1)
+	start := strings.Fields(d["ExecStart"][0])
+	require.Equal(t, []string{"/usr/bin/relay", "serve", "--config", confPath}, start)
+
+	conf := filepath.Join(t.TempDir(), "relay.toml")
+	body := unitConfig(t, unit)
+	// Per address 1 as well (it may not exceed max-conns); each binary
+	// comes from an address of its own.
+	require.NoError(t, os.WriteFile(conf, []byte(body+"max-conns-per-ip = 1\nmax-conns = 1\n"), 0o644))
+	p := startServe(t, []string{"public", "metrics"}, "--config", conf)
+	addr := p.addrs["public"]
+
+	require.Equal(t, http.StatusSwitchingProtocols, dialBinary(t, addr, "127.0.0.2", "walk-a"))
+	require.Equal(t, http.StatusServiceUnavailable, dialBinary(t, addr, "127.0.0.3", "walk-b"), "max-conns = 1")
+
+	require.NoError(t, os.WriteFile(conf, []byte(body+"max-conns-per-ip = 1\nmax-conns = 2\n"), 0o644))
+	ran, out, err := execReload(t, d["ExecReload"], conf, p.cmd.Process.Pid)
+	require.NoError(t, err, "systemctl reload of a valid change failed: %s", out)
+	require.Equal(t, 2, ran)
+	require.Eventually(t, func() bool { return strings.Contains(p.log.String(), `"event":"setting_changed"`) },
+		10*time.Second, 20*time.Millisecond, "the relay never logged the changed limit")
+	require.Equal(t, http.StatusSwitchingProtocols, dialBinary(t, addr, "127.0.0.3", "walk-b"), "max-conns = 2 after the reload")
+
+	require.NoError(t, os.WriteFile(conf, []byte(body+"max-conns-per-ip = 1\nmax-con = 5\n"), 0o644))
+	ran, out, err = execReload(t, d["ExecReload"], conf, p.cmd.Process.Pid)
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "a reload of a file with an unknown key succeeded: %s", out)
+	require.Equal(t, 2, ee.ExitCode(), out)
+	require.Equal(t, 1, ran, "systemd stops at the failed check: no SIGHUP")
+	require.Contains(t, out, "unknown key max-con;", "the refusal names the key")
+	require.Equal(t, http.StatusServiceUnavailable, dialBinary(t, addr, "127.0.0.4", "walk-c"), "still max-conns = 2")
+	require.NotContains(t, p.log.String(), `"event":"config_reload_refused"`, "the relay was never signalled")
 }
