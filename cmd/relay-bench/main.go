@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -58,6 +59,7 @@ func run(args []string) int {
 	plots := fs.String("plots", "", "write PNG plots of the sweeps into this directory")
 	markdown := fs.String("markdown", "", "write the tables as Markdown to this file")
 	fromJSON := fs.String("from-json", "", "render a saved --json report (table, --markdown, --plots) instead of running")
+	only := fs.String("only", "", "run only the workloads whose name matches this regular expression (e.g. 'b2p 16KiB')")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -81,6 +83,13 @@ func run(args []string) int {
 			return 2
 		}
 	}
+	var onlyRE *regexp.Regexp
+	if *only != "" {
+		if onlyRE, err = regexp.Compile(*only); err != nil {
+			fmt.Fprintf(os.Stderr, "relay-bench: --only: %v\n", err)
+			return 2
+		}
+	}
 	self, err := os.Executable()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "relay-bench: %v\n", err)
@@ -89,7 +98,7 @@ func run(args []string) int {
 	cfg := loadbench.Config{
 		RelayBin: *relayBin, Target: strings.TrimSuffix(*targetURL, "/"), ForwarderArgv: []string{self},
 		Suite: *suite, Cycles: *cycles, Warmup: *warmup, Run: *dur, Idle: *idle, PingInterval: *ping,
-		Pin: *pin, GOMAXPROCS: *procs, Sizes: sz, Conns: cn, Progress: os.Stderr,
+		Pin: *pin, GOMAXPROCS: *procs, Sizes: sz, Conns: cn, Only: onlyRE, Progress: os.Stderr,
 		Command: "relay-bench " + strings.Join(args, " "),
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

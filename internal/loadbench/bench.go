@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"sort"
@@ -27,18 +28,19 @@ type Config struct {
 	// ForwarderArgv starts the baseline forwarder process (the harness
 	// re-executes itself; see ForwarderEnv).
 	ForwarderArgv []string
-	Suite         string        // table, sizes, conns, all, smoke
-	Cycles        int           // paired relay/forwarder repetitions
-	Warmup, Run   time.Duration // per traffic run
-	Idle          time.Duration // idle window per idle run
-	Settle        time.Duration // idle runs: pause between connecting and the first RSS reading (0: 2 s)
-	PingInterval  time.Duration // the relay's --ping-interval for idle runs
-	Pin           bool          // pin servers to the last CPU and the load to the first
-	GOMAXPROCS    int           // for the server processes (0: leave)
-	Conns         []int         // idle sweep (conns suite)
-	Sizes         []int         // size sweep (sizes suite)
-	Progress      io.Writer     // one line per run; nil discards
-	Command       string        // the command line, recorded in the report
+	Suite         string         // table, sizes, conns, all, smoke
+	Cycles        int            // paired relay/forwarder repetitions
+	Warmup, Run   time.Duration  // per traffic run
+	Idle          time.Duration  // idle window per idle run
+	Settle        time.Duration  // idle runs: pause between connecting and the first RSS reading (0: 2 s)
+	PingInterval  time.Duration  // the relay's --ping-interval for idle runs
+	Pin           bool           // pin servers to the last CPU and the load to the first
+	GOMAXPROCS    int            // for the server processes (0: leave)
+	Conns         []int          // idle sweep (conns suite)
+	Sizes         []int          // size sweep (sizes suite)
+	Only          *regexp.Regexp // run only the workloads whose Name matches (nil: all)
+	Progress      io.Writer      // one line per run; nil discards
+	Command       string         // the command line, recorded in the report
 }
 
 // ForwarderEnv, set to a listen address in a process's environment, makes
@@ -144,18 +146,30 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		return startProc(ctx, kindRelay, addr, serverCPU, env, relayBin, "serve", "--insecure-listen", addr,
-			"--log-level", "warn", "--ping-interval", ping.String(),
+		maddr, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		p, err := startProc(ctx, kindRelay, addr, serverCPU, env, relayBin, "serve", "--insecure-listen", addr,
+			"--metrics-listen", maddr, "--log-level", "warn", "--ping-interval", ping.String(),
 			"--max-conns", "200000", "--max-conns-per-ip", "200000", "--max-sockets", "200000",
 			"--max-sockets-per-ip", "200000", "--upgrade-rate", "1000000", "--upgrade-burst", "1000000",
 			"--max-tracked-ips", "400000")
+		if p != nil {
+			p.memURL = "http://" + maddr + "/metrics"
+		}
+		return p, err
 	}
 	startForwarder := func() (*proc, error) {
 		addr, err := freeAddr()
 		if err != nil {
 			return nil, err
 		}
-		return startProc(ctx, kindForwarder, addr, serverCPU, append(env, ForwarderEnv+"="+addr), cfg.ForwarderArgv...)
+		p, err := startProc(ctx, kindForwarder, addr, serverCPU, append(env, ForwarderEnv+"="+addr), cfg.ForwarderArgv...)
+		if p != nil {
+			p.memURL = "http://" + addr + "/memstats"
+		}
+		return p, err
 	}
 	d := newDialer(64)
 
@@ -193,6 +207,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, fmt.Errorf("unknown suite %q (table, sizes, conns, all, smoke)", cfg.Suite)
 	}
 
+	if cfg.Only != nil {
+		keep := func(ws []Workload) []Workload {
+			return slices.DeleteFunc(ws, func(w Workload) bool { return !cfg.Only.MatchString(w.Name()) })
+		}
+		traffic, idle = keep(traffic), keep(idle)
+	}
 	if len(traffic) > 0 {
 		var relay *proc
 		rt := target{kind: kindRelay, base: cfg.Target}
@@ -281,8 +301,16 @@ func progressLine(r Result) string {
 	}
 	load := "machine busy " + strings.Join(busy, "/")
 	if r.Workload.Kind == Idle {
-		return fmt.Sprintf("cycle %d  %-26s %-9s  %5.1f KiB/conn  %+.2f KiB/conn over %.0fs  %.3f%% of a core  %.0f conns/s set-up  (%s)",
-			r.Cycle, r.Workload.Name(), r.Server, r.RSSPerConnKiB, r.RSSGrowthKiB, r.IdleSeconds, r.IdleCPUPercent, r.SetupPerSec, load)
+		mem := ""
+		if m, n := r.MemSettled, float64(max(r.ConnsHeld, 1)); m != nil {
+			mem = fmt.Sprintf("  (Go: stacks %.1f, heap %.1f KiB/conn, %.2f goroutines/conn, %v GCs", m.StackInuse/n/1024, m.HeapInuse/n/1024, m.Goroutines/n, m.NumGC)
+			if e := r.MemEnd; e != nil {
+				mem += fmt.Sprintf("; at the end stacks %.1f, heap %.1f KiB/conn, %v GCs", e.StackInuse/n/1024, e.HeapInuse/n/1024, e.NumGC)
+			}
+			mem += ")"
+		}
+		return fmt.Sprintf("cycle %d  %-26s %-9s  %5.1f KiB/conn  %+.2f KiB/conn over %.0fs  %.3f%% of a core  %.0f conns/s set-up%s  (%s)",
+			r.Cycle, r.Workload.Name(), r.Server, r.RSSPerConnKiB, r.RSSGrowthKiB, r.IdleSeconds, r.IdleCPUPercent, r.SetupPerSec, mem, load)
 	}
 	line := fmt.Sprintf("cycle %d  %-26s %-9s  %8.0f msg/s  %7.1f MB/s  %6.2f µs/msg  %.2f cores",
 		r.Cycle, r.Workload.Name(), r.Server, r.MsgPerSec, r.MBPerSec, r.CPUPerMsgUS, r.ServerCPU)

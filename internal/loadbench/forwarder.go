@@ -46,6 +46,10 @@ var forwarderAccept = &websocket.AcceptOptions{InsecureSkipVerify: true, Compres
 
 // ServeHTTP accepts one leg and forwards until either leg ends.
 func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/memstats" {
+		serveMemStats(w)
+		return
+	}
 	id := r.Header.Get(HeaderPair)
 	if id == "" || (r.URL.Path != "/v1/client" && r.URL.Path != "/v1/server") {
 		http.Error(w, "bad request", http.StatusBadRequest)

@@ -22,9 +22,11 @@ import (
 type proc struct {
 	name string
 	addr string // host:port it listens on
-	cmd  *exec.Cmd
-	pid  int
-	out  bytes.Buffer
+	// memURL serves the process's Go memory figures in Prometheus text.
+	memURL string
+	cmd    *exec.Cmd
+	pid    int
+	out    bytes.Buffer
 }
 
 // startProc starts argv with env added, pinned to cpu (-1: not pinned), and

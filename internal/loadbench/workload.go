@@ -73,6 +73,10 @@ type Result struct {
 	IdleCPUPercent float64   `json:"idle_cpu_percent_of_core,omitempty"`
 	IdleSeconds    float64   `json:"idle_seconds,omitempty"`
 	RSSSeriesMiB   []float64 `json:"rss_series_mib,omitempty"` // sampled through the idle window
+	// MemSettled and MemEnd are the Go runtime's figures when RSS per
+	// connection is read and at the window's end (nil: not readable).
+	MemSettled *MemStats `json:"mem_settled,omitempty"`
+	MemEnd     *MemStats `json:"mem_end,omitempty"`
 
 	// MachineBusy is each CPU's busy share during the run (0..1): what
 	// else ran on the machine, the run's own processes included.
@@ -345,6 +349,7 @@ func runIdle(ctx context.Context, d *dialer, w Workload, kind string, idle, sett
 	sleepCtx(ctx, settle) // set-up garbage is collected, handshakes finished
 	rss1, _ := rssBytes(p.pid)
 	res.RSSPerConnKiB = float64(rss1-rss0) / float64(conns) / 1024
+	res.MemSettled = scrapeMem(ctx, p.memURL)
 	win := startWindow(p.pid, nil)
 	step := max(idle/12, 100*time.Millisecond)
 	for el := time.Duration(0); el < idle; el += step {
@@ -354,6 +359,7 @@ func runIdle(ctx context.Context, d *dialer, w Workload, kind string, idle, sett
 	}
 	win.end(&res)
 	rss2, _ := rssBytes(p.pid)
+	res.MemEnd = scrapeMem(ctx, p.memURL)
 	res.IdleSeconds = res.Seconds
 	res.IdleCPUPercent = res.ServerCPU * 100
 	res.RSSGrowthKiB = float64(rss2-rss1) / float64(conns) / 1024
