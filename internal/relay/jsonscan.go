@@ -2,6 +2,7 @@ package relay
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"unicode/utf8"
 )
 
@@ -78,7 +79,11 @@ func skipString(d []byte, i int, checkUTF8 bool) (int, bool) {
 			i += 32
 		}
 		for i+8 <= len(d) {
-			if special(binary.LittleEndian.Uint64(d[i:]), specialHigh) != 0 {
+			if m := special(binary.LittleEndian.Uint64(d[i:]), specialHigh); m != 0 {
+				// Straight to the first flagged byte (special flags no
+				// lane below a special byte), so short strings and a
+				// string's last bytes are not walked a byte at a time.
+				i += bits.TrailingZeros64(m) >> 3
 				break
 			}
 			i += 8
@@ -119,17 +124,19 @@ func skipString(d []byte, i int, checkUTF8 bool) (int, bool) {
 	}
 }
 
-// special has a high bit set in some byte lane if a byte of x is a quote,
-// a backslash, below 0x20, or (high = msb) at least 0x80. It may flag
-// lanes above a true one (borrows), never miss one, and is zero only when
-// no byte is special.
+// special has the high bit set in the byte lane of every byte of x that is
+// a quote, a backslash, below 0x20, or (high = msb) at least 0x80, and is
+// zero only when no byte is special. Each lane is computed on its own low
+// seven bits, so no carry crosses lanes: an ASCII lane is flagged exactly,
+// and a lane >= 0x80 is flagged when high = msb, or possibly (a harmless
+// false hit the caller steps over) when high = 0.
 func special(x, high uint64) uint64 {
-	q := x ^ (lsb * '"')
-	b := x ^ (lsb * '\\')
-	return ((x - lsb*0x20) & ^x & msb) | // a byte < 0x20
-		((q - lsb) & ^q & msb) | // a '"'
-		((b - lsb) & ^b & msb) | // a '\\'
-		(x & high)
+	const low7 = lsb * 0x7f
+	m := x & low7
+	ge20 := m + lsb*(0x80-0x20)    // high bit set: >= 0x20
+	notQ := (m ^ lsb*'"') + low7   // high bit set: not a quote
+	notBS := (m ^ lsb*'\\') + low7 // high bit set: not a backslash
+	return (x&high | ^(ge20 & notQ & notBS)) & msb
 }
 
 func isHex(c byte) bool {

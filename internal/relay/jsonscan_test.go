@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -95,6 +96,40 @@ func TestScanBinaryEnvelope_DepthLimitMatchesEncodingJSON(t *testing.T) {
 		_, want := oracleEnvelope(msg)
 		if (got == nil) != want {
 			t.Errorf("depth %d: decode err %v, oracle ok %v", n+1, got, want)
+		}
+	}
+}
+
+// special flags every lane holding a byte the string scanner must stop at,
+// and with high = msb no other lane: every byte value in every lane, next
+// to every kind of neighbour (a borrow or carry across lanes would show as
+// a lane flagged or missed because of its neighbour).
+func TestSpecial_FlagsExactlyTheBytesTheScannerStopsAt(t *testing.T) {
+	mustStop := func(c byte, utf8Check bool) bool {
+		return c == '"' || c == '\\' || c < 0x20 || (utf8Check && c >= 0x80)
+	}
+	for _, utf8Check := range []bool{true, false} {
+		high := uint64(0)
+		if utf8Check {
+			high = msb
+		}
+		for _, fill := range []byte{'A', 0x00, 0x1f, 0x20, '"', '\\', 0x7f, 0x80, 0xff} {
+			for lane := range 8 {
+				for c := range 256 {
+					var w [8]byte
+					for k := range w {
+						w[k] = fill
+					}
+					w[lane] = byte(c)
+					m := special(binary.LittleEndian.Uint64(w[:]), high)
+					for k := range w {
+						flagged := m&(0x80<<(8*k)) != 0
+						if stop := mustStop(w[k], utf8Check); stop && !flagged || utf8Check && flagged && !stop {
+							t.Fatalf("utf8=%v word % x: lane %d (%#x) flagged=%v", utf8Check, w, k, w[k], flagged)
+						}
+					}
+				}
+			}
 		}
 	}
 }
