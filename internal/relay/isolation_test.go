@@ -204,12 +204,29 @@ func tcpPair(t *testing.T) (w, r net.Conn) {
 	return w, r
 }
 
+// wrappedConn hides the *net.TCPConn under it, as TLS or PROXY does.
+type wrappedConn struct{ net.Conn }
+
 // The write timeout bounds a stall, not a write: 256 KiB to a reader taking
 // 8 KiB every 20 ms lasts well past a 150 ms timeout and succeeds; the same
-// write to a reader that stopped fails after about the timeout.
+// write to a reader that stopped fails after about the timeout. Both on a
+// plain TCP socket (written whole, the deadline renewed after progress)
+// and under a wrapper (written in progressChunk pieces).
 func TestProgressConn_SlowReaderOutlastsTimeout_StalledReaderFails(t *testing.T) {
+	for _, wrap := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "wrapped"}[wrap], func(t *testing.T) {
+			testProgressConnSlowAndStalled(t, wrap)
+		})
+	}
+}
+
+func testProgressConnSlowAndStalled(t *testing.T, wrap bool) {
 	w, r := tcpPair(t)
+	if wrap {
+		w = wrappedConn{w}
+	}
 	pc := newProgressConn(w, 150*time.Millisecond)
+	require.Equal(t, !wrap, pc.plain)
 	go func() {
 		buf := make([]byte, 8<<10)
 		for {
@@ -227,11 +244,20 @@ func TestProgressConn_SlowReaderOutlastsTimeout_StalledReaderFails(t *testing.T)
 	require.Greater(t, time.Since(start), 300*time.Millisecond, "the reader was not slow enough to prove anything")
 
 	w2, _ := tcpPair(t) // nobody reads
+	if wrap {
+		w2 = wrappedConn{w2}
+	}
 	pc2 := newProgressConn(w2, 150*time.Millisecond)
-	start = time.Now()
-	_, err = pc2.Write(msg)
-	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
-	require.Less(t, time.Since(start), 3*time.Second)
+	done := make(chan error, 1)
+	go func() { _, err := pc2.Write(msg); done <- err }()
+	select {
+	case err = <-done:
+		require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	case <-time.After(3 * time.Second):
+		_ = w2.Close() // unblocks the write
+		<-done
+		t.Fatal("a write to a reader that stopped did not time out")
+	}
 }
 
 // dialStalledPhone joins a phone that never reads, with a 4 KiB receive

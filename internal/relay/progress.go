@@ -1,17 +1,26 @@
 package relay
 
 import (
+	"errors"
 	"net"
+	"os"
 	"sync/atomic"
 	"time"
 )
 
-// progressChunk is the most one write to the socket may carry under one
-// deadline. A write fails when WriteTimeout passes without the peer taking
-// this much, so the timeout measures a stall, not a message's length over
-// a slow link: a 256 KiB frame to a 200 kbit/s daemon takes 10 s and is
-// still a live daemon.
+// progressChunk is how much the peer must take within one WriteTimeout.
+// A write fails when WriteTimeout passes without the peer taking this much,
+// so the timeout measures a stall, not a message's length over a slow
+// link: a 256 KiB frame to a 200 kbit/s daemon takes 10 s and is still a
+// live daemon.
 const progressChunk = 16 << 10
+
+// deadlineSlack is how stale, as a fraction of WriteTimeout, a write
+// deadline may be before it is set again: a write's deadline is then
+// between WriteTimeout and WriteTimeout + WriteTimeout/deadlineSlack after
+// it starts, never sooner, and a busy socket sets it a few times a second
+// rather than once per write (each setting takes the poller's timer lock).
+const deadlineSlack = 16
 
 // ackedProgressMin is how many of our bytes the peer must acknowledge in
 // one liveness check to count as reading. More than the control frames a
@@ -21,24 +30,36 @@ const progressChunk = 16 << 10
 const ackedProgressMin = 1 << 10
 
 // progressConn is the socket under a WebSocket (the library reads and
-// writes through it). Each chunk of a write gets its own WriteTimeout
-// deadline, and the bytes moved each way are counted, so a liveness check
-// can tell a peer that is slow but alive (it sends, or it takes what we
-// send) from one that has stopped, whose pong may just be queued behind
-// frames on a slow link.
+// writes through it). A write fails when WriteTimeout passes without the
+// peer taking progressChunk bytes, and the bytes moved each way are
+// counted, so a liveness check can tell a peer that is slow but alive (it
+// sends, or it takes what we send) from one that has stopped, whose pong
+// may just be queued behind frames on a slow link.
 //
-// A timed-out write leaves the connection unusable (a TLS connection's
-// state is corrupt after one), which is fine: the relay closes it.
+// On a plain TCP socket a write goes to the kernel whole, as the library
+// alone would write it, and a deadline that passes after the peer took at
+// least progressChunk is renewed; under TLS (whose connection is unusable
+// after a timed-out write) or any other wrapper, the write is cut into
+// progressChunk pieces with a deadline each (TLS writes records of that
+// size anyway).
+//
+// A write that times out otherwise leaves the connection unusable, which
+// is fine: the relay closes it.
 type progressConn struct {
 	net.Conn
 	timeout time.Duration
 	tcp     *net.TCPConn // under TLS/PROXY wrappers; nil if none
+	plain   bool         // Conn is the *net.TCPConn itself
+	// renewAt is when the write deadline must be set again (zero: now).
+	// Writes are serialised by the library's write lock.
+	renewAt time.Time
 	read    atomic.Int64 // bytes read from the peer
 	written atomic.Int64 // bytes the socket took from us
 }
 
 func newProgressConn(c net.Conn, writeTimeout time.Duration) *progressConn {
-	return &progressConn{Conn: c, timeout: writeTimeout, tcp: tcpConn(c)}
+	_, plain := c.(*net.TCPConn)
+	return &progressConn{Conn: c, timeout: writeTimeout, tcp: tcpConn(c), plain: plain}
 }
 
 func (c *progressConn) Read(p []byte) (int, error) {
@@ -50,15 +71,26 @@ func (c *progressConn) Read(p []byte) (int, error) {
 func (c *progressConn) Write(p []byte) (int, error) {
 	total := 0
 	for len(p) > 0 {
-		chunk := p[:min(len(p), progressChunk)]
-		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+		chunk := p
+		if !c.plain {
+			chunk = p[:min(len(p), progressChunk)]
+		}
+		if now := time.Now(); !now.Before(c.renewAt) {
+			slack := c.timeout / deadlineSlack
+			_ = c.Conn.SetWriteDeadline(now.Add(c.timeout + slack))
+			c.renewAt = now.Add(slack)
+		}
 		n, err := c.Conn.Write(chunk)
 		total += n
 		c.written.Add(int64(n))
+		p = p[n:]
 		if err != nil {
+			if c.plain && n >= progressChunk && errors.Is(err, os.ErrDeadlineExceeded) {
+				c.renewAt = time.Time{} // slow, not stalled: a new deadline for the rest
+				continue
+			}
 			return total, err
 		}
-		p = p[n:]
 	}
 	return total, nil
 }
