@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -198,16 +200,70 @@ func peerCause(err error) closeCause {
 // read timeout starts when the message's first frame header arrives, so an
 // idle connection is left to the heartbeat while a slow sender cannot hold
 // a reader and its buffer forever; onTimeout closes the connection, which
-// unblocks the read. One timer serves every message (re-armed, never
-// re-allocated). A message's buffer goes back to the pool when the next
+// unblocks the read. A message's buffer goes back to the pool when the next
 // read begins, before it waits: an idle connection holds no buffer, and a
 // busy one reuses the same few.
+//
+// One timer serves every message and is re-armed lazily: a message records
+// when it began (started), and the timer, once armed, stays armed across
+// messages; when it fires it re-arms for what is left of the message in
+// progress, closes the connection if that message is over its time, or
+// disarms between messages. A message so costs a clock read and two atomic
+// stores instead of a timer reset and stop (each takes the timer heap's
+// lock), and the deadline is still exactly its start plus timeout.
 type msgReader struct {
 	ws        *websocket.Conn
 	timeout   time.Duration
 	onTimeout func()
-	timer     *time.Timer
 	buf       *[]byte // the last message's buffer, until the next read
+
+	started atomic.Int64 // readClock when the message in progress began; 0 between messages
+	armed   atomic.Bool  // the timer is set (or its function is running)
+	timer   atomic.Pointer[time.Timer]
+}
+
+// readClockBase anchors readClock on the monotonic clock.
+var readClockBase = time.Now()
+
+// readClock is monotonic nanoseconds, never 0.
+func readClock() int64 { return int64(time.Since(readClockBase)) + 1 }
+
+// arm sets the timer for a message that began at readClock() (the caller
+// stored started), unless it is set already: then it fires at an earlier
+// message's deadline and re-arms from there.
+func (m *msgReader) arm() {
+	if !m.armed.CompareAndSwap(false, true) {
+		return
+	}
+	t := m.timer.Load()
+	if t == nil {
+		t = time.AfterFunc(time.Duration(math.MaxInt64), m.expire)
+		m.timer.Store(t)
+	}
+	t.Reset(m.timeout)
+}
+
+// expire is the timer's function.
+func (m *msgReader) expire() {
+	for {
+		s := m.started.Load()
+		if s == 0 {
+			m.armed.Store(false)
+			// A message that began after the load either saw the timer
+			// armed (and did not arm it) or armed it itself after the
+			// store: take it on in the first case only.
+			if m.started.Load() == 0 || !m.armed.CompareAndSwap(false, true) {
+				return
+			}
+			continue
+		}
+		if left := m.timeout - time.Duration(readClock()-s); left > 0 {
+			m.timer.Load().Reset(left)
+			return
+		}
+		m.onTimeout()
+		return
+	}
 }
 
 // readBuffers holds read buffers between messages (*[]byte, so Put does
@@ -239,11 +295,8 @@ func (m *msgReader) read() (typ websocket.MessageType, data []byte, err error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	if m.timer == nil {
-		m.timer = time.AfterFunc(m.timeout, m.onTimeout)
-	} else {
-		m.timer.Reset(m.timeout)
-	}
+	m.started.Store(readClock())
+	m.arm()
 	m.buf = readBuffers.Get().(*[]byte)
 	buf := (*m.buf)[:0]
 	for {
@@ -260,7 +313,7 @@ func (m *msgReader) read() (typ websocket.MessageType, data []byte, err error) {
 			break
 		}
 	}
-	m.timer.Stop()
+	m.started.Store(0)
 	*m.buf = buf
 	return typ, buf, err
 }

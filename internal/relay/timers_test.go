@@ -119,6 +119,37 @@ func TestReadTimeout_TrickledMessageClosed(t *testing.T) {
 	})
 }
 
+// The read deadline is each message's own: after complete messages (whose
+// timer stays armed and is carried over, not reset per message), a message
+// that stalls is cut off exactly --read-timeout after it began, neither at
+// an earlier message's deadline nor later.
+func TestReadTimeout_CountsFromEachMessagesStart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newMemHarness(t, defaultTimers)
+		bin := h.dialBinary(sid)
+		raw := h.rawUpgrade("/v1/client", phoneHeaders(sid))
+		frame := func(body string) []byte { return append(maskedFrameHeader(0x1, true, len(body)), body...) }
+		for i := range 3 { // complete messages, DefaultReadTimeout/4 apart: the timer armed by the first fires mid-stall
+			_, err := raw.Write(frame(fmt.Sprintf(`{"n":%d}`, i)))
+			require.NoError(t, err)
+			synctest.Wait()
+			require.Equal(t, fmt.Sprintf(`{"n":%d}`, i), string(bin.envelope().Frame))
+			time.Sleep(DefaultReadTimeout / 4)
+		}
+		// Now a message that stops after its first bytes.
+		_, err := raw.Write(maskedFrameHeader(0x1, true, 100))
+		require.NoError(t, err)
+		_, err = raw.Write([]byte(`{"partial":`))
+		require.NoError(t, err)
+		time.Sleep(DefaultReadTimeout - time.Millisecond)
+		synctest.Wait()
+		require.Zero(t, endedPhones(h), "stalled message cut off before --read-timeout from its start")
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		require.Equal(t, 1, endedPhones(h), "stalled message not cut off at --read-timeout from its start")
+	})
+}
+
 // A binary that goes away leaves its slot in grace for --grace-period: its
 // phones stay joined until then, and are closed 4404 at its end.
 func TestGrace_ExpiryRemovesSlotAndPhones(t *testing.T) {
