@@ -32,7 +32,7 @@ type binaryConn struct {
 	rd msgReader
 }
 
-// initIO sets up the reused reader; run calls it before any I/O.
+// initIO sets up the reused reader; setUp calls it before any I/O.
 func (b *binaryConn) initIO() {
 	opts := &b.rl.opts
 	b.rd = msgReader{ws: b.ws, timeout: opts.ReadTimeout, onTimeout: func() {
@@ -44,8 +44,10 @@ func (b *binaryConn) logAttrs(event string) []any {
 	return []any{"event", event, "role", "binary", "server_id", b.serverID, "version", b.version, "user_agent", b.ua, "remote", b.remote}
 }
 
-// run claims the slot and serves the binary until its connection ends.
-func (b *binaryConn) run() {
+// setUp claims the slot and returns the loop that serves the binary until
+// its connection ends, or nil when the claim was refused (the connection
+// has ended).
+func (b *binaryConn) setUp() (loop func()) {
 	rl := b.rl
 	b.initIO()
 	claimed := b.claim()
@@ -53,14 +55,20 @@ func (b *binaryConn) run() {
 	if !claimed {
 		<-b.gone
 		rl.countClose("binary", b.cause)
-		return
+		return nil
 	}
 	rl.m.Upgrades.WithLabelValues("binary").Inc()
 	rl.log.Info("binary claimed server-id", b.logAttrs("binary_claimed")...)
 	hb := rl.hb.add(b.ws, b.pc, b.ended, func() {
 		b.end(closeCause{code: CodeInternal, reason: reasonHeartbeat})
 	})
+	return func() { b.serve(hb) }
+}
 
+// serve reads from the binary until its connection ends, then releases its
+// slot.
+func (b *binaryConn) serve(hb *hbEntry) {
+	rl := b.rl
 	b.readLoop()
 	rl.hb.remove(hb)
 

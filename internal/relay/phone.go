@@ -34,7 +34,7 @@ type phoneConn struct {
 	link  *stubLink
 }
 
-// initIO sets up the reused reader; run calls it before any I/O.
+// initIO sets up the reused reader; setUp calls it before any I/O.
 func (p *phoneConn) initIO() {
 	opts := &p.rl.opts
 	p.rd = msgReader{ws: p.ws, timeout: opts.ReadTimeout, onTimeout: func() {
@@ -46,23 +46,25 @@ func (p *phoneConn) logAttrs(event string) []any {
 	return []any{"event", event, "role", "phone", "server_id", p.serverID, "conn_id", p.connID, "device", p.device, "remote", p.remote}
 }
 
-// run serves an accepted phone until its connection ends.
-func (p *phoneConn) run() {
+// setUp joins an accepted phone and returns the loop that serves it until
+// its connection ends, or nil when it was refused (the connection has
+// ended).
+func (p *phoneConn) setUp() (loop func()) {
 	rl := p.rl
 	p.initIO()
-	// A writer runs only while the outbox has items (outbox.start); every
-	// Add happens under the outbox's lock before stop seals it, so the Wait
-	// below sees them all.
+	// A writer runs only while the outbox has items (outbox.start), taken
+	// from the relay's pool; every Add happens under the outbox's lock
+	// before stop seals it, so the Wait in serve sees them all.
 	p.out.start = func() {
 		p.writers.Add(1)
-		go func() { defer p.writers.Done(); p.writeLoop() }()
+		rl.writers.start(p)
 	}
 	if code, reason := p.join(); code != 0 {
 		p.end(closeCause{code: code, reason: reason})
 		rl.log.Info("phone refused", append(p.logAttrs("phone_refused"), "close_code", int(code))...)
 		<-p.gone
 		rl.countClose("phone", p.cause)
-		return
+		return nil
 	}
 	rl.m.Upgrades.WithLabelValues("phone").Inc()
 	rl.log.Info("phone joined", p.logAttrs("phone_joined")...)
@@ -70,7 +72,13 @@ func (p *phoneConn) run() {
 	hb := rl.hb.add(p.ws, p.pc, p.ended, func() {
 		p.end(closeCause{code: CodeInternal, reason: reasonHeartbeat, notify: true})
 	})
+	return func() { p.serve(hb) }
+}
 
+// serve reads the phone's frames until its connection ends, then waits for
+// its writer and leaves.
+func (p *phoneConn) serve(hb *hbEntry) {
+	rl := p.rl
 	p.readLoop()
 	rl.hb.remove(hb)
 
@@ -158,6 +166,12 @@ func (p *phoneConn) readLoop() {
 			rl.routedToBinary.Inc()
 		}
 	}
+}
+
+// drain is the pooled writer's work: the outbox until it is empty.
+func (p *phoneConn) drain() {
+	defer p.writers.Done()
+	p.writeLoop()
 }
 
 // writeLoop drains the outbox: frames in order, then a directive's close.

@@ -53,6 +53,7 @@ type Relay struct {
 	reg        *registry
 	budget     *byteBudget
 	hb         *heartbeats // the one ping scheduler for every connection
+	writers    *writerPool // the phones' outbox writers
 	remoteAddr func(*http.Request) string
 	onReject   func(RejectReason, *http.Request)
 	waker      Waker
@@ -107,6 +108,7 @@ func New(opts Options, d Deps) (*Relay, error) {
 	}
 	rl.budget = &byteBudget{limit: opts.MaxQueuedBytes}
 	rl.hb = newHeartbeats(opts.PingInterval, opts.PongTimeout)
+	rl.writers = newWriterPool()
 	rl.m.SetQueuedBytesSource(rl.budget.used.Load)
 	rl.reg = newRegistry(opts.GracePeriod, opts.MaxPhones, nil, func(ps []*phoneConn) {
 		for _, p := range ps {
@@ -233,10 +235,10 @@ func (rl *Relay) ServeBinary(w http.ResponseWriter, r *http.Request) {
 		early = rl.claimEarly(h.ServerID)
 	}
 	ran := false
-	rl.serve(w, r, func(e *wsEnd, remote string) func() {
+	rl.serve(w, r, func(e *wsEnd, remote string) func() func() {
 		b := &binaryConn{wsEnd: e, rl: rl, turn: make(chan struct{}, 1), serverID: h.ServerID, version: h.Version, ua: h.UserAgent, remote: remote,
 			unlock: unlock, early: early}
-		return func() { ran = true; b.run() }
+		return func() func() { ran = true; return b.setUp() }
 	})
 	if !ran && early != nil && early.err == nil && early.out == ClaimGranted {
 		rl.bp.Release(h.ServerID) // no WebSocket after all: the claim goes
@@ -250,31 +252,73 @@ func (rl *Relay) ServePhone(w http.ResponseWriter, r *http.Request) {
 		rl.badRequest(w, r)
 		return
 	}
-	rl.serve(w, r, func(e *wsEnd, remote string) func() {
+	rl.serve(w, r, func(e *wsEnd, remote string) func() func() {
 		p := &phoneConn{wsEnd: e, rl: rl, serverID: h.ServerID, device: h.DeviceName, remote: remote,
 			out: newOutbox(rl.opts.PhoneQueueBytes, rl.budget)}
 		if rl.opts.ForwardV1Token {
 			p.token = h.Token
 		}
-		return p.run
+		return p.setUp
 	})
 }
 
 // serve upgrades a request whose headers passed, builds its connection with
-// newConn and runs it for the connection's lifetime (the handler, and the
-// admission slot it holds, lasts exactly as long as the socket).
-func (rl *Relay) serve(w http.ResponseWriter, r *http.Request, newConn func(e *wsEnd, remote string) (run func())) {
+// newConn, sets it up (claim or join) and serves it for the connection's
+// lifetime (the handler, and the admission slot it holds, lasts exactly as
+// long as the socket). setUp returns the connection's loop, or nil when the
+// connection ended during set-up (refused).
+//
+// The upgrade and the set-up run on a short-lived goroutine (onFreshStack):
+// net/http's hijack (a 3 KiB frame) and the set-up's logging, under the
+// server's middlewares, run deeper than 8 KiB, and a handler goroutine that
+// went there would keep a 16 KiB stack for the connection's lifetime (the
+// garbage collector only shrinks a stack of which under a quarter is in use,
+// and a parked read loop uses more). The handler goroutine, which waits on
+// the socket, so keeps the stack of the loop alone: 8 KiB less per idle
+// connection (docs/performance.md).
+func (rl *Relay) serve(w http.ResponseWriter, r *http.Request, newConn func(e *wsEnd, remote string) (setUp func() (loop func()))) {
 	remote := rl.remoteAddr(r)
-	e := rl.accept(w, r)
-	if e == nil {
-		return
-	}
-	run := newConn(e, remote)
-	if !rl.track(e) {
+	var e *wsEnd
+	var loop func()
+	tracked := false
+	onFreshStack(func() {
+		if e = rl.accept(w, r); e == nil {
+			return
+		}
+		setUp := newConn(e, remote)
+		if tracked = rl.track(e); tracked {
+			loop = setUp()
+		}
+	})
+	if !tracked {
 		return
 	}
 	defer rl.untrack(e)
-	run()
+	if loop != nil {
+		loop()
+	}
+}
+
+// onFreshStack runs f on a new goroutine and waits for it. A panic in f is
+// raised again in the caller, so the server's recovery still sees it.
+func onFreshStack(f func()) {
+	var recovered any
+	panicked := true
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() {
+			if panicked {
+				recovered = recover()
+			}
+		}()
+		f()
+		panicked = false
+	}()
+	<-done
+	if panicked {
+		panic(recovered)
+	}
 }
 
 // track registers an accepted connection for shutdown. While draining, the
@@ -312,6 +356,7 @@ func (rl *Relay) Shutdown(ctx context.Context) error {
 	}
 	rl.mu.Unlock()
 	rl.reg.close()
+	rl.writers.close()
 	for _, e := range conns {
 		e.end(closeCause{code: CodeGoingAway, reason: reasonShutdown})
 	}
