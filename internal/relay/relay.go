@@ -81,7 +81,8 @@ func New(opts Options, d Deps) (*Relay, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	rl := &Relay{opts: opts, log: d.Log, m: d.Metrics, remoteAddr: d.RemoteAddr, onReject: d.OnReject, waker: d.Waker, conns: make(map[*wsEnd]struct{})}
+	rl := &Relay{opts: opts, log: d.Log, m: d.Metrics, remoteAddr: d.RemoteAddr, onReject: d.OnReject, waker: d.Waker, conns: make(map[*wsEnd]struct{}),
+		writers: newWriterPool()}
 	if rl.log == nil {
 		rl.log = slog.New(slog.NewJSONHandler(io.Discard, nil))
 	}
@@ -108,7 +109,6 @@ func New(opts Options, d Deps) (*Relay, error) {
 	}
 	rl.budget = &byteBudget{limit: opts.MaxQueuedBytes}
 	rl.hb = newHeartbeats(opts.PingInterval, opts.PongTimeout)
-	rl.writers = newWriterPool()
 	rl.m.SetQueuedBytesSource(rl.budget.used.Load)
 	rl.reg = newRegistry(opts.GracePeriod, opts.MaxPhones, nil, func(ps []*phoneConn) {
 		for _, p := range ps {
