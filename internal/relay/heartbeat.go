@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -17,10 +18,20 @@ import (
 // ticker each, and their pings are spread over the interval by when each
 // connection joined instead of firing together.
 //
+// When the timer fires, the pings due within batchWindow of it go too (at
+// most interval/batchDivisor early), and share one deadline: 10,000
+// connections at the default 30 s wake the relay about once a second
+// rather than 333 times, and every wake-up costs a scheduler round and the
+// runtime's monitor a millisecond of polling. The earliest ping of a batch
+// goes exactly when due, and each is answered within PongTimeout of its
+// batch's start.
+//
 // With no connection registered the timer is stopped and no goroutine
 // exists, so a relay in a synctest bubble can go durably idle.
 type heartbeats struct {
 	interval, timeout time.Duration
+	// batchWindow is how early a ping may go to share a wake-up.
+	batchWindow time.Duration
 
 	mu    sync.Mutex
 	q     hbQueue
@@ -31,6 +42,9 @@ type heartbeats struct {
 	// ping in flight.
 	live int
 }
+
+// batchDivisor bounds how early a ping may go: interval/batchDivisor.
+const batchDivisor = 32
 
 // hbEntry is one connection's place in the schedule.
 type hbEntry struct {
@@ -50,7 +64,7 @@ type hbEntry struct {
 }
 
 func newHeartbeats(interval, timeout time.Duration) *heartbeats {
-	return &heartbeats{interval: interval, timeout: timeout}
+	return &heartbeats{interval: interval, timeout: timeout, batchWindow: interval / batchDivisor}
 }
 
 // add schedules ws's first ping one interval from now. pc may be nil.
@@ -110,15 +124,36 @@ func (h *heartbeats) arm() {
 	h.armedFor = first
 }
 
-// fire starts every due ping and re-arms for the next.
+// fire starts every ping due now or within batchWindow, under one
+// deadline, and re-arms for the next.
 func (h *heartbeats) fire() {
 	h.mu.Lock()
 	h.armedFor = time.Time{}
-	due := h.popDue(time.Now())
+	now := time.Now()
+	due := h.popDue(now.Add(h.batchWindow))
 	h.arm()
 	h.mu.Unlock()
+	if len(due) == 0 {
+		return
+	}
+	b := &hbBatch{}
+	b.ctx, b.cancel = context.WithDeadline(context.Background(), now.Add(h.timeout))
+	b.left.Store(int32(len(due)))
 	for _, e := range due {
-		go h.ping(e)
+		go h.ping(e, b)
+	}
+}
+
+// hbBatch is the pings of one wake-up: one deadline, released by the last.
+type hbBatch struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	left   atomic.Int32
+}
+
+func (b *hbBatch) done() {
+	if b.left.Add(-1) == 0 {
+		b.cancel()
 	}
 }
 
@@ -131,16 +166,16 @@ func (h *heartbeats) popDue(now time.Time) []*hbEntry {
 	return due
 }
 
-// ping sends one ping and waits for its pong. A live peer is queued again
-// one interval after this ping was due (or now, if the pong took longer);
-// a silent one is handed to onDead. A connection that ended meanwhile is
-// left alone: its first cause is already recorded, and the library's wait
-// returns as soon as the socket closes.
-func (h *heartbeats) ping(e *hbEntry) {
+// ping sends one ping and waits for its pong, until the batch's deadline.
+// A live peer is queued again one interval after this ping was due (or
+// now, if the pong took longer); a silent one is handed to onDead. A
+// connection that ended meanwhile is left alone: its first cause is
+// already recorded, and the library's wait returns as soon as the socket
+// closes.
+func (h *heartbeats) ping(e *hbEntry, b *hbBatch) {
 	before := e.pc.mark()
-	ctx, cancel := context.WithTimeout(context.Background(), h.timeout)
-	err := e.ws.Ping(ctx)
-	cancel()
+	err := e.ws.Ping(b.ctx)
+	b.done()
 	if err != nil && e.pc.since(before) {
 		err = nil // slow, not dead: it moved bytes while the pong was late
 	}

@@ -3,8 +3,10 @@ package relay
 import (
 	"context"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/coder/websocket"
@@ -126,4 +128,45 @@ func BenchmarkHeartbeatScheduler(b *testing.B) {
 	hb.mu.Lock()
 	hb.timer.Stop()
 	hb.mu.Unlock()
+}
+
+// Pings due within interval/batchDivisor of the earliest share its
+// wake-up: the earliest goes exactly when due, the others up to that much
+// early, and a connection due later than the window waits for its own
+// time. (On the bubble's clock: each ping's instant is exact.)
+func TestHeartbeat_PingsDueWithinTheWindowShareAWakeUp(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newMemHarness(t, defaultTimers)
+		window := DefaultPingInterval / batchDivisor
+		start := time.Now()
+		var mu sync.Mutex
+		pinged := map[string][]time.Duration{}
+		dial := func(id string) {
+			c, _, err := websocket.Dial(context.Background(), h.ws+"/v1/server", &websocket.DialOptions{
+				HTTPHeader: binaryHeaders(id), HTTPClient: h.client,
+				OnPingReceived: func(context.Context, []byte) bool {
+					mu.Lock()
+					pinged[id] = append(pinged[id], time.Since(start))
+					mu.Unlock()
+					return true
+				},
+			})
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = c.CloseNow() })
+			go func() { _, _, _ = c.Read(context.Background()) }()
+			synctest.Wait()
+		}
+		dial("first")
+		time.Sleep(window / 2)
+		dial("within") // due window/2 after first
+		time.Sleep(window)
+		dial("after") // due 1.5 windows after first
+		time.Sleep(DefaultPingInterval)
+		synctest.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		require.Equal(t, []time.Duration{DefaultPingInterval}, pinged["first"], "the earliest ping goes exactly when due")
+		require.Equal(t, []time.Duration{DefaultPingInterval}, pinged["within"], "a ping due within the window goes with it")
+		require.Equal(t, []time.Duration{DefaultPingInterval + window/2 + window}, pinged["after"], "a ping due after the window waits for its time")
+	})
 }

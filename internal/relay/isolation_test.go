@@ -207,11 +207,14 @@ func tcpPair(t *testing.T) (w, r net.Conn) {
 // wrappedConn hides the *net.TCPConn under it, as TLS or PROXY does.
 type wrappedConn struct{ net.Conn }
 
-// The write timeout bounds a stall, not a write: 256 KiB to a reader taking
-// 8 KiB every 20 ms lasts well past a 150 ms timeout and succeeds; the same
-// write to a reader that stopped fails after about the timeout. Both on a
-// plain TCP socket (written whole, the deadline renewed after progress)
-// and under a wrapper (written in progressChunk pieces).
+// The write timeout bounds a stall, not a write: 256 KiB to a reader that
+// drains its 4 KiB buffer every 25 ms (16 KiB in a fifth of the timeout,
+// the whole write in three times it) succeeds; the same write to a reader
+// that stopped fails after about the timeout. Both on a plain TCP socket
+// (written whole, the deadline renewed after progress) and under a wrapper
+// (written in progressChunk pieces). The timeout is 500 ms so that the
+// margins hold when the process waits a few hundred milliseconds for a
+// CPU (a loaded 2-core machine).
 func TestProgressConn_SlowReaderOutlastsTimeout_StalledReaderFails(t *testing.T) {
 	for _, wrap := range []bool{false, true} {
 		t.Run(map[bool]string{false: "plain", true: "wrapped"}[wrap], func(t *testing.T) {
@@ -225,7 +228,8 @@ func testProgressConnSlowAndStalled(t *testing.T, wrap bool) {
 	if wrap {
 		w = wrappedConn{w}
 	}
-	pc := newProgressConn(w, 150*time.Millisecond)
+	const timeout = 500 * time.Millisecond
+	pc := newProgressConn(w, timeout)
 	require.Equal(t, !wrap, pc.plain)
 	go func() {
 		buf := make([]byte, 8<<10)
@@ -233,7 +237,7 @@ func testProgressConnSlowAndStalled(t *testing.T, wrap bool) {
 			if _, err := r.Read(buf); err != nil {
 				return
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(25 * time.Millisecond)
 		}
 	}()
 	msg := make([]byte, 256<<10)
@@ -241,13 +245,13 @@ func testProgressConnSlowAndStalled(t *testing.T, wrap bool) {
 	n, err := pc.Write(msg)
 	require.NoError(t, err)
 	require.Equal(t, len(msg), n)
-	require.Greater(t, time.Since(start), 300*time.Millisecond, "the reader was not slow enough to prove anything")
+	require.Greater(t, time.Since(start), 2*timeout, "the reader was not slow enough to prove anything")
 
 	w2, _ := tcpPair(t) // nobody reads
 	if wrap {
 		w2 = wrappedConn{w2}
 	}
-	pc2 := newProgressConn(w2, 150*time.Millisecond)
+	pc2 := newProgressConn(w2, timeout)
 	done := make(chan error, 1)
 	go func() { _, err := pc2.Write(msg); done <- err }()
 	select {

@@ -55,6 +55,9 @@ type progressConn struct {
 	renewAt time.Time
 	read    atomic.Int64 // bytes read from the peer
 	written atomic.Int64 // bytes the socket took from us
+	// knownAcked is the most written bytes the kernel has reported
+	// acknowledged (mark).
+	knownAcked atomic.Int64
 }
 
 func newProgressConn(c net.Conn, writeTimeout time.Duration) *progressConn {
@@ -100,24 +103,53 @@ type progressMark struct {
 	read, acked int64
 }
 
+// markSlack is how many bytes written since the kernel last reported them
+// acknowledged mark may take as acknowledged without asking it again: an
+// idle connection's last pings and pongs. Taking them so can only
+// understate the progress since the mark (by at most this), never
+// overstate it, so a peer must move at most this much more to count as
+// alive, never less; and an idle connection's ping costs no system call
+// (SIOCOUTQ) and no garbage for it, but every markSlack/10 or so pings.
+const markSlack = 256
+
 // mark snapshots the counters. acked is the bytes the peer's TCP has
 // acknowledged (written minus the kernel's unacknowledged queue; above TLS
-// this is approximate, which the threshold absorbs). Without the kernel's
-// count it falls back to the bytes the kernel took.
+// this is approximate, which the threshold absorbs), or all the bytes
+// written when at most markSlack of them were written since the kernel
+// last counted. Without the kernel's count it falls back to the bytes the
+// kernel took.
 func (c *progressConn) mark() progressMark {
 	if c == nil {
 		return progressMark{}
 	}
 	m := progressMark{read: c.read.Load(), acked: c.written.Load()}
+	if m.acked-c.knownAcked.Load() <= markSlack {
+		return m
+	}
+	return c.ask(m)
+}
+
+// ask completes m with the kernel's count of unacknowledged bytes.
+func (c *progressConn) ask(m progressMark) progressMark {
 	if q, ok := unsentBytes(c.tcp); ok {
 		m.acked -= q
+		for { // knownAcked only grows
+			k := c.knownAcked.Load()
+			if m.acked <= k || c.knownAcked.CompareAndSwap(k, m.acked) {
+				break
+			}
+		}
 	}
 	return m
 }
 
 // since reports whether the peer showed life after m: it sent us bytes, or
-// acknowledged more than ackedProgressMin of ours.
+// acknowledged more than ackedProgressMin of ours. The count now is always
+// the kernel's, so that progress is never overstated.
 func (c *progressConn) since(m progressMark) bool {
-	now := c.mark()
+	if c == nil {
+		return false
+	}
+	now := c.ask(progressMark{read: c.read.Load(), acked: c.written.Load()})
 	return now.read > m.read || now.acked-m.acked > ackedProgressMin
 }
