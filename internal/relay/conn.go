@@ -267,8 +267,16 @@ func (m *msgReader) expire() {
 }
 
 // readBuffers holds read buffers between messages (*[]byte, so Put does
-// not allocate).
-var readBuffers = sync.Pool{New: func() any { b := make([]byte, 0, minReadBuffer); return &b }}
+// not allocate). A new one is its slice header and first array in one
+// allocation.
+var readBuffers = sync.Pool{New: func() any {
+	b := new(struct {
+		s []byte
+		a [minReadBuffer]byte
+	})
+	b.s = b.a[:0]
+	return &b.s
+}}
 
 // maxKeptReadBuffer is the largest buffer returned to the pool: room for
 // a default-sized largest message (256 KiB) and its envelope. The pool

@@ -39,8 +39,8 @@ func (b *byteBudget) release(n int64) {
 type outItem struct {
 	frame     []byte
 	closeCode int
-	// buf is frame's pooled buffer (readBuffers), returned once the frame
-	// is written; nil for a frame that did not come from the pool.
+	// buf is frame's pooled buffer (getFrameBuffer), returned once the
+	// frame is written; nil for a frame that did not come from the pool.
 	buf *[]byte
 }
 
@@ -52,6 +52,9 @@ type outItem struct {
 const itemOverhead = 64
 
 // cost is what an item counts against the phone's cap and the relay budget.
+// A pooled frame buffer is at most an eighth (or 16 bytes) above the
+// frame's length (framebuf.go), as an allocation of the frame's length
+// would be.
 func (it outItem) cost() int64 { return int64(len(it.frame)) + itemOverhead }
 
 // outbox is one phone's bounded FIFO of outbound frames, drained by the
@@ -174,7 +177,7 @@ func (o *outbox) next() (outItem, bool) {
 // released it already.
 func (o *outbox) done(it outItem) {
 	if it.buf != nil {
-		putReadBuffer(it.buf) // written: the library kept no reference
+		putFrameBuffer(it.buf) // written: the library kept no reference
 	}
 	o.mu.Lock()
 	n := o.inflight

@@ -220,11 +220,12 @@ func (p *phoneConn) deliver(frame []byte, closeCode int) {
 	}
 	it := outItem{closeCode: closeCode}
 	if frame != nil {
-		// A pooled copy: the writer returns it after the write, so steady
-		// traffic allocates no frame buffers (a refused or discarded item's
-		// buffer is left to the garbage collector).
-		it.buf = readBuffers.Get().(*[]byte)
-		*it.buf = append((*it.buf)[:0], frame...)
+		// A pooled copy of the frame's size class: the writer returns it
+		// after the write, so steady traffic allocates no frame buffers (a
+		// refused or discarded item's buffer is left to the garbage
+		// collector).
+		it.buf = getFrameBuffer(len(frame))
+		*it.buf = append(*it.buf, frame...)
 		it.frame = *it.buf
 	}
 	reason := p.pushShedding(it)
