@@ -8,7 +8,7 @@ import (
 
 // Every length gets the smallest class that holds it, at most an eighth
 // (or 16 bytes) more, and a class's buffers go back to that class.
-func TestFrameClass_SmallestClassWithinAQuarter(t *testing.T) {
+func TestFrameClass_SmallestClassWithinAnEighth(t *testing.T) {
 	prev := 0
 	for i := range frameClasses {
 		size := frameClassSize(i)
