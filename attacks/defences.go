@@ -41,7 +41,7 @@ func Defences() map[string]string {
 		"TM-OUT-6":   "`internal/push/options.go` `checkURL`; `internal/push/credentials.go` `loadCredentials` (token_uri); `internal/push/sender.go` `refuseRedirect`",
 		"TM-CLU-1":   "`internal/cluster/claims.go` `keyFor`; `internal/cluster/claims.go` `Cluster.get` (the server-id check); `internal/relay/remote.go` `Relay.Receive`; `internal/relay/registry.go` `registry.lookupPhone`",
 		"TM-CLU-2":   "`internal/cluster/cluster.go` `Cluster.bucket` (TTL = lease); `internal/cluster/claims.go` `Cluster.refresh`; `internal/cluster/claims.go` `Cluster.Acquire` (1013 while the owner is unreachable)",
-		"TM-CLU-4":   "`internal/relay/remote.go` `Relay.Receive` (a stub's messages only from its home; a proxy's only from its owner); `internal/cluster/subjects.go` `sender`; `internal/cluster/permissions.go` `InstancePermissions`; `internal/cluster/identity.go` `Options.CheckCreds`, `duplicateAtStart`, `Cluster.dupLoop`",
+		"TM-CLU-4":   "`internal/relay/remote.go` `Relay.Receive` (a stub's messages only from its home; a proxy's only from its owner); `internal/cluster/subjects.go` `sender`; `internal/cluster/permissions.go` `InstancePermissions`; `internal/cluster/identity.go` `Options.CheckCreds`, `duplicateAtStart`, `Cluster.dupLoop`; `internal/cluster/version.go` `serverVersionOK`",
 		"TM-CLU-5":   "`internal/cluster/claims.go` `Cluster.reassert`; `internal/cluster/claims.go` `Cluster.lost`; `internal/relay/remote.go` `Relay.Superseded`; `internal/relay/remote.go` `binaryConn.clusterClaim`; `internal/cluster/claims.go` `Cluster.Acquire`; `internal/cluster/cluster.go` `Start` (NATS ping interval)",
 	}
 }

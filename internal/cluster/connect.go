@@ -71,6 +71,9 @@ func preflight(o Options) error {
 	nc, err := nats.Connect(strings.Join(o.URLs, ","), opts...)
 	if err == nil {
 		defer nc.Close()
+		if err := serverVersionOK(nc.ConnectedServerVersion()); err != nil {
+			return err
+		}
 		if err := payloadFits(nc.MaxPayload(), o.MaxLinkPayload); err != nil {
 			return err
 		}

@@ -143,6 +143,12 @@ func refusedStartSaying(t *testing.T, want []string, args ...string) {
 	for _, w := range want {
 		require.Contains(t, p.LogText(), w, "the refusal says why")
 	}
+	lines := p.Log()
+	for len(lines) > 0 && strings.TrimSpace(lines[len(lines)-1]) == "" {
+		lines = lines[:len(lines)-1]
+	}
+	require.NotEmpty(t, lines)
+	requireDocumentedRefusal(t, lines[len(lines)-1])
 }
 
 func TestCluster_TLSAndCreds_CrossInstanceFramesFlow(t *testing.T) {

@@ -131,12 +131,21 @@ func New(cfg config.Config, log *slog.Logger) (*Server, error) {
 		co.MaxLinkPayload = cluster.LinkPayload(cfg.Relay.MaxMessageBytes, token)
 		c, err := cluster.Start(co, rl, log, s.metrics)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", config.ErrInvalidConfig, err)
+			return nil, clusterRefusal{err}
 		}
 		s.cluster = c
 	}
 	return s, nil
 }
+
+// clusterRefusal is a refusal of cluster.Start (NATS refused this
+// instance, a server too old, max_payload too small...): it reads as the
+// cluster's own line, which docs/cluster.md quotes, and matches
+// config.ErrInvalidConfig like every other refusal to start.
+type clusterRefusal struct{ error }
+
+func (e clusterRefusal) Is(target error) bool { return target == config.ErrInvalidConfig }
+func (e clusterRefusal) Unwrap() error        { return e.error }
 
 // Relay exposes the routing core (tests, stats).
 func (s *Server) Relay() *relay.Relay { return s.relay }
