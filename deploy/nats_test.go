@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +25,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pyrycode/relay/internal/cluster"
 	"github.com/pyrycode/relay/internal/cluster/natsauth"
 	"github.com/pyrycode/relay/internal/cluster/natstest"
 )
@@ -288,6 +290,13 @@ func TestUnits_NATSNodeScored(t *testing.T) {
 	version := string(m[1])
 	install := docBlock(t, "../docs/cluster.md", "**nats-server.**")
 	require.Contains(t, install, "go install github.com/nats-io/nats-server/v2@"+version, "docs/cluster.md installs the version go.mod tests")
+	// That version is one the relay accepts, and the paragraph names the floor.
+	require.False(t, versionLess(strings.TrimPrefix(version, "v"), cluster.MinServerVersion),
+		"docs/cluster.md installs %s, below cluster.MinServerVersion %s", version, cluster.MinServerVersion)
+	para := string(mustRead(t, "../docs/cluster.md"))
+	para = para[strings.Index(para, "**nats-server.**"):]
+	para = para[:strings.Index(para, "```")]
+	require.Contains(t, strings.Join(strings.Fields(para), " "), cluster.MinServerVersion+" or later")
 
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "nats-server")
@@ -352,4 +361,17 @@ func TestUnits_NATSNodeScored(t *testing.T) {
 	out, err = check.CombinedOutput()
 	require.Error(t, err, "nats-server -t accepts a configuration with an unknown key, so it proves nothing:\n%s", out)
 	require.Contains(t, string(out), "bogus_key")
+}
+
+// versionLess compares dotted release numbers (2.9.10 < 2.11.15).
+func versionLess(a, b string) bool {
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < len(as) && i < len(bs); i++ {
+		x, _ := strconv.Atoi(as[i])
+		y, _ := strconv.Atoi(bs[i])
+		if x != y {
+			return x < y
+		}
+	}
+	return len(as) < len(bs)
 }
