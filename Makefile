@@ -60,10 +60,13 @@ run: build
 cluster: build
 	$(GO) run ./cmd/relay-cluster --relay $(BIN)
 
-## cluster-figures: cross- vs same-instance round trip (p50/p99) and one phone's throughput, one run
-## (docs/cluster.md, Figures); embedded NATS and two relays on 127.0.0.1.
+## cluster-figures: cross- vs same-instance round trip (p50/p99) against a bare NATS round trip, one
+## phone's throughput both ways, and each process's CPU and each relay's allocations per frame, in one
+## run (docs/cluster.md, Figures): a nats-server and two relays as processes on 127.0.0.1; about a
+## minute. Fails (figures not for docs/) when other processes used over 10% of the CPU meanwhile;
+## FIGURES_FLAGS=-figures-busy-ok prints a busy run's figures, marked busy.
 cluster-figures:
-	RELAY_CLUSTER_FIGURES=1 $(GO) test -count=1 -run '^TestClusterFigures$$' -v ./internal/cluster
+	RELAY_CLUSTER_FIGURES=1 $(GO) test -count=1 -timeout 20m -run '^TestClusterFigures$$' -v ./internal/cluster -args $(FIGURES_FLAGS)
 
 ## cluster-scale: the cluster's scale model (docs/cluster.md, Scale model): 1, 2, 5 and 10 instances
 ## (processes) x 1k, 10k and 100k server-ids on one NATS on 127.0.0.1, claims driven through each

@@ -242,6 +242,9 @@ func (p *Process) Log() []string {
 	return append([]string(nil), p.lines...)
 }
 
+// Pid is the process id (for per-process CPU accounting by harnesses).
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // Signal sends sig to the process.
 func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
 

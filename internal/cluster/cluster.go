@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -182,8 +183,18 @@ type Cluster struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream
 
+	// publish is nc.Publish (Send's; a test counts Send's own allocations
+	// through a stand-in).
+	publish func(subject string, data []byte) error
+
 	linkSub *nats.Subscription
+	// linkIDs interns the server-ids and conn_ids of link messages
+	// (onLink only: the link subscription's one goroutine).
+	linkIDs interner
 	subs    []*nats.Subscription
+	// linkSubjects caches the link subject per peer (linkSubject).
+	linkSubjects   atomic.Pointer[map[string]string]
+	linkSubjectsMu sync.Mutex
 
 	kvMu sync.Mutex
 	kv   jetstream.KeyValue
@@ -256,6 +267,7 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 		return nil, fmt.Errorf("%w: %v", ErrInvalidOptions, err)
 	}
 	c.nc = nc
+	c.publish = nc.Publish
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
@@ -343,16 +355,61 @@ func (c *Cluster) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	return kv, nil
 }
 
-// Send implements relay.Backplane.
+// Send implements relay.Backplane. It allocates nothing in steady state:
+// the message is encoded into a pooled buffer (nats.go copies it into its
+// own write buffer before Publish returns) and the subject is built once
+// per peer.
 func (c *Cluster) Send(to string, m relay.LinkMessage) error {
 	if !c.nc.IsConnected() {
 		return relay.ErrClusterUnavailable
 	}
-	err := c.nc.Publish(c.sub.to(to, kindLink), encodeLink(nil, m))
+	b := linkBuffers.Get().(*[]byte)
+	*b = encodeLink((*b)[:0], m)
+	err := c.publish(c.linkSubject(to), *b)
+	if cap(*b) <= maxKeptLinkBuffer {
+		linkBuffers.Put(b)
+	}
 	if err == nil {
 		c.m.sent.Inc()
 	}
 	return err
+}
+
+// linkBuffers holds Send's encode buffers (*[]byte, so Put does not
+// allocate). The pool drops what it holds across garbage collections.
+var linkBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
+
+// maxKeptLinkBuffer is the largest encode buffer returned to the pool: a
+// default-sized largest message (256 KiB) and its link header.
+const maxKeptLinkBuffer = 320 << 10
+
+// maxLinkSubjects bounds the cached link subjects: one per peer, so a
+// cluster of that many instances; past it, subjects are built per message.
+const maxLinkSubjects = 1024
+
+// linkSubject is the link subject to peer `to`, cached: peers are few and
+// live long, and a subject built per frame is an allocation per frame.
+// The cache is copied on write and read without a lock.
+func (c *Cluster) linkSubject(to string) string {
+	if m := c.linkSubjects.Load(); m != nil {
+		if s, ok := (*m)[to]; ok {
+			return s
+		}
+	}
+	s := c.sub.to(to, kindLink)
+	c.linkSubjectsMu.Lock()
+	defer c.linkSubjectsMu.Unlock()
+	old := c.linkSubjects.Load()
+	if old != nil && len(*old) >= maxLinkSubjects {
+		return s
+	}
+	m := map[string]string{}
+	if old != nil {
+		m = maps.Clone(*old)
+	}
+	m[to] = s
+	c.linkSubjects.Store(&m)
+	return s
 }
 
 // Join implements relay.Backplane.
@@ -399,7 +456,7 @@ func (c *Cluster) probe(ctx context.Context, owner, serverID string) (relay.Prob
 }
 
 func (c *Cluster) onLink(msg *nats.Msg) {
-	m, err := decodeLink(msg.Data)
+	m, err := decodeLink(msg.Data, &c.linkIDs)
 	if err != nil {
 		c.m.malformed.Inc()
 		return

@@ -96,14 +96,42 @@ func (r *reader) uvarint() uint64 {
 	return v
 }
 
-func (r *reader) str() string {
+func (r *reader) str() string { return r.strIn(nil) }
+
+// strIn is str through an interner (nil: a new string each time).
+func (r *reader) strIn(in *interner) string {
 	n := r.uvarint()
 	if r.err != nil || n > uint64(len(r.b)) {
 		r.err = ErrWire
 		return ""
 	}
-	s := string(r.b[:n])
+	s := in.str(r.b[:n])
 	r.b = r.b[n:]
+	return s
+}
+
+// interner hands out one string per distinct byte sequence: the link
+// subscription decodes the same few server-ids and conn_ids in every
+// frame, and a string allocated per frame is garbage per frame. Bounded:
+// past maxInterned entries it starts over. Not safe for concurrent use.
+type interner struct{ m map[string]string }
+
+// maxInterned bounds an interner: at most this many strings of at most
+// relay.ValidServerID's 128 bytes (about 1 MiB with the map).
+const maxInterned = 4096
+
+func (in *interner) str(b []byte) string {
+	if in == nil {
+		return string(b)
+	}
+	if s, ok := in.m[string(b)]; ok { // no allocation for the lookup
+		return s
+	}
+	if in.m == nil || len(in.m) >= maxInterned {
+		in.m = make(map[string]string)
+	}
+	s := string(b)
+	in.m[s] = s
 	return s
 }
 
@@ -125,9 +153,12 @@ func encodeLink(dst []byte, m relay.LinkMessage) []byte {
 	return append(dst, m.Frame...)
 }
 
-// decodeLink parses a link message. The frame is copied: the caller's
-// buffer is not kept.
-func decodeLink(b []byte) (relay.LinkMessage, error) {
+// decodeLink parses a link message, its server-id and conn_id through in
+// (nil: fresh strings). The frame aliases b, so b must be the caller's to
+// give away: nats.go delivers each message in a buffer of its own that it
+// never reuses, and the relay copies a frame before keeping it (Receive
+// queues an envelope or a pooled copy), so no copy is needed here.
+func decodeLink(b []byte, in *interner) (relay.LinkMessage, error) {
 	r := newReader(b)
 	var m relay.LinkMessage
 	m.Kind = relay.LinkKind(r.byte())
@@ -136,15 +167,15 @@ func decodeLink(b []byte) (relay.LinkMessage, error) {
 	m.Backlog = flags&flagBacklog != 0
 	m.Seq = r.uvarint()
 	code := r.uvarint()
-	m.ServerID = r.str()
-	m.ConnID = r.str()
+	m.ServerID = r.strIn(in)
+	m.ConnID = r.strIn(in)
 	m.Token = r.str()
 	if r.err != nil || m.Kind < relay.LinkUp || m.Kind > relay.LinkEvict || code > 4999 {
 		return relay.LinkMessage{}, ErrWire
 	}
 	m.Code = int(code)
 	if len(r.b) > 0 {
-		m.Frame = append([]byte(nil), r.b...)
+		m.Frame = r.b
 	}
 	return m, nil
 }

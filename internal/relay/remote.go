@@ -437,7 +437,9 @@ func (rl *Relay) stubEvicted(p *phoneConn, code int) {
 
 // Receive handles one message from instance from. The backplane calls it
 // from one goroutine per subscription, so per-phone order is kept; nothing
-// here blocks on a socket.
+// here blocks on a socket. m.Frame may alias the backplane's buffer for
+// the message: what is kept of it is copied (queueUp's envelope,
+// deliver's pooled copy), so the backplane need not copy it first.
 func (rl *Relay) Receive(from string, m LinkMessage) {
 	switch m.Kind {
 	case LinkUp, LinkLeave:
