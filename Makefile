@@ -39,7 +39,7 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 DEB            := bin/relay_$(DEB_VERSION)_$(DEB_ARCH).deb
 DEB_ENV        := RELAY_DEB_VERSION='$(DEB_VERSION)' RELAY_DEB_ARCH='$(DEB_ARCH)' RELAY_DEB_BINARY='$(BIN)' SOURCE_DATE_EPOCH='$(SOURCE_DATE_EPOCH)'
 
-.PHONY: build test run cluster cluster-figures cluster-scale vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb units image image-root image-smoke buildah clean
+.PHONY: build test run cluster cluster-figures chaos chaos-mutants cluster-scale vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb units image image-root image-smoke buildah clean
 
 ## build: the shipped binary: static (CGO_ENABLED=0, so the same file runs in the
 ## FROM-scratch image), -trimpath, version and revision stamped.
@@ -75,6 +75,20 @@ cluster-figures:
 ## load is recorded. About 8 minutes; run it on a quiet machine. SCALE_FLAGS="--ids 1000" etc.
 cluster-scale:
 	$(GO) run ./cmd/relay-cluster-scale --json docs/cluster-scale/report.json --markdown docs/cluster-scale/tables.md --plots docs/cluster-scale $(SCALE_FLAGS)
+
+## chaos: the cluster's seeded fault harness (docs/cluster.md, "How it is tested under faults"): three relays
+## (normal build) and a 3-node NATS on loopback under mixed traffic and every fault kind for CHAOS_DURATION
+## (default 5m), a random seed unless CHAOS_SEED; a violation prints the seed and the command that replays it,
+## and the run (report, history, relay logs) is saved under CHAOS_OUT. CHAOS_FAULTS=kill,stop,... picks kinds,
+## CHAOS_STRICT=1 waives no known defect. make test runs its short form (seed 1, about a minute).
+chaos:
+	CHAOS_LONG=1 $(GO) test -count=1 -timeout 0 -run '^TestChaos$$' -v ./internal/cluster/chaos
+
+## chaos-mutants: the chaos checker can fail: each cluster mutant (CHAOS_MUTANTS) is applied to a scratch copy
+## and the short chaos run against it must report a violation (relay-mutate -checks); about 2 min a mutant.
+CHAOS_MUTANTS ?= cluster-lease-never-expires,split-brain-slot-kept,cluster-stub-any-sender,stub-queue-outside-budget,cluster-key-tilde-collision
+chaos-mutants:
+	$(GO) run ./attacks/cmd/relay-mutate -only $(CHAOS_MUTANTS) -checks internal/cluster/chaos:TestChaos $(MUTATE_FLAGS)
 
 vet:
 	$(GO) vet ./...

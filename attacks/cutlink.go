@@ -164,3 +164,12 @@ func (l *CutLink) Close() {
 	l.Cut()
 	l.wg.Wait()
 }
+
+// Conns is the number of connections through the link now (each counted
+// once): whether the relay behind it is connected through this NATS node
+// (the chaos harness learns which relays a node's loss disconnects).
+func (l *CutLink) Conns() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns) / 2
+}

@@ -53,12 +53,12 @@ const (
 	linkEvict = 4
 )
 
-// forgeLink encodes a link message as docs/cluster.md and
+// ForgeLink encodes a link message as docs/cluster.md and
 // internal/cluster/wire.go lay it out: version(1) kind(1) flags(1) seq code
 // str(server_id) str(conn_id) str(token) frame..., varints, strings
 // length-prefixed. An independent encoder: the suite imports nothing of
-// the relay's.
-func forgeLink(kind byte, flags byte, seq, code uint64, serverID, connID string, frame []byte) []byte {
+// the relay's (the cluster chaos harness forges with it too).
+func ForgeLink(kind byte, flags byte, seq, code uint64, serverID, connID string, frame []byte) []byte {
 	b := []byte{1, kind, flags}
 	b = binary.AppendUvarint(b, seq)
 	b = binary.AppendUvarint(b, code)
@@ -146,8 +146,8 @@ func runClusterRogueInstance(ctx context.Context, t *Target) Result {
 	// 1. As b and as c: NATS must refuse both.
 	t0 := time.Now()
 	if err := errors.Join(
-		rogue.Publish(name+".i."+c+".m."+b, forgeLink(linkDown, 0, 1, 0, sid, connID, []byte(`{"forged":"down-as-b"}`))),
-		rogue.Publish(name+".i."+b+".m."+c, forgeLink(linkUp, 0, 2, 0, sid, connID, []byte(`{"forged":"up-as-c"}`))),
+		rogue.Publish(name+".i."+c+".m."+b, ForgeLink(linkDown, 0, 1, 0, sid, connID, []byte(`{"forged":"down-as-b"}`))),
+		rogue.Publish(name+".i."+b+".m."+c, ForgeLink(linkUp, 0, 2, 0, sid, connID, []byte(`{"forged":"up-as-c"}`))),
 		rogue.Flush(),
 	); err != nil {
 		return Failf("rogue publish: %v", err)
@@ -161,9 +161,9 @@ func runClusterRogueInstance(ctx context.Context, t *Target) Result {
 
 	// 2. As itself, the payload naming the tenant's server-id and phone.
 	if err := errors.Join(
-		rogue.Publish(name+".i."+b+".m."+a, forgeLink(linkUp, 0, 2, 0, sid, connID, []byte(`{"forged":"up-payload"}`))),
-		rogue.Publish(name+".i."+c+".m."+a, forgeLink(linkDown, 0, 1, 0, sid, connID, []byte(`{"forged":"down-payload"}`))),
-		rogue.Publish(name+".i."+b+".m."+a, forgeLink(linkLeave, 1, 0, 1000, sid, connID, nil)),
+		rogue.Publish(name+".i."+b+".m."+a, ForgeLink(linkUp, 0, 2, 0, sid, connID, []byte(`{"forged":"up-payload"}`))),
+		rogue.Publish(name+".i."+c+".m."+a, ForgeLink(linkDown, 0, 1, 0, sid, connID, []byte(`{"forged":"down-payload"}`))),
+		rogue.Publish(name+".i."+b+".m."+a, ForgeLink(linkLeave, 1, 0, 1000, sid, connID, nil)),
 		rogue.Flush(),
 	); err != nil {
 		return Failf("rogue publish on its own subjects: %v", err)

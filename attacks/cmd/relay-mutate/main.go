@@ -8,7 +8,11 @@
 // a test failure (not a build error). The run fails when a mutant
 // survives, no longer applies, or no longer builds.
 //
-//	relay-mutate [-only NAME,NAME] [-baseline] [-j N] [-v]
+//	relay-mutate [-only NAME,NAME] [-checks CHECK,CHECK] [-baseline] [-j N] [-v]
+//
+// -checks runs the named checks against every selected mutant instead of
+// the checks its header names: `make chaos-mutants` proves with it that the
+// cluster's chaos harness alone catches each cluster mutant.
 //
 // Run from the repository root. -baseline first runs every named check on
 // an unmutated copy, so that a check failing anyway is not mistaken for a
@@ -50,6 +54,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	baseline := fs.Bool("baseline", false, "first run every named check on an unmutated copy; it must pass")
 	jobs := fs.Int("j", 1, "mutants run at once (each starts relays and times them: keep it at the core count or below)")
 	verbose := fs.Bool("v", false, "print each check's output tail")
+	override := fs.String("checks", "", "comma-separated checks (scenario IDs or PKGDIR:TestName) to run against every mutant instead of its Caught-by")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -77,6 +82,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(mutants) == 0 {
 		fmt.Fprintln(stderr, "relay-mutate: no mutants")
 		return 2
+	}
+	if *override != "" {
+		var checks []string
+		for _, c := range strings.Split(*override, ",") {
+			c = strings.TrimSpace(c)
+			if !attacks.IsWhiteBox(c) && !strings.HasPrefix(c, "ATK-") {
+				fmt.Fprintf(stderr, "relay-mutate: -checks entry %q is neither a scenario ID nor PKGDIR:TestName\n", c)
+				return 2
+			}
+			checks = append(checks, c)
+		}
+		for i := range mutants {
+			mutants[i].CaughtBy = checks
+		}
 	}
 	start := time.Now()
 	if *baseline {

@@ -64,6 +64,11 @@ type Config struct {
 	ServerName  string
 	RoutePort   int
 	Routes      []string
+	// NoAdvertise keeps a cluster node from telling clients the other
+	// nodes' client URLs, so that a client reconnects only to the URLs it
+	// was given (the chaos harness puts a cuttable link in front of each:
+	// a discovered URL would bypass it).
+	NoAdvertise bool
 }
 
 // FreePort is a TCP port on 127.0.0.1 that was free a moment ago.
@@ -124,6 +129,7 @@ func (s *Server) options() (*server.Options, error) {
 		opts.Cluster.Name = s.cfg.ClusterName
 		opts.Cluster.Host = "127.0.0.1"
 		opts.Cluster.Port = -1
+		opts.Cluster.NoAdvertise = s.cfg.NoAdvertise
 		if s.routePort != 0 {
 			opts.Cluster.Port = s.routePort
 		}
