@@ -37,7 +37,7 @@ func Defences() map[string]string {
 		"TM-OUT-2":   "`internal/push/sender.go` `Sender.TryWake` (in-flight cap, drop not queue); `internal/relay/relay.go` `Relay.wake` (hand-off off the read loop)",
 		"TM-OUT-3":   "`internal/push/sender.go` `Sender.send` (logs `Fingerprint` only); `internal/push/credentials.go` `loadCredentials` (fixed-word refusals)",
 		"TM-OUT-4":   "`internal/push/sender.go` `Sender.post` (per-request timeout, Retry-After); `internal/push/tokens.go` `tokenCache.get`; `internal/push/tokens.go` `tokenTransport.RoundTrip` (the token fetch's bound)",
-		"TM-OUT-5":   "`internal/push/credentials.go` `checkCredentialsInfo`; `internal/push/credentials.go` `checkOwner`; `internal/fileowner/fileowner_unix.go` `Foreign`",
+		"TM-OUT-5":   "`internal/push/credentials.go` `checkCredentialsInfo`; `internal/push/credentials.go` `checkOwner`; `internal/fileowner/fileowner_unix.go` `Foreign`; `internal/fileowner/chain.go` `Resolve`; `internal/fileowner/chain.go` `CheckLinked`",
 		"TM-OUT-6":   "`internal/push/options.go` `checkURL`; `internal/push/credentials.go` `loadCredentials` (token_uri); `internal/push/sender.go` `refuseRedirect`",
 		"TM-CLU-1":   "`internal/cluster/claims.go` `keyFor`; `internal/cluster/claims.go` `Cluster.get` (the server-id check); `internal/relay/remote.go` `Relay.Receive`; `internal/relay/registry.go` `registry.lookupPhone`",
 		"TM-CLU-2":   "`internal/cluster/cluster.go` `Cluster.bucket` (TTL = lease); `internal/cluster/claims.go` `Cluster.refresh`; `internal/cluster/claims.go` `Cluster.Acquire` (1013 while the owner is unreachable)",

@@ -89,15 +89,30 @@ func (c *Config) validateCluster(set map[string]bool) error {
 // NATS credentials, which are this instance's identity on NATS (the nkey
 // seed signs its connection; whoever reads it can speak as the instance,
 // TM-CLU-4): a regular file, no group or world bit, owned by the relay's
-// uid. nats.go reads the file again at every (re)connect, so a rotated file
-// is picked up; this check runs at start.
+// uid. A symlink is a Kubernetes secret mount (creds -> ..data/creds): it
+// is followed by fileowner.Resolve, every directory on the way checked, and
+// the file it reaches must pass fileowner.CheckLinked (root's or the
+// relay's, no group or world write, not world-readable). nats.go reads the
+// file again at every (re)connect, so a rotated file is picked up; this
+// check runs at start.
 func credsFileProblem(path string) string {
 	fi, err := os.Lstat(path)
+	if err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		real, err := fileowner.Resolve(path)
+		if err == nil {
+			fi, err = os.Lstat(real)
+		}
+		if err == nil {
+			err = fileowner.CheckLinked(real, fi)
+		}
+		if err != nil {
+			return path + ": " + strings.TrimPrefix(err.Error(), fileowner.ErrUnsafePath.Error()+": ")
+		}
+		return ""
+	}
 	switch {
 	case err != nil:
 		return "cannot read the file"
-	case fi.Mode()&fs.ModeSymlink != 0:
-		return path + " is a symlink; point the flag at the real file"
 	case !fi.Mode().IsRegular():
 		return path + " is not a regular file"
 	case fi.Mode().Perm()&fileowner.GroupWorld != 0:

@@ -22,8 +22,10 @@ func TestClusterCreds_LooseFileRefused(t *testing.T) {
 		require.NoError(t, os.Chmod(p, mode))
 		return p
 	}
+	// A symlink is followed (a Kubernetes secret mount): to a loose file it
+	// stays refused, to a tight one it passes (below).
 	link := filepath.Join(dir, "link.creds")
-	require.NoError(t, os.Symlink(write("target.creds", 0o600), link))
+	require.NoError(t, os.Symlink(write("target.creds", 0o644), link))
 	parse := func(creds string) error {
 		_, err := Parse([]string{"--insecure-listen", "127.0.0.1:0", "--cluster-nats", "nats://127.0.0.1:4222", "--cluster-nats-creds", creds}, nil, io.Discard)
 		return err
@@ -35,7 +37,7 @@ func TestClusterCreds_LooseFileRefused(t *testing.T) {
 		"0644":      {write("a.creds", 0o644), "has mode 0644; want 0600 or 0400"},
 		"0640":      {write("b.creds", 0o640), "has mode 0640"},
 		"0604":      {write("c.creds", 0o604), "has mode 0604"},
-		"symlink":   {link, "is a symlink"},
+		"symlink":   {link, "readable by others"},
 		"directory": {dir, "is not a regular file"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -47,6 +49,9 @@ func TestClusterCreds_LooseFileRefused(t *testing.T) {
 		})
 	}
 	require.NoError(t, parse(write("ok.creds", 0o600)))
+	good := filepath.Join(dir, "good-link.creds")
+	require.NoError(t, os.Symlink(write("good-target.creds", 0o400), good))
+	require.NoError(t, parse(good), "a symlink to a 0400 file in the relay's own directory")
 	require.NoError(t, parse(write("ro.creds", 0o400)))
 	if os.Geteuid() == 0 {
 		// Another uid's file, however tight its mode (needs root to chown).

@@ -4,7 +4,9 @@
 // (internal/config, --cluster-nats-creds). Another uid that owns such a
 // file can read or replace it whatever its mode, and a group or world bit
 // lets other users read it; the callers refuse both at start (exit 2) and
-// chmod nothing.
+// chmod nothing. A secret given as a symlink (a Kubernetes secret mount) is
+// followed by Resolve, which checks every directory on the way, and the file
+// it reaches must pass CheckLinked (chain.go).
 package fileowner
 
 import "io/fs"

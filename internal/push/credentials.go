@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strings"
 
 	"golang.org/x/oauth2/google"
 	"golang.org/x/oauth2/jwt"
@@ -55,25 +56,38 @@ type credentials struct {
 
 // loadCredentials checks and parses the key file. The checks run on the
 // opened file (Fstat), compared with the Lstat of the path, so a file
-// swapped between the check and the read is refused too.
+// swapped between the check and the read is refused too. A path that is a
+// symlink is a Kubernetes secret mount (key -> ..data/key): it is followed
+// by fileowner.Resolve, every directory on the way checked, and the file
+// it reaches must pass fileowner.CheckLinked.
 func loadCredentials(path, projectOverride string) (*credentials, error) {
 	li, err := os.Lstat(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrCredentialsInvalid, path, pathErr(err))
 	}
-	if err := checkCredentialsInfo(path, li); err != nil {
+	real, check := path, checkCredentialsInfo
+	if li.Mode()&fs.ModeSymlink != 0 {
+		if real, err = fileowner.Resolve(path); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrCredentialsInsecure, path, ownerErr(err))
+		}
+		if li, err = os.Lstat(real); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrCredentialsInvalid, real, pathErr(err))
+		}
+		check = func(real string, fi fs.FileInfo) error { return checkLinkedInfo(path, real, fi) }
+	}
+	if err := check(real, li); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(path)
+	f, err := os.Open(real)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrCredentialsInvalid, path, pathErr(err))
+		return nil, fmt.Errorf("%w: %s: %v", ErrCredentialsInvalid, real, pathErr(err))
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil || !os.SameFile(li, fi) {
 		return nil, fmt.Errorf("%w: %s changed while being checked", ErrCredentialsInsecure, path)
 	}
-	if err := checkCredentialsInfo(path, fi); err != nil {
+	if err := check(real, fi); err != nil {
 		return nil, err
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxCredentialsBytes+1))
@@ -121,6 +135,21 @@ func checkCredentialsInfo(path string, fi fs.FileInfo) error {
 		return fmt.Errorf("%w: %s has mode %#o; want 0600 or 0400 (chmod 600 %s)", ErrCredentialsInsecure, path, perm, path)
 	}
 	return checkOwner(path, fi)
+}
+
+// checkLinkedInfo is the rule for the key real reached through the
+// symlink path (a Kubernetes secret): fileowner.CheckLinked.
+func checkLinkedInfo(path, real string, fi fs.FileInfo) error {
+	if err := fileowner.CheckLinked(real, fi); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrCredentialsInsecure, path, ownerErr(err))
+	}
+	return nil
+}
+
+// ownerErr drops fileowner's prefix: the caller's sentinel says what the
+// file is.
+func ownerErr(err error) string {
+	return strings.TrimPrefix(err.Error(), fileowner.ErrUnsafePath.Error()+": ")
 }
 
 // checkOwner refuses a file owned by another uid than the process's

@@ -387,8 +387,16 @@ func TestNew_CredentialsFileRefusals(t *testing.T) {
 		require.NoError(t, os.Chmod(p, mode))
 		return p
 	}
+	// A symlink is followed (a Kubernetes secret mount); one to a loose
+	// file, or through a directory others may write, stays refused.
 	link := filepath.Join(dir, "link.json")
-	require.NoError(t, os.Symlink(good, link))
+	require.NoError(t, os.Symlink(write("linked644.json", fake.CredentialsJSON(nil), 0o644), link))
+	openDir := filepath.Join(dir, "open-dir")
+	require.NoError(t, os.Mkdir(openDir, 0o700))
+	require.NoError(t, os.Chmod(openDir, 0o777))
+	require.NoError(t, os.WriteFile(filepath.Join(openDir, "k.json"), fake.CredentialsJSON(nil), 0o400))
+	viaOpenDir := filepath.Join(dir, "via-open-dir.json")
+	require.NoError(t, os.Symlink(filepath.Join(openDir, "k.json"), viaOpenDir))
 	sub := filepath.Join(dir, "a-dir")
 	require.NoError(t, os.Mkdir(sub, 0o700))
 	httpTokenURI := bytes.ReplaceAll(fake.CredentialsJSON(nil), []byte(fake.OAuth.URL), []byte("http://token.example.com"))
@@ -403,7 +411,8 @@ func TestNew_CredentialsFileRefusals(t *testing.T) {
 		{"0644", write("c644.json", fake.CredentialsJSON(nil), 0o644), ErrCredentialsInsecure},
 		{"0640", write("c640.json", fake.CredentialsJSON(nil), 0o640), ErrCredentialsInsecure},
 		{"0604", write("c604.json", fake.CredentialsJSON(nil), 0o604), ErrCredentialsInsecure},
-		{"symlink", link, ErrCredentialsInsecure},
+		{"symlink to a 0644 file", link, ErrCredentialsInsecure},
+		{"symlink through a 0777 directory", viaOpenDir, ErrCredentialsInsecure},
 		{"directory", sub, ErrCredentialsInsecure},
 		{"missing", filepath.Join(dir, "missing.json"), ErrCredentialsInvalid},
 		{"not json", write("garbage.json", []byte("not json at all"), 0o600), ErrCredentialsInvalid},
