@@ -15,8 +15,12 @@ import (
 // class would find one to pick.
 //
 // Static RSA key exchange and 3DES exist only for RSA certificates: against
-// an ECDSA certificate their refusal is implied by the key type, and the
-// evidence says so. The local suite serves an RSA certificate so the
+// a relay that serves no RSA certificate their refusal is implied by the
+// key type, and the evidence says so. Whether it serves one is asked, not
+// read off the first handshake: in autocert mode the relay holds an ECDSA
+// and an RSA certificate and picks by the ClientHello (ECDSA when an
+// ECDHE-ECDSA suite is offered), so a second control offers ECDHE-RSA
+// only. The local suite also serves an RSA-only certificate, so the
 // policy itself is what refuses them.
 func tlsSuites() Scenario {
 	return Scenario{
@@ -25,7 +29,7 @@ func tlsSuites() Scenario {
 		Threats: []string{"TM-TLS-2"},
 		Mode:    RemoteSafe,
 		TLSOnly: true,
-		Bounds:  "4 sequential TLS handshakes",
+		Bounds:  "5 sequential TLS handshakes",
 		BehindProxy: ProxyNote{TestsProxy, "the proxy terminates TLS, so the suites refused are its configuration " +
 			"(nginx: ssl_ciphers, taken from the default server of the address, which must list the relay's internal/tlsconf suites)"},
 		Run: runTLSSuites,
@@ -68,7 +72,21 @@ func runTLSSuites(ctx context.Context, t *Target) Result {
 		return Failf("TLS 1.2 ECDHE-AES128-GCM handshake (verifying %q): %s", t.tlsName(), o)
 	}
 	control := fmt.Sprintf("ECDHE-GCM completed (%s, %s certificate)", tls.CipherSuiteName(o.Suite), o.LeafKey)
+	// Does the relay serve an RSA certificate to a client that takes only
+	// RSA? Then the RSA-only weak offers are refused by its policy.
+	rsaOnly := t.tlsConfig()
+	rsaOnly.MaxVersion = tls.VersionTLS12
+	rsaOnly.CipherSuites = []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}
+	ro, err := t.probeTLS(ctx, rsaOnly)
+	if err != nil {
+		return Failf("dial %s: %v", t.hostPort(), err)
+	}
 	key := o.LeafKey
+	rsaServed := ro.Completed && strings.HasPrefix(ro.LeafKey, "RSA")
+	if rsaServed && ro.LeafKey != o.LeafKey {
+		control += fmt.Sprintf(", and with ECDHE-RSA only (%s, %s certificate)", tls.CipherSuiteName(ro.Suite), ro.LeafKey)
+		key = o.LeafKey + " and " + ro.LeafKey
+	}
 
 	var refused, implied []string
 	for _, w := range weakOffers {
@@ -82,7 +100,7 @@ func runTLSSuites(ctx context.Context, t *Target) Result {
 			return Failf("TLS 1.2 offer of only %s: %s, want an alert before any ServerHello", w.name, o)
 		}
 		entry := fmt.Sprintf("%s: %s", w.name, alertName(o.Alert))
-		if w.rsaKey && key != "RSA" {
+		if w.rsaKey && !rsaServed {
 			implied = append(implied, entry)
 			continue
 		}

@@ -64,7 +64,7 @@ type handshakeOutcome struct {
 	Alert   int
 	Version uint16 // negotiated (Completed only)
 	Suite   uint16
-	LeafKey string // key type of the relay's certificate (Completed only)
+	LeafKey string // key of the certificate the relay served to this hello, e.g. "ECDSA P-256" (Completed only)
 	Err     error  // the client's handshake error, if any
 }
 
@@ -142,12 +142,14 @@ func readFirstRecord(b []byte) handshakeOutcome {
 	return o
 }
 
+// keyType names a certificate's public key: its algorithm, then its size
+// or curve ("RSA 2048", "ECDSA P-256").
 func keyType(k any) string {
-	switch k.(type) {
+	switch k := k.(type) {
 	case *rsa.PublicKey:
-		return "RSA"
+		return fmt.Sprintf("RSA %d", k.N.BitLen())
 	case *ecdsa.PublicKey:
-		return "ECDSA"
+		return "ECDSA " + k.Curve.Params().Name
 	case ed25519.PublicKey:
 		return "Ed25519"
 	}
