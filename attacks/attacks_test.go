@@ -343,6 +343,7 @@ func TestAttackCommand_List(t *testing.T) {
 
 func TestCatalog_WellFormed(t *testing.T) {
 	seen := map[string]bool{}
+	remote := 0
 	for _, sc := range Catalog() {
 		require.True(t, strings.HasPrefix(sc.ID, "ATK-"), sc.ID)
 		require.False(t, seen[sc.ID], "duplicate scenario %s", sc.ID)
@@ -351,7 +352,14 @@ func TestCatalog_WellFormed(t *testing.T) {
 		require.NotEmpty(t, sc.Threats, sc.ID)
 		require.NotNil(t, sc.Run, sc.ID)
 		if sc.Mode == RemoteSafe {
+			remote++
 			require.NotEmpty(t, sc.Bounds, "%s: a remote-safe scenario states its load", sc.ID)
+			require.Empty(t, sc.LocalOnly, sc.ID)
+		} else {
+			require.NotEmpty(t, sc.LocalOnly, "%s: a local-only scenario says why it cannot run against a deployment", sc.ID)
+			require.Empty(t, sc.Bounds, "%s: a local-only scenario has no remote bounds", sc.ID)
 		}
 	}
+	// At least 15 of the catalog run after a deploy (issue 23).
+	require.GreaterOrEqual(t, remote, 15, "remote-safe scenarios")
 }

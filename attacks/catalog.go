@@ -115,6 +115,10 @@ type Scenario struct {
 	// Bounds states the load the scenario puts on a remote relay (connections
 	// and bytes at most). Required for RemoteSafe scenarios.
 	Bounds string
+	// LocalOnly says why a LocalOnly scenario cannot run against a
+	// deployment (what it needs that a client does not have, or the harm
+	// it would do). `relay attack --list` prints it in place of the bounds.
+	LocalOnly string
 	// TLSOnly scenarios attack the relay's own TLS listener. Against a
 	// plain-HTTP target they report Skip; `go test ./attacks` runs them
 	// against a relay in static-certificate mode.

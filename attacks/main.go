@@ -16,8 +16,10 @@ import (
 
 // Main implements `relay attack`:
 //
-//	relay attack --target URL [--only IDS] [--json] [--ca FILE] [--timeout D]
-//	             [--read-timeout D] [--read-header-timeout D] [--profile behind-proxy]
+//	relay attack --target URL [--peer-target URL] [--only IDS] [--json] [--ca FILE] [--timeout D]
+//	             [--read-timeout D] [--read-header-timeout D] [--write-timeout D]
+//	             [--ping-interval D] [--pong-timeout D] [--probe-timeout D] [--cluster-lease D]
+//	             [--profile behind-proxy]
 //	             [--junit FILE] [--report FILE.html] [--source-base URL] [--prom-textfile FILE]
 //	relay attack --list
 //
@@ -47,9 +49,15 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	readTimeout := fs.Duration("read-timeout", 0, "the target relay's --read-timeout, when it is not the default 30s (ATK-SLOW-MESSAGE trickles for that long)")
 	readHeaderTimeout := fs.Duration("read-header-timeout", 0, "the target relay's --read-header-timeout, when it is not the default 5s (ATK-SLOWLORIS's bound)")
 	sourceBase := fs.String("source-base", "", "URL (or path) that repository files are linked under in --report and --json, e.g. a mirror at a tag (default: the checkout a --report is written into, else the repository at the binary's revision)")
+	peerTarget := fs.String("peer-target", "", "a second instance of the same deployed cluster (its own URL, e.g. https://relay-b.example.com): the cross-instance scenarios put a server-id's binary on --target and its phones on this one, and back")
+	writeTimeout := fs.Duration("write-timeout", 0, "the target relay's --write-timeout, when it is not the default 10s (ATK-SLOW-BINARY loads it for longer than that)")
+	pingInterval := fs.Duration("ping-interval", 0, "the target relay's --ping-interval, when it is not the default 30s (ATK-DEAD-PEER waits for ping + pong)")
+	pongTimeout := fs.Duration("pong-timeout", 0, "the target relay's --pong-timeout, when it is not the default 30s (ATK-DEAD-PEER)")
+	probeTimeout := fs.Duration("probe-timeout", 0, "the target relay's --probe-timeout, when it is not the default 10s (ATK-DEAD-PEER, ATK-SLOW-BINARY)")
+	clusterLease := fs.Duration("cluster-lease", 0, "the target cluster's --cluster-lease, when it is not the default 15s (ATK-CLUSTER-CROSS-TENANT waits two leases)")
 	profile := fs.String("profile", "direct", "what stands in front of the relay: direct (the relay's own TLS, or an L4 balancer) or behind-proxy (a TLS-terminating proxy; each result says whether it tested the relay or the proxy)")
 	help := func() int {
-		fmt.Fprintln(stdout, "usage: relay attack --target URL [--only IDS] [--json] [--ca FILE] [--server-name NAME] [--timeout D] [--read-timeout D] [--read-header-timeout D] [--profile behind-proxy] [--junit FILE] [--report FILE.html] [--source-base URL] [--prom-textfile FILE]\n       relay attack --list")
+		fmt.Fprintln(stdout, "usage: relay attack --target URL [--peer-target URL] [--only IDS] [--json] [--ca FILE] [--server-name NAME] [--timeout D] [--read-timeout D] [--read-header-timeout D] [--write-timeout D] [--ping-interval D] [--pong-timeout D] [--probe-timeout D] [--cluster-lease D] [--profile behind-proxy] [--junit FILE] [--report FILE.html] [--source-base URL] [--prom-textfile FILE]\n       relay attack --list")
 		// As relay serve -h prints them: --name TYPE, then the help.
 		fs.VisitAll(func(f *flag.Flag) {
 			kind, usage := flag.UnquoteUsage(f)
@@ -95,11 +103,32 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "relay: %v\n", err)
 		return ExitUsage
 	}
-	if *readTimeout < 0 || *readHeaderTimeout < 0 {
-		fmt.Fprintln(stderr, "relay: --read-timeout and --read-header-timeout must be positive, like 30s (zero: the relay's defaults)")
-		return ExitUsage
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"read-timeout", *readTimeout}, {"read-header-timeout", *readHeaderTimeout}, {"write-timeout", *writeTimeout},
+		{"ping-interval", *pingInterval}, {"pong-timeout", *pongTimeout}, {"probe-timeout", *probeTimeout}, {"cluster-lease", *clusterLease}} {
+		if d.v < 0 {
+			fmt.Fprintf(stderr, "relay: --%s %v: must be positive, like 30s (zero: the relay's default)\n", d.name, d.v)
+			return ExitUsage
+		}
 	}
-	t := &Target{Base: base, ServerName: *serverName, Profile: prof, ReadTimeout: *readTimeout, ReadHeaderTimeout: *readHeaderTimeout}
+	t := &Target{Base: base, ServerName: *serverName, Profile: prof, ReadTimeout: *readTimeout, ReadHeaderTimeout: *readHeaderTimeout,
+		WriteTimeout: *writeTimeout, PingInterval: *pingInterval, PongTimeout: *pongTimeout, ProbeTimeout: *probeTimeout, ClusterLease: *clusterLease}
+	if *peerTarget != "" {
+		peer, err := parseTarget(*peerTarget)
+		if err != nil {
+			fmt.Fprintf(stderr, "relay: --peer-%v\n", strings.TrimPrefix(err.Error(), "--"))
+			return ExitUsage
+		}
+		if peer.String() == base.String() {
+			fmt.Fprintln(stderr, "relay: --peer-target names the --target itself: give another instance of the same cluster")
+			return ExitUsage
+		}
+		pt := *t
+		pt.Base = peer
+		t.Peer = &pt
+	}
 	if *caFile != "" {
 		pem, err := os.ReadFile(*caFile)
 		if err != nil {
@@ -110,6 +139,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		if !t.RootCAs.AppendCertsFromPEM(pem) {
 			fmt.Fprintf(stderr, "relay: --ca: no PEM certificates in %s\n", *caFile)
 			return ExitUsage
+		}
+		if t.Peer != nil {
+			t.Peer.RootCAs = t.RootCAs
 		}
 	}
 	var filter []string
@@ -138,6 +170,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}{{"--junit", *junitFile, RenderJUnit}, {"--report", *reportFile, RenderHTML}, {"--prom-textfile", *promFile, RenderPromTextfile}}
 	scs := Select(t, filter)
 	info := RunInfo{Target: base.String(), Started: time.Now(), SourceBase: reportBase(*sourceBase, *reportFile)}
+	if t.Peer != nil {
+		info.Peer = t.Peer.Base.String()
+	}
 	// Every output is checked before anything is attacked: a run whose
 	// results cannot be kept is not run.
 	var unwritable []string

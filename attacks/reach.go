@@ -33,7 +33,20 @@ var errUnreachable = errors.New("target unreachable")
 // as every request of the suite). Any HTTP answer counts as reachable except
 // 502 and 504 (a proxy whose relay is gone) and a 503 that outlasts the
 // waiting (a relay draining or full). The error says what to fix.
+// With a peer instance (--peer-target) both must answer.
 func (t *Target) reachable(ctx context.Context) error {
+	if err := t.reachableOne(ctx); err != nil {
+		return err
+	}
+	if t.Peer != nil {
+		if err := t.Peer.reachableOne(ctx); err != nil {
+			return fmt.Errorf("peer instance (--peer-target): %w", err)
+		}
+	}
+	return nil
+}
+
+func (t *Target) reachableOne(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, reachTimeout)
 	defer cancel()
 	rr, err := t.rawRequest(ctx, t.buildRequest("GET", "/healthz", nil))

@@ -308,11 +308,11 @@ func RenderThreatMap(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", th.ID, th.Title, th.Status, detail)
 	}
 	fmt.Fprintln(tw, "\t\t\t")
-	fmt.Fprintln(tw, "SCENARIO\tMODE\tTHREATS\tBOUNDS (remote)")
+	fmt.Fprintln(tw, "SCENARIO\tMODE\tTHREATS\tBOUNDS (remote) / WHY LOCAL-ONLY")
 	for _, sc := range Catalog() {
 		b := sc.Bounds
 		if sc.Mode == LocalOnly {
-			b = "-"
+			b = "local-only: " + sc.LocalOnly
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", sc.ID, sc.Mode, strings.Join(sc.Threats, ","), b)
 	}

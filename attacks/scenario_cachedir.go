@@ -29,11 +29,12 @@ import (
 // nothing may contact it before the cache check.
 func cacheDir() Scenario {
 	return Scenario{
-		ID:      "ATK-CACHE-DIR",
-		Title:   "Cache dir or a file in it with any group or world bit, or a symlink: exit 2, one line naming it, before any port; 0700 starts",
-		Threats: []string{"TM-CERT-1"},
-		Mode:    LocalOnly,
-		Run:     runCacheDir,
+		ID:        "ATK-CACHE-DIR",
+		Title:     "Cache dir or a file in it with any group or world bit, or a symlink: exit 2, one line naming it, before any port; 0700 starts",
+		Threats:   []string{"TM-CERT-1"},
+		Mode:      LocalOnly,
+		LocalOnly: "it starts relays over certificate-cache directories it makes insecure on this machine's disk; a deployment's disk is not reachable over the network",
+		Run:       runCacheDir,
 	}
 }
 

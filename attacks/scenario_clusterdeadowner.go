@@ -13,11 +13,12 @@ import (
 // other instances are closed (1011), and new phones reach the new binary.
 func clusterDeadOwner() Scenario {
 	return Scenario{
-		ID:      "ATK-CLUSTER-DEAD-OWNER",
-		Title:   "A killed owner instance frees its server-ids within --cluster-lease; its remote phones are closed 1011",
-		Threats: []string{"TM-CLU-2"},
-		Mode:    LocalOnly,
-		Run:     runClusterDeadOwner,
+		ID:        "ATK-CLUSTER-DEAD-OWNER",
+		Title:     "A killed owner instance frees its server-ids within --cluster-lease; its remote phones are closed 1011",
+		Threats:   []string{"TM-CLU-2"},
+		Mode:      LocalOnly,
+		LocalOnly: "it kills an instance (SIGKILL) and waits for its lease to expire: that would take down a deployed instance",
+		Run:       runClusterDeadOwner,
 	}
 }
 

@@ -37,11 +37,12 @@ import (
 // the real one, and the phone must still be open.
 func clusterRogueInstance() Scenario {
 	return Scenario{
-		ID:      "ATK-CLUSTER-ROGUE-INSTANCE",
-		Title:   "A client with one instance's NATS credentials can neither speak as another instance nor pass a forged phone or binary message off as its owner's",
-		Threats: []string{"TM-CLU-4"},
-		Mode:    LocalOnly,
-		Run:     runClusterRogueInstance,
+		ID:        "ATK-CLUSTER-ROGUE-INSTANCE",
+		Title:     "A client with one instance's NATS credentials can neither speak as another instance nor pass a forged phone or binary message off as its owner's",
+		Threats:   []string{"TM-CLU-4"},
+		Mode:      LocalOnly,
+		LocalOnly: "it publishes on NATS as a rogue instance: that needs the deployment's NATS credentials, which no client has",
+		Run:       runClusterRogueInstance,
 	}
 }
 

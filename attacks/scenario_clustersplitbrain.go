@@ -31,11 +31,12 @@ import (
 // instance's binaries, phones, grace slots and queued bytes return to 0.
 func clusterSplitBrain() Scenario {
 	return Scenario{
-		ID:      "ATK-CLUSTER-SPLIT-BRAIN",
-		Title:   "An owner cut off from NATS past its lease drops its stale slot (binary 1011, phones 4404) when the partition heals; a shorter blip changes no claim",
-		Threats: []string{"TM-CLU-5"},
-		Mode:    LocalOnly,
-		Run:     runClusterSplitBrain,
+		ID:        "ATK-CLUSTER-SPLIT-BRAIN",
+		Title:     "An owner cut off from NATS past its lease drops its stale slot (binary 1011, phones 4404) when the partition heals; a shorter blip changes no claim",
+		Threats:   []string{"TM-CLU-5"},
+		Mode:      LocalOnly,
+		LocalOnly: "it cuts an instance's link to NATS past the lease: that needs control of the network between a deployment's instances and NATS",
+		Run:       runClusterSplitBrain,
 	}
 }
 

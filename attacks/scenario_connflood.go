@@ -23,11 +23,12 @@ const (
 
 func connFlood() Scenario {
 	return Scenario{
-		ID:      "ATK-CONN-FLOOD",
-		Title:   "Connections from many addresses fill --max-conns; the next gets 503 + Retry-After; a live pair and /healthz carry on",
-		Threats: []string{"TM-DOS-5"},
-		Mode:    LocalOnly,
-		Run:     runConnFlood,
+		ID:        "ATK-CONN-FLOOD",
+		Title:     "Connections from many addresses fill --max-conns; the next gets 503 + Retry-After; a live pair and /healthz carry on",
+		Threats:   []string{"TM-DOS-5"},
+		Mode:      LocalOnly,
+		LocalOnly: "filling --max-conns (4096 by default) takes thousands of connections from more than 64 addresses, and a deployment at its cap refuses its real users",
+		Run:       runConnFlood,
 	}
 }
 

@@ -24,11 +24,12 @@ import (
 // 0400 key.
 func fcmCredentials() Scenario {
 	return Scenario{
-		ID:      "ATK-FCM-CREDENTIALS",
-		Title:   "FCM key file at 0644/0640/0604/0660, a symlink to a loose key or through a group-writable directory, a directory or another owner's: exit 2, one line naming it, no key bytes, before any port; 0600/0400 and a Kubernetes secret mount start",
-		Threats: []string{"TM-OUT-5"},
-		Mode:    LocalOnly,
-		Run:     runFCMCredentials,
+		ID:        "ATK-FCM-CREDENTIALS",
+		Title:     "FCM key file at 0644/0640/0604/0660, a symlink to a loose key or through a group-writable directory, a directory or another owner's: exit 2, one line naming it, no key bytes, before any port; 0600/0400 and a Kubernetes secret mount start",
+		Threats:   []string{"TM-OUT-5"},
+		Mode:      LocalOnly,
+		LocalOnly: "it starts relays with FCM credential files it makes insecure on this machine's disk",
+		Run:       runFCMCredentials,
 	}
 }
 

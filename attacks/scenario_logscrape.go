@@ -24,11 +24,12 @@ import (
 // line must come out sanitised. gitleaks scans the log too when installed.
 func logScrape() Scenario {
 	return Scenario{
-		ID:      "ATK-LOG-SCRAPE",
-		Title:   "Tokens, payloads and header values never reach the log; every line is allowlisted JSON",
-		Threats: []string{"TM-LOG-1", "TM-LOG-2"},
-		Mode:    LocalOnly,
-		Run:     runLogScrape,
+		ID:        "ATK-LOG-SCRAPE",
+		Title:     "Tokens, payloads and header values never reach the log; every line is allowlisted JSON",
+		Threats:   []string{"TM-LOG-1", "TM-LOG-2"},
+		Mode:      LocalOnly,
+		LocalOnly: "it reads the relay's log, which only its host has",
+		Run:       runLogScrape,
 	}
 }
 

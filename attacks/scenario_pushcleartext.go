@@ -29,11 +29,12 @@ import (
 //     a wake is sent (the setup works).
 func pushCleartext() Scenario {
 	return Scenario{
-		ID:      "ATK-PUSH-CLEARTEXT",
-		Title:   "Plain-http FCM endpoint or token_uri other than a loopback IP (private, mapped, zoned, names, 127.1, userinfo): exit 2 naming it; redirects of the token or FCM request never followed",
-		Threats: []string{"TM-OUT-6"},
-		Mode:    LocalOnly,
-		Run:     runPushCleartext,
+		ID:        "ATK-PUSH-CLEARTEXT",
+		Title:     "Plain-http FCM endpoint or token_uri other than a loopback IP (private, mapped, zoned, names, 127.1, userinfo): exit 2 naming it; redirects of the token or FCM request never followed",
+		Threats:   []string{"TM-OUT-6"},
+		Mode:      LocalOnly,
+		LocalOnly: "it starts relays with refused FCM endpoints and key files on this machine, against a fake token endpoint and FCM that redirect to a trap",
+		Run:       runPushCleartext,
 	}
 }
 

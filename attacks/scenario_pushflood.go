@@ -29,11 +29,12 @@ import (
 // Every wake must end counted in relay_push_wakes_total.
 func pushFlood() Scenario {
 	return Scenario{
-		ID:      "ATK-PUSH-FLOOD",
-		Title:   "Push-wake flood and a hanging FCM: FCM sees at most the per-server-id burst and the in-flight cap; another tenant's wakes and frames go through",
-		Threats: []string{"TM-OUT-1", "TM-OUT-2", "TM-OUT-4"},
-		Mode:    LocalOnly,
-		Run:     runPushFlood,
+		ID:        "ATK-PUSH-FLOOD",
+		Title:     "Push-wake flood and a hanging FCM: FCM sees at most the per-server-id burst and the in-flight cap; another tenant's wakes and frames go through",
+		Threats:   []string{"TM-OUT-1", "TM-OUT-2", "TM-OUT-4"},
+		Mode:      LocalOnly,
+		LocalOnly: "it needs a fake FCM that counts and hangs wakes; against a deployment it would send real pushes to Google",
+		Run:       runPushFlood,
 	}
 }
 

@@ -28,11 +28,12 @@ import (
 // token of the same shape.
 func pushTokenLeak() Scenario {
 	return Scenario{
-		ID:      "ATK-PUSH-TOKEN-LEAK",
-		Title:   "FCM device tokens, access tokens and the service-account key never reach the log or /metrics; only an 8-hex fingerprint is logged",
-		Threats: []string{"TM-OUT-3"},
-		Mode:    LocalOnly,
-		Run:     runPushTokenLeak,
+		ID:        "ATK-PUSH-TOKEN-LEAK",
+		Title:     "FCM device tokens, access tokens and the service-account key never reach the log or /metrics; only an 8-hex fingerprint is logged",
+		Threats:   []string{"TM-OUT-3"},
+		Mode:      LocalOnly,
+		LocalOnly: "it reads the relay's log and its metrics listener (loopback only on a deployment), with a fake FCM",
+		Run:       runPushTokenLeak,
 	}
 }
 

@@ -21,11 +21,12 @@ import (
 // frames flow meanwhile.
 func pushTokenStall() Scenario {
 	return Scenario{
-		ID:      "ATK-PUSH-TOKEN-STALL",
-		Title:   "A token endpoint that accepts and never answers: wakes end failed at --push-timeout, the fetch is given up, later wakes are sent",
-		Threats: []string{"TM-OUT-4"},
-		Mode:    LocalOnly,
-		Run:     runPushTokenStall,
+		ID:        "ATK-PUSH-TOKEN-STALL",
+		Title:     "A token endpoint that accepts and never answers: wakes end failed at --push-timeout, the fetch is given up, later wakes are sent",
+		Threats:   []string{"TM-OUT-4"},
+		Mode:      LocalOnly,
+		LocalOnly: "it needs a fake token endpoint that never answers, and a relay of its own with push on against it",
+		Run:       runPushTokenStall,
 	}
 }
 

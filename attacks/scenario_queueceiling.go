@@ -89,11 +89,12 @@ const (
 
 func queueCeiling() Scenario {
 	return Scenario{
-		ID:      "ATK-QUEUE-CEILING",
-		Title:   "Stalled phones cannot queue past --max-queued-bytes; at the ceiling the attacker's phones furthest behind are closed 1011 until the frame fits, never another tenant's; a live pair carries on",
-		Threats: []string{"TM-DOS-8"},
-		Mode:    LocalOnly,
-		Run:     runQueueCeiling,
+		ID:        "ATK-QUEUE-CEILING",
+		Title:     "Stalled phones cannot queue past --max-queued-bytes; at the ceiling the attacker's phones furthest behind are closed 1011 until the frame fits, never another tenant's; a live pair carries on",
+		Threats:   []string{"TM-DOS-8"},
+		Mode:      LocalOnly,
+		LocalOnly: "it fills the relay-wide --max-queued-bytes (256 MiB by default), which would get real users' phones shed, and reads /metrics",
+		Run:       runQueueCeiling,
 	}
 }
 

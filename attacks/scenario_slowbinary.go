@@ -2,6 +2,7 @@ package attacks
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,16 +13,24 @@ import (
 
 // Slow binary: sixteen phones, each sending 15 KiB frames as fast as the
 // relay takes them, to a live daemon on a slow downlink (4 KiB socket
-// buffers, one message taken every 100 ms), with --write-timeout 1s. Before
-// issue 13 the write timeout also counted the time a frame queued behind
-// the other phones' writes, so the phones got their binary closed 1011
-// within two seconds, and the ping heartbeat and the conflict probe queued
+// buffers, one message taken every tenth of --write-timeout, so a round of
+// turns over the 16 phones takes 1.6 times --write-timeout). Before issue
+// 13 the write timeout also counted the time a frame queued behind the
+// other phones' writes, so the phones got their binary closed 1011 within
+// two write timeouts, and the ping heartbeat and the conflict probe queued
 // behind the frames too. Now the phones are slowed or lose frames; the
 // binary stays up, and a rival claiming its server-id is refused 4409.
+//
+// Locally the relay is one of its own with --write-timeout 1s and a fast
+// heartbeat and probe, loaded for 3 s. Remotely it is the deployed relay
+// (--write-timeout 10s unless relay attack --write-timeout says otherwise),
+// loaded for two write timeouts and 2 s, each phone sending at most
+// slowBinaryMaxFrames frames.
 const (
-	slowBinaryPhones = 16
-	slowBinaryFrame  = 15 << 10
-	slowBinaryLoad   = 3 * time.Second
+	slowBinaryPhones    = 16
+	slowBinaryFrame     = 15 << 10
+	slowBinaryLoad      = 3 * time.Second
+	slowBinaryMaxFrames = 32
 )
 
 func slowBinary() Scenario {
@@ -29,17 +38,20 @@ func slowBinary() Scenario {
 		ID:      "ATK-SLOW-BINARY",
 		Title:   "Phones flooding a slow but live binary cannot get it closed; a rival claim is refused 4409",
 		Threats: []string{"TM-DOS-11"},
-		Mode:    LocalOnly,
-		Bounds:  "1 relay of its own, 1 slow binary, 16 phones sending 15 KiB frames for about 4 s, 1 rival binary",
-		Run:     runSlowBinary,
+		Mode:    RemoteSafe,
+		Bounds: fmt.Sprintf("1 slow binary, %d phones each sending at most %d frames of 15 KiB (%.1f MiB in all) for two --write-timeout and 2 s (22 s with the default 10s; relay attack --write-timeout D changes it), then 1 rival binary waiting one --probe-timeout; %d connections open at most",
+			slowBinaryPhones, slowBinaryMaxFrames, float64(slowBinaryPhones*slowBinaryMaxFrames*slowBinaryFrame)/(1<<20), slowBinaryPhones+2),
+		Run: runSlowBinary,
 	}
 }
 
 func runSlowBinary(ctx context.Context, t *Target) Result {
-	if _, skip := localOrSkip(t); skip != nil {
-		return *skip
+	wt, load, probe := time.Second, slowBinaryLoad, time.Second
+	if t.Local == nil {
+		wt = tuned(t.WriteTimeout, defaultWriteTimeout)
+		load, probe = 2*wt+2*time.Second, tuned(t.ProbeTimeout, defaultProbeTimeout)
 	}
-	tgt, _, stop, err := dedicated(ctx, t, "--write-timeout", "1s", "--ping-interval", "500ms", "--pong-timeout", "2s", "--probe-timeout", "1s")
+	tgt, _, stop, err := dedicated(ctx, t, "--write-timeout", wt.String(), "--ping-interval", "500ms", "--pong-timeout", "2s", "--probe-timeout", probe.String())
 	if err != nil {
 		return Failf("%v", err)
 	}
@@ -65,7 +77,7 @@ func runSlowBinary(ctx context.Context, t *Target) Result {
 			if i := strings.Index(string(m), `"conn_id":"`); i >= 0 && len(m) > i+34 {
 				senders.Store(string(m[i+11:i+34]), true)
 			}
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(wt / 10)
 		}
 	}()
 
@@ -80,7 +92,10 @@ func runSlowBinary(ctx context.Context, t *Target) Result {
 		defer c.CloseNow()
 		go func() { _, _, _ = c.Read(loadCtx) }() // answers pings
 		go func() {
-			for loadCtx.Err() == nil {
+			for range slowBinaryMaxFrames {
+				if loadCtx.Err() != nil {
+					return
+				}
 				wctx, cancel := context.WithTimeout(loadCtx, 20*time.Second)
 				err := c.Write(wctx, websocket.MessageText, frame)
 				cancel()
@@ -94,14 +109,14 @@ func runSlowBinary(ctx context.Context, t *Target) Result {
 	select {
 	case err := <-ended:
 		return Failf("slow but live binary closed under phone load (close %d): the write timeout counted the queue", websocket.CloseStatus(err))
-	case <-time.After(slowBinaryLoad):
+	case <-time.After(load):
 	}
 	rival, _, err := tgt.dial(ctx, "/v1/server", binaryHeaders(sid))
 	if err != nil {
 		return Failf("rival binary: %v", err)
 	}
 	defer rival.CloseNow()
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, probe*3/2+5*time.Second)
 	_, _, rerr := rival.Read(rctx)
 	cancel()
 	if code := websocket.CloseStatus(rerr); code != 4409 {
@@ -117,6 +132,6 @@ func runSlowBinary(ctx context.Context, t *Target) Result {
 	if got.Load() < 10 || n < 2 {
 		return Failf("the binary was not fed: %d messages from %d phones", got.Load(), n)
 	}
-	return Passf("binary up after %v of %d phones flooding 15 KiB frames with --write-timeout 1s; %d messages from %d phones; rival refused 4409",
-		slowBinaryLoad, slowBinaryPhones, got.Load(), n)
+	return Passf("binary up after %v of %d phones flooding 15 KiB frames with --write-timeout %v; %d messages from %d phones; rival refused 4409",
+		load, slowBinaryPhones, wt, got.Load(), n)
 }

@@ -49,11 +49,12 @@ const (
 
 func socketFlood() Scenario {
 	return Scenario{
-		ID:      "ATK-SOCKET-FLOOD",
-		Title:   "Idle and keep-alive sockets past --max-sockets-per-ip and --max-sockets are closed at accept; other clients and a live pair carry on",
-		Threats: []string{"TM-DOS-1", "TM-DOS-5"},
-		Mode:    LocalOnly,
-		Run:     runSocketFlood,
+		ID:        "ATK-SOCKET-FLOOD",
+		Title:     "Idle and keep-alive sockets past --max-sockets-per-ip and --max-sockets are closed at accept; other clients and a live pair carry on",
+		Threats:   []string{"TM-DOS-1", "TM-DOS-5"},
+		Mode:      LocalOnly,
+		LocalOnly: "it fills --max-sockets-per-ip and --max-sockets from simulated loopback addresses, on a relay of its own with small caps",
+		Run:       runSocketFlood,
 	}
 }
 

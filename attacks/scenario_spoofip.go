@@ -38,11 +38,12 @@ var spoofHeaders = [][2]string{
 
 func spoofIP() Scenario {
 	return Scenario{
-		ID:      "ATK-SPOOF-IP",
-		Title:   "X-Forwarded-For and PROXY headers from untrusted peers change nothing; a trusted proxy's PROXY address is the one limited",
-		Threats: []string{"TM-NET-1"},
-		Mode:    LocalOnly,
-		Run:     runSpoofIP,
+		ID:        "ATK-SPOOF-IP",
+		Title:     "X-Forwarded-For and PROXY headers from untrusted peers change nothing; a trusted proxy's PROXY address is the one limited",
+		Threats:   []string{"TM-NET-1"},
+		Mode:      LocalOnly,
+		LocalOnly: "it starts relays with chosen --trust-proxy and PROXY settings and small caps, and connects from simulated loopback addresses",
+		Run:       runSpoofIP,
 	}
 }
 

@@ -42,8 +42,37 @@ type Target struct {
 	// bound their attacks by them: a relay tuned tighter is attacked for
 	// less time, and one tuned looser is not reported as failing.
 	ReadTimeout, ReadHeaderTimeout time.Duration
+	// The remote relay's heartbeat, conflict probe, write deadline and
+	// cluster lease when the operator tuned them (zero: the deployed
+	// defaults; see Tuning). ATK-DEAD-PEER, ATK-SLOW-BINARY and
+	// ATK-CLUSTER-CROSS-TENANT wait for those timers.
+	PingInterval, PongTimeout, ProbeTimeout, WriteTimeout, ClusterLease time.Duration
+	// Peer is a second instance of the same deployed cluster (relay attack
+	// --peer-target), with the same TLS settings; nil when there is none.
+	// The cross-instance scenarios run against Target and Peer together.
+	Peer *Target
 
 	client *http.Client // overrides the WebSocket dialer's HTTP client
+}
+
+// The deployed relay's defaults (internal/relay/options.go,
+// internal/cluster/cluster.go), which a remote target is assumed to run
+// unless relay attack is told otherwise.
+const (
+	defaultPingInterval = 30 * time.Second
+	defaultPongTimeout  = 30 * time.Second
+	defaultCloseTimeout = time.Second
+	defaultProbeTimeout = 10 * time.Second
+	defaultWriteTimeout = 10 * time.Second
+	defaultClusterLease = 15 * time.Second
+)
+
+// tuned is d when it is set, else def.
+func tuned(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
 }
 
 // hostPort is the target's host:port, with the scheme's default port. It
