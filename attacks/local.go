@@ -154,7 +154,8 @@ type Process struct {
 var ErrNoListenLine = errors.New("attacks: relay did not log a public listening address")
 
 // StartProcess runs bin with args and waits (up to 15 s or ctx) for its
-// public "listening" log line. It returns the process even when it failed
+// public "listening" log line and then its "started" line (every listener
+// serving, so /healthz answers 200). It returns the process even when it failed
 // to start listening, so the caller can read its log and exit code; it is
 // then already stopped.
 func StartProcess(ctx context.Context, bin string, args ...string) (*Process, error) {
@@ -183,14 +184,20 @@ func StartProcessEnv(ctx context.Context, env []string, bin string, args ...stri
 		defer close(scanDone)
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+		addr := ""
 		for sc.Scan() {
 			line := sc.Text()
 			p.mu.Lock()
 			p.lines = append(p.lines, line)
 			p.mu.Unlock()
-			if a, ok := listeningAddr(line, "public"); ok {
+			if a, ok := listeningAddr(line, "public"); ok && addr == "" {
+				addr = a
+			}
+			// Ready once it has said "started": the listeners are logged
+			// as each starts, and /healthz answers 503 until all serve.
+			if addr != "" && isStartedLine(line) {
 				select {
-				case addrc <- a:
+				case addrc <- addr:
 				default:
 				}
 			}
@@ -220,6 +227,15 @@ func StartProcessEnv(ctx context.Context, env []string, bin string, args ...stri
 	}
 	p.Kill()
 	return p, ErrNoListenLine
+}
+
+// isStartedLine reports whether line is the relay's {"event":"started"},
+// logged once every listener serves.
+func isStartedLine(line string) bool {
+	var m struct {
+		Event string `json:"event"`
+	}
+	return json.Unmarshal([]byte(line), &m) == nil && m.Event == "started"
 }
 
 // listeningAddr parses {"event":"listening","listener":NAME,"addr":A}.
