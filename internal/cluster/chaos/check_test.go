@@ -273,7 +273,7 @@ func TestCheck_Closes(t *testing.T) {
 	t.Run("a socket dropped while its instance ran", func(t *testing.T) {
 		b := newHB()
 		closedBy(b.bin(1, "t", 0, s), 3*s, codeAbnormal, "")
-		expect(t, Check(b.h, testParams), VClose, 1, "its instance was not killed and it kept reading")
+		expect(t, Check(b.h, testParams), VClose, 1, "its instance was neither killed nor stopped, and it kept reading")
 	})
 }
 
@@ -301,6 +301,15 @@ func TestCheck_Notices(t *testing.T) {
 		b, _, _, _ := pairHistory()
 		b.h.Notices = append(b.h.Notices, b.h.Notices[1])
 		expect(t, Check(b.h, testParams), VNotice, 1, "got 2 close notices for phone 3")
+	})
+	t.Run("1011 for a phone whose link was lost before it was evicted", func(t *testing.T) {
+		b := newHB()
+		bin, p := b.bin(1, "t", 0, s), b.phone(2, "t", 1, 2*s)
+		b.up(p, bin, 2*s, 3)
+		b.fault(FaultStop, 1, 2500*time.Millisecond, 6*s)
+		b.notice(bin, p, 1011, 5*s)
+		closedBy(p, 6100*time.Millisecond, 4404, reasonNoBinary)
+		expectNone(t, only(Check(b.h, testParams), VNotice))
 	})
 	t.Run("for an evicted phone", func(t *testing.T) {
 		b := newHB()

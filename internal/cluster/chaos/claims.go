@@ -39,8 +39,12 @@ import (
 // docs/cluster.md chose availability during partitions longer than the
 // lease: an owner cut off that long keeps serving its local phones while
 // another instance grants the server-id anew, until the partition heals
-// plus one reconnect and one refresh (windows.split). owns(b) observed in
-// such a window are the one anomaly allowed, and only those are left out.
+// plus one reconnect and one refresh (windows.split). What the split-off
+// instance's clients observe in such a window is left out (owns, its
+// phones' refusals and evictions) or weakened (a claim its own registry
+// granted has an unknown outcome). And a grace slot can be reclaimed
+// elsewhere at once, so a phone refused 4404 on an instance that is cut
+// off (windows.stale) is no ownership fact either.
 
 type claimOut int
 
@@ -256,7 +260,11 @@ func claimOps(h *History, w *windows, tenant string, conns []*Conn) []porcupine.
 		}
 		if b, ok := joined[c.ID]; ok {
 			add(c.ID, claimIn{kind: opEvicted, binary: b}, outOK, c.Ended, c.Ended)
-		} else if c.Upgraded != 0 {
+		} else if c.Upgraded != 0 && !w.stale(c.Inst, c.Dial, c.Ended) {
+			// (On an instance cut off from NATS a phone may join a grace
+			// slot another instance has reclaimed meanwhile, and be closed
+			// 4404 when the grace ends there or the heal is noticed,
+			// without a frame: a refusal that is no ownership fact.)
 			// From its dial: a join decided before the 101 may have joined
 			// a slot that was then dropped (an eviction that looks like a
 			// refusal: no frame got through in between).

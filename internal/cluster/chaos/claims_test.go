@@ -148,6 +148,23 @@ func TestCheckClaims(t *testing.T) {
 		closedBy(b1, 5500*time.Millisecond, 1011, reasonReplaced)
 		expect(t, Check(b.h, testParams), VClaims, 1, "not linearizable")
 	})
+	refusedBeside := func(cut bool) []Violation {
+		b := newHB()
+		b1 := b.bin(1, "t", 1, s)
+		p1 := b.phone(3, "t", 1, 2*s)
+		b.up(p1, b1, 2*s, 60)
+		if cut {
+			b.fault(FaultBlackhole, 0, 4*s, 4500*time.Millisecond)
+		}
+		closedBy(b.phone(4, "t", 0, 4200*time.Millisecond), 5*s, 4404, reasonNoBinary)
+		return only(Check(b.h, testParams), VClaims)
+	}
+	t.Run("a phone refused 4404 beside a live owner", func(t *testing.T) {
+		expect(t, refusedBeside(false), VClaims, 1, "not linearizable")
+	})
+	t.Run("a phone in a stale grace slot of an instance cut off", func(t *testing.T) {
+		expectNone(t, refusedBeside(true))
+	})
 	t.Run("tenants apart: a claim of one is no claim of the other", func(t *testing.T) {
 		b := newHB()
 		b1 := b.bin(1, "x~y", 0, s)

@@ -204,6 +204,19 @@ func (w *windows) split(i int) []Interval {
 	return out
 }
 
+// stale: instance i was cut off in [a, b] (or had healed less than
+// healBound before): a grace slot it holds may have been reclaimed
+// elsewhere meanwhile (a reclaim needs no word from the owner), and it
+// does not know yet.
+func (w *windows) stale(i int, a, b T) bool {
+	for _, iv := range w.cutOff[i] {
+		if (Interval{iv.From, iv.To + w.p.healBound()}).overlaps(a, b) {
+			return true
+		}
+	}
+	return false
+}
+
 // mayBeDead: at some time in [a, b] the cluster may have taken binary c
 // for gone, so a claim may take its server-id, a phone may be refused or
 // evicted 4404: c had ended or was being closed (the relay may know up to
