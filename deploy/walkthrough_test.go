@@ -179,3 +179,64 @@ func TestWalkthrough_ReloadALimit(t *testing.T) {
 	require.Equal(t, http.StatusServiceUnavailable, dialBinary(t, addr, "127.0.0.4", "walk-c"), "still max-conns = 2")
 	require.NotContains(t, p.log.String(), `"event":"config_reload_refused"`, "the relay was never signalled")
 }
+
+// k8sSecretMount lays out dir as docs/deploy.md "Kubernetes secrets" says
+// the kubelet mounts a Secret volume: the volume's root 1777, the files in
+// a timestamped directory (0755), ..data pointing at it, and each key a
+// symlink through ..data (key -> ..data/key), the file at the volume's
+// defaultMode. Returns the key's path.
+func k8sSecretMount(t *testing.T, dir, key string, content []byte, mode os.FileMode) string {
+	t.Helper()
+	ts := "..2026_12_07_17_00_00.123456789"
+	require.NoError(t, os.Chmod(dir, 0o1777|os.ModeSticky))
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, ts), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, ts, key), content, mode))
+	require.NoError(t, os.Chmod(filepath.Join(dir, ts, key), mode))
+	require.NoError(t, os.Symlink(ts, filepath.Join(dir, "..data")))
+	require.NoError(t, os.Symlink(filepath.Join("..data", key), filepath.Join(dir, key)))
+	return filepath.Join(dir, key)
+}
+
+// TestWalkthrough_KubernetesSecret: the FCM key from relay-fakefcm (the
+// documented local push set-up) mounted as Kubernetes mounts a Secret with
+// the documented defaultMode 0440 (key.json -> ..data/key.json, ..data ->
+// ..TIMESTAMP/, the volume's root 1777): the relay
+// starts with --fcm-credentials naming the mounted key, and a binary's
+// wake reaches the fake FCM. The same mount at Kubernetes' default mode
+// (0644, world-readable) is refused (exit 2, naming the flag).
+func TestWalkthrough_KubernetesSecret(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "push")
+	out, _ := startCmd(t, buildCmd(t, "relay-fakefcm"), "--dir", dir)
+	waitFile(t, filepath.Join(dir, "relay-flags"), out)
+	flags := strings.Fields(strings.TrimSpace(string(mustRead(t, filepath.Join(dir, "relay-flags")))))
+	require.Equal(t, "--fcm-credentials", flags[0])
+	key := mustRead(t, flags[1])
+
+	mount := filepath.Join(t.TempDir(), "fcm")
+	require.NoError(t, os.Mkdir(mount, 0o755))
+	mounted := k8sSecretMount(t, mount, "key.json", key, 0o440)
+	flags[1] = mounted
+	addrs := serveRelay(t, append([]string{"--insecure-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"}, flags...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://"+addrs["public"]+"/v1/server", &websocket.DialOptions{HTTPHeader: http.Header{
+		"X-Pyrycode-Server": {"walk-k8s"}, "X-Pyrycode-Version": {"1"}, "User-Agent": {"deploy-test"}}})
+	require.NoError(t, err)
+	defer c.CloseNow()
+	require.NoError(t, c.Write(ctx, websocket.MessageText, []byte(`{"push_wake":{"platform":"fcm","token":"k8s-phone"}}`)))
+	require.Eventually(t, func() bool { return strings.Contains(out.String(), `fcm: wake for device token "k8s-phone"`) },
+		20*time.Second, 20*time.Millisecond, "the fake FCM never got the wake:\n%s", out)
+
+	// Kubernetes' own default mode, 0644, leaves the key world-readable:
+	// refused at start, as a loose file is.
+	open := filepath.Join(t.TempDir(), "fcm")
+	require.NoError(t, os.Mkdir(open, 0o755))
+	flags[1] = k8sSecretMount(t, open, "key.json", key, 0o644)
+	cmd := exec.Command(relayBin, append([]string{"serve", "--check", "--insecure-listen", "127.0.0.1:0"}, flags...)...)
+	cmd.Env = append(os.Environ(), "RELAY_PRODUCTION=")
+	res, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "a world-readable key behind the mount's links was accepted: %s", res)
+	require.Equal(t, 2, ee.ExitCode(), "%s", res)
+	require.Contains(t, string(res), "--fcm-credentials", "the refusal names the flag")
+}
