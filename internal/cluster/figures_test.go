@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -69,6 +70,9 @@ const (
 //     cross-instance round trip adds; interleaved round by round;
 //   - one phone's throughput to its binary (up) and the binary's to it
 //     (down), same- and cross-instance, and bare NATS's one-way throughput;
+//   - where a round trip's extra time goes: one-way legs through relay A
+//     alone, through relay B and NATS, through NATS and relay A, and
+//     through NATS alone (figLegs);
 //   - where the CPU goes: CPU time per frame of each process (both relays,
 //     the NATS server, the clients) and each relay's heap allocations per
 //     frame.
@@ -194,6 +198,12 @@ func TestClusterFigures(t *testing.T) {
 		rate := figFloorPump(t, nc, upFrame)
 		rep.add("NATS alone", m.stop(ph, "NATS alone", figFrames), rate)
 	}
+	// One-way legs, to see where a cross-instance round trip's extra time
+	// goes: a fresh cross-instance phone, since the last legs publish as
+	// its home would and leave its sequence numbers behind.
+	ph = m.start()
+	rep.legs = figLegs(t, nc, b, phones["same"], phoneAt(t, ins[1], sid), sid)
+	rep.phases = append(rep.phases, m.stop(ph, "legs", 4*figRounds))
 	rep.loadEnd = loadAvg()
 	rep.print(os.Stdout)
 	if busy := rep.foreign(); busy > figuresMaxForeign {
@@ -331,6 +341,73 @@ func figFloorPump(t *testing.T, nc *nats.Conn, frame []byte) float64 {
 	return figFrames / time.Since(start).Seconds()
 }
 
+// figLegs measures one-way legs (p50), each figRounds times: "same" a
+// phone's frame to its binary on the same instance; "home" a cross-instance
+// phone's frame to the NATS server and on to a subscriber here (the phone's
+// relay, B, and one NATS crossing); "owner" a link message published here
+// as B would, through NATS to A and on to the binary (one NATS crossing and
+// A); "NATS" a message published here to a subscriber here (one NATS
+// crossing, the part home and owner share). The first three interleave;
+// the owner's come last, as they take the phone's sequence numbers.
+func figLegs(t *testing.T, nc *nats.Conn, b, same, cross *conn, sid string) map[string]time.Duration {
+	t.Helper()
+	connID := hello(t, b, cross)
+	seq := uint64(1)
+	got := make(chan struct{}, 16)
+	link := "relay.i.f0.m.f1" // A's link inbox, from B (subjects.go)
+	for _, subj := range []string{link, "figures.legs.nats"} {
+		sub, err := nc.Subscribe(subj, func(*nats.Msg) { got <- struct{}{} })
+		require.NoError(t, err)
+		defer func() { _ = sub.Unsubscribe() }()
+	}
+	require.NoError(t, nc.Flush())
+	wait := func() {
+		select {
+		case <-got:
+		case <-time.After(5 * time.Second):
+			t.Fatal("legs: a message did not come")
+		}
+	}
+	toBinary := func() {
+		_, err := b.next(5 * time.Second)
+		require.NoError(t, err)
+	}
+	frame := []byte(`{"i":0}`)
+	ctx := context.Background()
+	d := map[string][]time.Duration{}
+	timed := func(leg string, f func()) {
+		start := time.Now()
+		f()
+		d[leg] = append(d[leg], time.Since(start))
+	}
+	for i := 0; i < figRounds; i++ {
+		timed("same", func() { require.NoError(t, same.ws.Write(ctx, websocket.MessageText, frame)); toBinary() })
+		timed("home", func() { require.NoError(t, cross.ws.Write(ctx, websocket.MessageText, frame)); wait() })
+		seq++
+		toBinary() // A forwarded it too
+		timed("NATS", func() { require.NoError(t, nc.Publish("figures.legs.nats", frame)); wait() })
+	}
+	for i := 0; i < figRounds; i++ {
+		seq++
+		// The link layout of internal/cluster/wire.go, version 1: up, no
+		// flags, seq, code 0, server-id, conn_id, no token, frame.
+		msg := binary.AppendUvarint([]byte{1, 1, 0}, seq)
+		msg = binary.AppendUvarint(msg, 0)
+		for _, s := range []string{sid, connID, ""} {
+			msg = append(binary.AppendUvarint(msg, uint64(len(s))), s...)
+		}
+		msg = append(msg, frame...)
+		timed("owner", func() { require.NoError(t, nc.Publish(link, msg)); toBinary() })
+		wait() // the subscription here saw it too
+	}
+	out := map[string]time.Duration{}
+	for leg, ds := range d {
+		slices.Sort(ds)
+		out[leg] = pct(ds, .5)
+	}
+	return out
+}
+
 // figMeter measures a phase: CPU time of every process and of the whole
 // machine, and the relays' heap allocations.
 type figMeter struct {
@@ -455,6 +532,7 @@ type figReport struct {
 	cpus               int
 	loadStart, loadEnd string
 	rtt                map[string][2]time.Duration // p50, p99
+	legs               map[string]time.Duration    // p50
 	phases             []figPhase
 	order              []string
 	repeats            map[string][]figPhase
@@ -516,6 +594,13 @@ func (r *figReport) print(w *os.File) {
 	fmt.Fprintf(w, "| round trip (%d each, interleaved) | same-instance | cross-instance | cross - same | NATS floor |\n|---|---|---|---|---|\n", figRounds)
 	fmt.Fprintf(w, "| p50 | %s | %s | %s | %s |\n", us(r.rtt["same"][0]), us(r.rtt["cross"][0]), us(r.rtt["cross"][0]-r.rtt["same"][0]), us(r.rtt["floor"][0]))
 	fmt.Fprintf(w, "| p99 | %s | %s | %s | %s |\n\n", us(r.rtt["same"][1]), us(r.rtt["cross"][1]), us(r.rtt["cross"][1]-r.rtt["same"][1]), us(r.rtt["floor"][1]))
+	l := r.legs
+	fmt.Fprintf(w, "| one-way leg (p50, %d each) | time | what it crosses |\n|---|---|---|\n", figRounds)
+	fmt.Fprintf(w, "| same | %s | client -> relay A -> client |\n", us(l["same"]))
+	fmt.Fprintf(w, "| home | %s | client -> relay B -> NATS -> client |\n", us(l["home"]))
+	fmt.Fprintf(w, "| owner | %s | client -> NATS -> relay A -> client |\n", us(l["owner"]))
+	fmt.Fprintf(w, "| NATS | %s | client -> NATS -> client |\n", us(l["NATS"]))
+	fmt.Fprintf(w, "| home + owner - NATS - same | %s | what a cross-instance leg adds: one more relay and one NATS crossing |\n\n", us(l["home"]+l["owner"]-l["NATS"]-l["same"]))
 	fmt.Fprintf(w, "| one phone, ~220 B frames (median of %d x %d) | same-instance | cross-instance | ratio |\n|---|---|---|---|\n", figRepeats, figFrames)
 	for _, dir := range []string{"up", "down"} {
 		s, c := r.median(dir+" same"), r.median(dir+" cross")
