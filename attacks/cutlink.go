@@ -2,9 +2,11 @@ package attacks
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/url"
 	"sync"
+	"sync/atomic"
 )
 
 // CutLink is a TCP forwarder on loopback between one relay and its NATS
@@ -73,8 +75,9 @@ func (l *CutLink) accept() {
 			continue
 		}
 		l.wg.Add(2)
-		go l.pipe(c, up)
-		go l.pipe(up, c)
+		var ends atomic.Int32
+		go l.pipe(c, up, &ends)
+		go l.pipe(up, c, &ends)
 	}
 }
 
@@ -91,9 +94,15 @@ func (l *CutLink) track(a, b net.Conn) bool {
 	return true
 }
 
-func (l *CutLink) pipe(dst, src net.Conn) {
+// pipe copies src to dst as TCP would deliver it: every byte src sent,
+// then its end (a half-close), whatever happens to the other direction,
+// so bytes held by a blackhole reach the far side after Heal even if
+// their sender gave up meanwhile. The pair is closed when both directions
+// have ended (ends counts them) or the link is cut.
+func (l *CutLink) pipe(dst, src net.Conn, ends *atomic.Int32) {
 	defer l.wg.Done()
 	buf := make([]byte, 32<<10)
+	eof := false
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
@@ -106,8 +115,15 @@ func (l *CutLink) pipe(dst, src net.Conn) {
 			}
 		}
 		if err != nil {
+			eof = errors.Is(err, io.EOF)
 			break
 		}
+	}
+	if tc, ok := dst.(*net.TCPConn); ok && eof {
+		_ = tc.CloseWrite()
+	}
+	if ends.Add(1) < 2 {
+		return
 	}
 	_ = dst.Close()
 	_ = src.Close()

@@ -73,17 +73,26 @@ func (c *Cluster) get(ctx context.Context, kv jetstream.KeyValue, serverID strin
 	if err != nil {
 		return claimEntry{}, false, err
 	}
-	if err := json.Unmarshal(ent.Value(), &e.claimValue); err != nil || e.V != 1 || e.ServerID != serverID || !ValidToken(e.Owner) {
-		// Not a claim this code wrote for this server-id (an injected
-		// value, or a key collision): never route by it.
+	if e.claimValue, err = parseClaim(ent.Value(), serverID); err != nil {
 		c.m.claims.WithLabelValues("invalid").Inc()
-		return claimEntry{}, false, fmt.Errorf("%w: claim value", ErrWire)
+		return claimEntry{}, false, err
 	}
 	e.rev = ent.Revision()
 	if e.Epoch == 0 {
 		e.Epoch = e.rev
 	}
 	return e, true, nil
+}
+
+// parseClaim reads serverID's claim value. A value this code did not
+// write for this server-id (an injected value, or a key collision) is
+// refused: never route by it (TM-CLU-1, TM-CLU-4).
+func parseClaim(b []byte, serverID string) (claimValue, error) {
+	var v claimValue
+	if err := json.Unmarshal(b, &v); err != nil || v.V != 1 || v.ServerID != serverID || !ValidToken(v.Owner) {
+		return claimValue{}, fmt.Errorf("%w: claim value", ErrWire)
+	}
+	return v, nil
 }
 
 func (c *Cluster) value(serverID string, epoch uint64, grace bool) []byte {

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -275,6 +276,18 @@ type script struct {
 	sids  map[string]string // server-id name -> server-id
 	peers []*peer
 	raws  []net.Conn
+	// rcvbuf, when set, is the next dial's socket receive buffer.
+	rcvbuf int
+}
+
+// rcvbufClient dials with SO_RCVBUF set to n: a slow reader's kernel then
+// holds little of what it has not read, so the relay's bytes in flight to
+// it are acknowledged at the pace it reads (what the liveness rule sees).
+func rcvbufClient(n int) *http.Client {
+	d := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, n) })
+	}}
+	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
 }
 
 type peer struct {
@@ -351,7 +364,12 @@ func (s *script) sid(name string) string {
 func (s *script) dial(name string, host *instance, path string, h http.Header) *peer {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ws, resp, err := websocket.Dial(ctx, host.ws+path, &websocket.DialOptions{HTTPHeader: h})
+	opts := &websocket.DialOptions{HTTPHeader: h}
+	if s.rcvbuf > 0 {
+		opts.HTTPClient = rcvbufClient(s.rcvbuf)
+		s.rcvbuf = 0
+	}
+	ws, resp, err := websocket.Dial(ctx, host.ws+path, opts)
 	if resp != nil && resp.Body != nil {
 		resp.Body.Close()
 	}
@@ -1036,6 +1054,7 @@ var cfCases = []cfCase{
 		s.quiet(b0, p, q)
 	}},
 	{name: "conflict-slow-binary", config: "default", run: func(s *script) {
+		s.rcvbuf = 4096 // what B0 has not read stays in the relay's queue
 		b0 := s.binary("B0", 0, "S0")
 		p0 := s.phone("P0", 0, "S0")
 		s.learn(p0, b0)

@@ -43,6 +43,12 @@ import (
 //	the conn_ids of the phones the peer shares with the asker.
 //
 // Owner broadcast, <name>.owner.<from>:         version(1) epoch str(server_id)
+//
+// Every layout but the link message (whose frame runs to the end) must end
+// where its last field does: trailing bytes are refused, so a message has
+// one reading. Nothing is allocated beyond what the message's own bytes
+// hold (a count is checked against the bytes left before a slice is made);
+// FuzzDecode* (wire_fuzz_test.go) hold both.
 const wireVersion = 1
 
 // ErrWire: a cross-instance message that does not parse. It is counted and
@@ -117,11 +123,15 @@ func (r *reader) strIn(in *interner) string {
 type interner struct{ m map[string]string }
 
 // maxInterned bounds an interner: at most this many strings of at most
-// relay.ValidServerID's 128 bytes (about 1 MiB with the map).
-const maxInterned = 4096
+// maxInternedLen bytes (about 1 MiB with the map). A longer string (no
+// valid server-id or conn_id is: a rogue instance's) is never kept.
+const (
+	maxInterned    = 4096
+	maxInternedLen = relay.MaxServerIDBytes
+)
 
 func (in *interner) str(b []byte) string {
-	if in == nil {
+	if in == nil || len(b) > maxInternedLen {
 		return string(b)
 	}
 	if s, ok := in.m[string(b)]; ok { // no allocation for the lookup
@@ -208,10 +218,12 @@ func encodeJoinReply(j joinReply) []byte {
 
 func decodeJoinReply(b []byte) (joinReply, error) {
 	r := newReader(b)
-	j := joinReply{code: int(r.uvarint()), epoch: r.uvarint(), connID: r.str()}
-	if r.err != nil || (j.code == 0) == (j.connID == "") {
+	code := r.uvarint()
+	j := joinReply{epoch: r.uvarint(), connID: r.str()}
+	if r.err != nil || len(r.b) != 0 || code > 4999 || (code == 0) == (j.connID == "") {
 		return joinReply{}, ErrWire
 	}
+	j.code = int(code)
 	return j, nil
 }
 
@@ -234,7 +246,7 @@ func decodeConnIDs(b []byte) ([]string, error) {
 	for i := uint64(0); i < n; i++ {
 		ids = append(ids, r.str())
 	}
-	if r.err != nil {
+	if r.err != nil || len(r.b) != 0 {
 		return nil, ErrWire
 	}
 	return ids, nil
@@ -253,8 +265,21 @@ func encodeOwner(o ownerMsg) []byte {
 func decodeOwner(b []byte) (ownerMsg, error) {
 	r := newReader(b)
 	o := ownerMsg{epoch: r.uvarint(), serverID: r.str()}
-	if r.err != nil {
+	if r.err != nil || len(r.b) != 0 {
 		return ownerMsg{}, ErrWire
 	}
 	return o, nil
+}
+
+func encodeProbeReply(res relay.ProbeResult) []byte {
+	return []byte{wireVersion, byte(res)}
+}
+
+func decodeProbeReply(b []byte) (relay.ProbeResult, error) {
+	r := newReader(b)
+	res := relay.ProbeResult(r.byte())
+	if r.err != nil || len(r.b) != 0 || res > relay.ProbeDead {
+		return 0, ErrWire
+	}
+	return res, nil
 }

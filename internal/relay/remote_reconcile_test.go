@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -179,4 +180,46 @@ func TestClusterProxy_EvictionReasons_AsOnOneRelay(t *testing.T) {
 			require.False(t, bp.find(LinkLeave, connID)[0].m.Notify, "an evicted phone's leave asks its owner for a notice")
 		})
 	}
+}
+
+// Issue 24, lease defences: a remote phone's stub queue on its owner is
+// capped by --phone-queue-bytes, like a local phone's queue, not only by
+// the relay-wide budget. With the cap far below the ceiling, the stub is
+// lost (1011 "backlog full" to its home, a 1011 notice to its binary) at
+// the first frame that would take its queue past the cap, and not before.
+func TestClusterStub_QueueCappedPerPhone_NotOnlyByTheRelayWideBudget(t *testing.T) {
+	const phoneCap = 64 << 10
+	bp := &fakeBackplane{}
+	h := newClusterHarness(t, func(o *Options) {
+		o.MaxMessageBytes = 16 << 10
+		o.PhoneQueueBytes = phoneCap
+		o.MaxQueuedBytes = 16 * phoneCap
+		o.WriteTimeout = time.Hour
+	}, bp)
+	h.dialStalled("/v1/server", binaryHeaders(sid))
+	h.eventually(func() bool { return h.rl.Stats().Binaries == 1 }, "the stalled binary never claimed")
+	stub, code := h.rl.AdmitRemote("home", sid)
+	require.Zero(t, code)
+	frame := fmt.Appendf(nil, `{"pad":%q}`, strings.Repeat("c", 4000))
+	cost := int64(len(appendPhoneEnvelope(nil, stub, "", frame))) + itemOverhead
+	var seq uint64
+	for len(bp.find(LinkEvict, stub)) == 0 {
+		// What the stub holds now (the kernel took the first frames).
+		st := h.rl.reg.findStub(sid, stub)
+		require.NotNil(t, st)
+		held := st.out.backlog.Load()
+		require.LessOrEqual(t, held, int64(phoneCap), "a stub's queue went past --phone-queue-bytes")
+		require.Less(t, seq, uint64(16*phoneCap/cost), "a stub's queue was never capped per phone")
+		seq++
+		h.rl.Receive("home", LinkMessage{Kind: LinkUp, ServerID: sid, ConnID: stub, Seq: seq, Frame: frame})
+		if len(bp.find(LinkEvict, stub)) > 0 {
+			require.Greater(t, held+cost, int64(phoneCap), "the stub was lost while the frame still fitted its cap")
+		}
+		time.Sleep(time.Millisecond) // its writer takes what the kernel still absorbs
+	}
+	ev := bp.find(LinkEvict, stub)[0]
+	require.Equal(t, int(CodeInternal), ev.m.Code)
+	require.True(t, ev.m.Backlog, "the home must close it backlog full")
+	require.Equal(t, 1.0, dropCount(h, DropPhoneBacklog))
+	require.Zero(t, dropCount(h, DropRelayBacklog), "the relay-wide ceiling was reached: the test shows nothing")
 }
