@@ -65,15 +65,22 @@ func skipString(d []byte, i int, checkUTF8 bool) (int, bool) {
 		specialHigh = msb
 	}
 	for {
-		// Thirty-two, then eight bytes at a time while none is special: a
-		// quote, a backslash, a control byte, or (checkUTF8) a non-ASCII
-		// byte. Long base64 payloads are the common case.
+		// Eight bytes first (keys and short strings end there), then
+		// thirty-two and eight at a time while none is special: a quote, a
+		// backslash, a control byte, or (checkUTF8) a non-ASCII byte. Long
+		// base64 payloads are the common case.
+		if i+8 <= len(d) {
+			if m := special(binary.LittleEndian.Uint64(d[i:]), specialHigh); m != 0 {
+				i += bits.TrailingZeros64(m) >> 3
+				goto stop
+			}
+			i += 8
+		}
 		for i+32 <= len(d) {
 			w := d[i : i+32 : i+32]
-			if special(binary.LittleEndian.Uint64(w[0:]), specialHigh)|
-				special(binary.LittleEndian.Uint64(w[8:]), specialHigh)|
-				special(binary.LittleEndian.Uint64(w[16:]), specialHigh)|
-				special(binary.LittleEndian.Uint64(w[24:]), specialHigh) != 0 {
+			x0, x1 := binary.LittleEndian.Uint64(w[0:]), binary.LittleEndian.Uint64(w[8:])
+			x2, x3 := binary.LittleEndian.Uint64(w[16:]), binary.LittleEndian.Uint64(w[24:])
+			if (^(plain(x0)&plain(x1)&plain(x2)&plain(x3))|(x0|x1|x2|x3)&specialHigh)&msb != 0 {
 				break
 			}
 			i += 32
@@ -88,6 +95,7 @@ func skipString(d []byte, i int, checkUTF8 bool) (int, bool) {
 			}
 			i += 8
 		}
+	stop:
 		if i >= len(d) {
 			return i, false
 		}
@@ -127,16 +135,22 @@ func skipString(d []byte, i int, checkUTF8 bool) (int, bool) {
 // special has the high bit set in the byte lane of every byte of x that is
 // a quote, a backslash, below 0x20, or (high = msb) at least 0x80, and is
 // zero only when no byte is special. Each lane is computed on its own low
-// seven bits, so no carry crosses lanes: an ASCII lane is flagged exactly,
-// and a lane >= 0x80 is flagged when high = msb, or possibly (a harmless
-// false hit the caller steps over) when high = 0.
+// seven bits (plain), so no carry crosses lanes: an ASCII lane is flagged
+// exactly, and a lane >= 0x80 is flagged when high = msb, or possibly (a
+// harmless false hit the caller steps over) when high = 0.
 func special(x, high uint64) uint64 {
+	return (^plain(x) | x&high) & msb
+}
+
+// plain has the high bit set in the lanes of x whose low seven bits are
+// neither below 0x20, nor a quote, nor a backslash. A quote is 0x22: with
+// bit 1 flipped, a control byte stays below 0x20 and a quote becomes 0x20,
+// so one comparison (below 0x21) finds both.
+func plain(x uint64) uint64 {
 	const low7 = lsb * 0x7f
 	m := x & low7
-	ge20 := m + lsb*(0x80-0x20)    // high bit set: >= 0x20
-	notQ := (m ^ lsb*'"') + low7   // high bit set: not a quote
-	notBS := (m ^ lsb*'\\') + low7 // high bit set: not a backslash
-	return (x&high | ^(ge20 & notQ & notBS)) & msb
+	return ((m ^ lsb*0x02) + lsb*(0x80-0x21)) & // high bit set: neither a control byte nor a quote
+		((m ^ lsb*'\\') + low7) // high bit set: not a backslash
 }
 
 func isHex(c byte) bool {
