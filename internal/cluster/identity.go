@@ -230,7 +230,7 @@ func (c *Cluster) dupLoop() {
 			dup = true
 			c.m.duplicates.Inc()
 			c.log.Error("another live instance uses this instance id: give every instance its own --instance-id", "event", "cluster_duplicate_instance",
-				"instance_id", c.self, "instances", n)
+				"instance_id", c.self, "count", n)
 		case n == 1:
 			dup = false
 		}
