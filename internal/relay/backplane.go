@@ -51,6 +51,13 @@ type Backplane interface {
 // joins are refused with CodeTryAgain; pairs on one instance carry on.
 var ErrClusterUnavailable = errors.New("relay: cluster unavailable")
 
+// ErrOwnerUnreachable: the cluster is reachable, and the server-id's
+// owner instance is alive as far as the cluster can tell (its session
+// lives), but it did not answer. Claims and remote joins are refused with
+// CodeTryAgain and the reason "owner unreachable"; the owner's session
+// ends within the cluster's lease if it is gone.
+var ErrOwnerUnreachable = errors.New("relay: owner unreachable")
+
 // ClaimOutcome is the cluster's answer to Acquire.
 type ClaimOutcome int
 

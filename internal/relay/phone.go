@@ -106,13 +106,13 @@ func (p *phoneConn) join() (websocket.StatusCode, string) {
 	}
 	err := p.rl.reg.join(p)
 	if err == ErrNoBinary { // cluster: the store says who owns it (joinRemote)
-		switch code := p.joinRemote(); code {
+		switch code, reason := p.joinRemote(); code {
 		case 0:
 			return 0, ""
 		case int(CodeTooManyPhones):
 			return CodeTooManyPhones, reasonTooMany
 		case CodeTryAgain:
-			return CodeTryAgain, reasonClusterDown
+			return CodeTryAgain, reason
 		}
 		return CodeNoBinary, reasonNoBinary
 	}

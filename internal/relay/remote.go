@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ const (
 	CodeTryAgain = 1013
 
 	reasonClusterDown = "cluster unavailable"
+	reasonOwnerDown   = "owner unreachable"
 	reasonLinkLost    = "cluster link lost"
 )
 
@@ -141,6 +143,10 @@ func (b *binaryConn) clusterClaim() bool {
 		cancel()
 	}
 	switch {
+	case errors.Is(err, ErrOwnerUnreachable):
+		rl.log.Warn("claim refused: the server-id's owner instance does not answer", append(b.logAttrs("binary_owner_unreachable"), "close_code", CodeTryAgain)...)
+		b.end(closeCause{code: CodeTryAgain, reason: reasonOwnerDown})
+		return false
 	case err != nil:
 		rl.log.Warn("claim refused: cluster unavailable", append(b.logAttrs("binary_cluster_unavailable"), "close_code", CodeTryAgain)...)
 		b.end(closeCause{code: CodeTryAgain, reason: reasonClusterDown})
@@ -202,13 +208,25 @@ func (rl *Relay) slotRemoved(serverID string) {
 }
 
 // joinRemote admits p through its server-id's owner on another instance.
-func (p *phoneConn) joinRemote() (code int) {
+// A refusal with CodeTryAgain comes with its reason.
+func (p *phoneConn) joinRemote() (code int, reason string) {
+	code, err := p.joinRemoteErr()
+	switch {
+	case errors.Is(err, ErrOwnerUnreachable):
+		return CodeTryAgain, reasonOwnerDown
+	case err != nil:
+		return CodeTryAgain, reasonClusterDown
+	}
+	return code, ""
+}
+
+func (p *phoneConn) joinRemoteErr() (code int, err error) {
 	rl := p.rl
 	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
 	defer cancel()
 	out, err := rl.bp.Join(ctx, p.serverID)
 	if err != nil {
-		return CodeTryAgain
+		return 0, err
 	}
 	if out.Owner == rl.self {
 		// This instance owns it but had no slot when the phone arrived: a
@@ -216,14 +234,14 @@ func (p *phoneConn) joinRemote() (code int) {
 		rl.gates.wait(ctx, p.serverID)
 		switch rl.reg.join(p) {
 		case nil:
-			return 0
+			return 0, nil
 		case ErrTooManyPhones:
-			return int(CodeTooManyPhones)
+			return int(CodeTooManyPhones), nil
 		}
-		return int(CodeNoBinary)
+		return int(CodeNoBinary), nil
 	}
 	if out.Code != 0 {
-		return out.Code
+		return out.Code, nil
 	}
 	p.connID = out.ConnID
 	p.route = &proxyRoute{owner: out.Owner, epoch: out.Epoch, created: time.Now()}
@@ -231,7 +249,7 @@ func (p *phoneConn) joinRemote() (code int) {
 	rl.proxies[proxyKey{out.Owner, out.ConnID}] = p
 	rl.m.ClusterProxies.Set(float64(len(rl.proxies)))
 	rl.proxMu.Unlock()
-	return 0
+	return 0, nil
 }
 
 // joinLocal adds p to its server-id's slot here. When there is none but a
@@ -569,6 +587,17 @@ func (rl *Relay) Superseded(serverID, owner string, epoch uint64) {
 	}
 	for _, p := range rl.proxySnapshot() {
 		if p.serverID == serverID && p.route.epoch < epoch {
+			p.end(closeCause{code: CodeNoBinary, reason: reasonNoBinary})
+		}
+	}
+}
+
+// OwnerGone closes the proxies here whose owner's session ended (it
+// crashed and was revoked, or shut down): their binary is gone, 4404, as
+// a grace expiry says.
+func (rl *Relay) OwnerGone(owner string) {
+	for _, p := range rl.proxySnapshot() {
+		if p.route.owner == owner {
 			p.end(closeCause{code: CodeNoBinary, reason: reasonNoBinary})
 		}
 	}
