@@ -54,7 +54,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	pingInterval := fs.Duration("ping-interval", 0, "the target relay's --ping-interval, when it is not the default 30s (ATK-DEAD-PEER waits for ping + pong)")
 	pongTimeout := fs.Duration("pong-timeout", 0, "the target relay's --pong-timeout, when it is not the default 30s (ATK-DEAD-PEER)")
 	probeTimeout := fs.Duration("probe-timeout", 0, "the target relay's --probe-timeout, when it is not the default 10s (ATK-DEAD-PEER, ATK-SLOW-BINARY)")
-	clusterLease := fs.Duration("cluster-lease", 0, "the target cluster's --cluster-lease, when it is not the default 15s (ATK-CLUSTER-CROSS-TENANT waits two leases)")
+	clusterLease := fs.Duration("cluster-lease", 0, "the target cluster's --cluster-lease, when it is not the default 2.4s (ATK-CLUSTER-CROSS-TENANT waits two leases)")
 	profile := fs.String("profile", "direct", "what stands in front of the relay: direct (the relay's own TLS, or an L4 balancer) or behind-proxy (a TLS-terminating proxy; each result says whether it tested the relay or the proxy)")
 	help := func() int {
 		fmt.Fprintln(stdout, "usage: relay attack --target URL [--peer-target URL] [--only IDS] [--json] [--ca FILE] [--server-name NAME] [--timeout D] [--read-timeout D] [--read-header-timeout D] [--write-timeout D] [--ping-interval D] [--pong-timeout D] [--probe-timeout D] [--cluster-lease D] [--profile behind-proxy] [--junit FILE] [--report FILE.html] [--source-base URL] [--prom-textfile FILE]\n       relay attack --list")

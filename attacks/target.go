@@ -64,7 +64,7 @@ const (
 	defaultCloseTimeout = time.Second
 	defaultProbeTimeout = 10 * time.Second
 	defaultWriteTimeout = 10 * time.Second
-	defaultClusterLease = 15 * time.Second
+	defaultClusterLease = 2400 * time.Millisecond
 )
 
 // tuned is d when it is set, else def.

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -16,32 +18,56 @@ import (
 // server-id:
 //
 //	key:   "s" + hex(server-id)
-//	value: {"v":1,"server_id":"<id>","owner":"<instance>","epoch":N,"grace":false}
+//	value: {"v":2,"server_id":"<id>","owner":"<instance>","inc":"<incarnation>","epoch":N,"grace":false}
 //
 // KV keys cannot hold '~' (which server-ids may), and a naive substitution
 // would let two server-ids share a key, i.e. one tenant's phones reach
 // another's binary. Hex is injective, and the value repeats the raw
 // server-id, which every reader checks (TM-CLU-1).
 //
-// The bucket keeps one revision per key (History 1) and every revision
-// expires after the lease (MaxAge = --cluster-lease). The owner rewrites
-// its keys every lease/3 with a revision-checked Update, so a live owner's
-// claim never expires, and a crashed owner's claim disappears at most one
-// lease after its last refresh: that is how long a slot outlives its
-// owner's crash (TM-CLU-2).
+// A claim is written only when it changes (created, taken over or
+// reclaimed, grace on or off, released, re-asserted after a revocation),
+// always revision-checked, and never refreshed: it is valid while its
+// owner's session with that incarnation lives (session.go), so an
+// instance's upkeep is one session write per lease/3 whatever it owns. A
+// crashed owner's claims can be taken once its session is judged dead and
+// revoked, about one lease after its last refresh (TM-CLU-2); claims left
+// by an ended incarnation are swept (sweep.go). The bucket keeps one
+// revision per key (History 1) and expires nothing.
 //
-// epoch is the revision at which the claim was created (0 in the create
-// itself, which cannot know its own revision: the entry's revision is the
-// epoch then). Epochs grow, so a phone that joined under an older claim of
-// the same server-id can be told apart from one under the current one.
+// epoch is the revision at which the claim was created or last given to
+// a new binary (0 in the create itself, which cannot know its own
+// revision: the entry's revision is the epoch then). Epochs grow, so a
+// phone that joined under an older claim of the same server-id can be told
+// apart from one under the current one. A re-assertion under a new
+// incarnation keeps the epoch: it is the same binary's claim.
+//
+// Version 2 (1 was refreshed per server-id and expired by MaxAge): an
+// instance reads only its own version, so a fleet must not mix them
+// (docs/cluster.md, upgrading).
+const claimVersion = 2
 
 // claimValue is one KV value.
 type claimValue struct {
 	V        int    `json:"v"`
 	ServerID string `json:"server_id"`
 	Owner    string `json:"owner"`
+	Inc      string `json:"inc"`
 	Epoch    uint64 `json:"epoch,omitempty"`
 	Grace    bool   `json:"grace,omitempty"`
+}
+
+// markerTTL is how long the marker of a removed key (a released or swept
+// claim, an ended session) stays in the bucket. Nothing expires the keys
+// themselves, so without it every server-id ever released would leave a
+// marker behind for good. Watchers and readers need the marker only
+// briefly: a watch that misses one still finds the key gone when it asks.
+const markerTTL = time.Minute
+
+// remove deletes key if its revision is still rev (revision-checked), all
+// its history with it, leaving a marker that expires after markerTTL.
+func remove(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64) error {
+	return kv.Purge(ctx, key, jetstream.LastRevision(rev), jetstream.PurgeTTL(markerTTL))
 }
 
 // keyFor is the KV key of a server-id.
@@ -54,8 +80,9 @@ func bucketName(name string) string { return name + "-claims" }
 type lease struct {
 	epoch uint64
 	rev   uint64 // last revision written or read
+	inc   string // the incarnation the claim names in the store
 	grace bool
-	dirty bool // grace changed since the last write
+	dirty bool // grace changed and not written yet
 }
 
 // claimEntry is a decoded KV entry.
@@ -89,14 +116,14 @@ func (c *Cluster) get(ctx context.Context, kv jetstream.KeyValue, serverID strin
 // refused: never route by it (TM-CLU-1, TM-CLU-4).
 func parseClaim(b []byte, serverID string) (claimValue, error) {
 	var v claimValue
-	if err := json.Unmarshal(b, &v); err != nil || v.V != 1 || v.ServerID != serverID || !ValidToken(v.Owner) {
+	if err := json.Unmarshal(b, &v); err != nil || v.V != claimVersion || v.ServerID != serverID || !ValidToken(v.Owner) || v.Inc == "" {
 		return claimValue{}, fmt.Errorf("%w: claim value", ErrWire)
 	}
 	return v, nil
 }
 
-func (c *Cluster) value(serverID string, epoch uint64, grace bool) []byte {
-	b, _ := json.Marshal(claimValue{V: 1, ServerID: serverID, Owner: c.self, Epoch: epoch, Grace: grace})
+func (c *Cluster) value(serverID, inc string, epoch uint64, grace bool) []byte {
+	b, _ := json.Marshal(claimValue{V: claimVersion, ServerID: serverID, Owner: c.self, Inc: inc, Epoch: epoch, Grace: grace})
 	return b
 }
 
@@ -108,20 +135,21 @@ func (c *Cluster) value(serverID string, epoch uint64, grace bool) []byte {
 // the claim again and finds the winner's binary (4409 when it lives).
 func (c *Cluster) Acquire(ctx context.Context, serverID string, probe bool) (relay.ClaimOutcome, error) {
 	kv, err := c.bucket(ctx)
-	if err != nil {
+	inc := c.ownInc()
+	if err != nil || inc == "" {
 		c.m.claims.WithLabelValues("unavailable").Inc()
 		return 0, relay.ErrClusterUnavailable
 	}
 	key := keyFor(serverID)
 	// probed is the claim (owner, epoch) whose binary its owner reported
-	// dead: it may be replaced even though its owner refreshed it meanwhile
-	// (the refresh changes the revision, not the epoch; a new binary there
-	// would have changed the epoch).
+	// dead: it may be replaced even though its owner wrote it meanwhile
+	// (grace, a re-assertion: the epoch stays; a new binary there would
+	// have changed the epoch).
 	var probed *claimEntry
 	for attempt := 0; attempt < 6; attempt++ {
-		rev, err := kv.Create(ctx, key, c.value(serverID, 0, false))
+		rev, err := kv.Create(ctx, key, c.value(serverID, inc, 0, false))
 		if err == nil {
-			c.granted(serverID, rev, "created")
+			c.granted(serverID, inc, rev, "created")
 			return relay.ClaimGranted, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
@@ -132,7 +160,7 @@ func (c *Cluster) Acquire(ctx context.Context, serverID string, probe bool) (rel
 			break
 		}
 		if !found {
-			continue // expired or released since: create again
+			continue // released or swept since: create again
 		}
 		c.mu.Lock()
 		l := c.leases[serverID]
@@ -145,7 +173,7 @@ func (c *Cluster) Acquire(ctx context.Context, serverID string, probe bool) (rel
 			// store, so a rival elsewhere that read the claim fails.
 			how = "local"
 		case e.Owner == c.self:
-			how = "stale" // a claim this instance no longer serves
+			how = "stale" // a claim of this id it no longer serves (a previous run)
 		case l != nil:
 			// The store gave the server-id to another instance while this
 			// one still served it (it was cut off from NATS): the store
@@ -153,38 +181,54 @@ func (c *Cluster) Acquire(ctx context.Context, serverID string, probe bool) (rel
 			// claim is decided against the new owner below.
 			c.lost(serverID, l.epoch, e.Owner, e.Epoch)
 			continue
-		case e.Grace:
-			// Another instance's slot in grace: its owner gives it a
-			// binary only by a revision-checked write too, so if both
-			// write, one fails.
-		case probed != nil && probed.Owner == e.Owner && probed.Epoch == e.Epoch:
-			how = "takeover"
-		case !probe:
-			return relay.ClaimHeld, nil
 		default:
-			res, err := c.probe(ctx, e.Owner, serverID)
+			st, err := c.ownerEnds(ctx, kv, e)
 			if err != nil {
-				// The owner does not answer: crashed, or cut off from NATS.
-				// Its lease ends the claim if it is gone; until then a
-				// newcomer must not take a slot a live binary may hold.
 				c.m.claims.WithLabelValues("unavailable").Inc()
 				return 0, relay.ErrClusterUnavailable
 			}
-			if res == relay.ProbeLive {
-				c.m.claims.WithLabelValues("conflict").Inc()
-				return relay.ClaimConflict, nil
+			switch {
+			case st == ownerGone:
+				// Its incarnation ended (crashed and revoked, restarted):
+				// nobody can serve this claim; take it without asking.
+				how = "ended"
+			case e.Grace:
+				// Another instance's slot in grace: its owner gives it a
+				// binary only by a revision-checked write too, so if both
+				// write, one fails.
+			case probed != nil && probed.Owner == e.Owner && probed.Epoch == e.Epoch:
+				how = "takeover"
+			case !probe:
+				return relay.ClaimHeld, nil
+			default:
+				res, err := c.probe(ctx, e.Owner, serverID)
+				if err != nil {
+					// The owner's session lived but it does not answer: a
+					// newcomer must not take a slot a live binary may
+					// hold. Its session ends if it is gone, perhaps while
+					// the probe waited.
+					if st, err := c.ownerEnds(ctx, kv, e); err == nil && st == ownerGone {
+						continue
+					}
+					return 0, c.unreachable(e.Owner)
+				}
+				c.reachable(e.Owner)
+				if res == relay.ProbeLive {
+					c.m.claims.WithLabelValues("conflict").Inc()
+					return relay.ClaimConflict, nil
+				}
+				probed = &e
+				how = "takeover"
 			}
-			probed = &e
-			how = "takeover"
 		}
 		// Revision-checked: if the claim changed since we read it (a
-		// refresh, another claimant), read it again.
-		rev, err = kv.Update(ctx, key, c.value(serverID, 0, false), e.rev)
+		// grace change, another claimant), read it again.
+		rev, err = kv.Update(ctx, key, c.value(serverID, inc, 0, false), e.rev)
 		if err == nil {
-			c.granted(serverID, rev, how)
+			c.granted(serverID, inc, rev, how)
 			return relay.ClaimGranted, nil
 		}
-		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		if !isRevisionMismatch(err) {
 			break
 		}
 	}
@@ -192,27 +236,108 @@ func (c *Cluster) Acquire(ctx context.Context, serverID string, probe bool) (rel
 	return 0, relay.ErrClusterUnavailable
 }
 
+// ownerEnds tells whether another instance's claim e can still be served:
+// ownerGone when its incarnation ended, or when it was judged dead and
+// this call (or another instance) revoked it; ownerLive otherwise. A dead
+// session is always revoked at the store before its claims are taken, so
+// an owner that refreshed meanwhile keeps them.
+func (c *Cluster) ownerEnds(ctx context.Context, kv jetstream.KeyValue, e claimEntry) (liveness, error) {
+	st, rev, err := c.ownerState(ctx, kv, e.Owner, e.Inc)
+	if err != nil || st != ownerDead {
+		return st, err
+	}
+	if c.revokeSession(ctx, kv, e.Owner, e.Inc, rev) == nil {
+		return ownerGone, nil
+	}
+	// Lost the revocation: another instance's won (gone), or the owner
+	// refreshed (live). The store says which.
+	st, _, err = c.ownerFromStore(ctx, kv, e.Owner, e.Inc)
+	return st, err
+}
+
 // granted records a new lease and tells everyone: the former owner drops
 // its slot and every instance closes phones that joined under an older
 // claim. This instance's own proxies of an older claim go the same way.
-func (c *Cluster) granted(serverID string, epoch uint64, how string) {
+func (c *Cluster) granted(serverID, inc string, epoch uint64, how string) {
 	c.m.claims.WithLabelValues(how).Inc()
 	c.mu.Lock()
-	c.leases[serverID] = &lease{epoch: epoch, rev: epoch}
+	c.leases[serverID] = &lease{epoch: epoch, rev: epoch, inc: inc}
 	c.mu.Unlock()
 	_ = c.nc.Publish(c.sub.ownerOut(), encodeOwner(ownerMsg{epoch: epoch, serverID: serverID}))
 	c.rl.Superseded(serverID, c.self, epoch)
 }
 
-// SetGrace implements relay.Backplane: the next refresh records it.
+// SetGrace implements relay.Backplane: the claim records it at once, so
+// that a claim elsewhere may reclaim the slot without asking. A write that
+// cannot be made now (NATS away) is made by the next session tick.
 func (c *Cluster) SetGrace(serverID string, grace bool) {
 	c.mu.Lock()
-	if l := c.leases[serverID]; l != nil && l.grace != grace {
-		l.grace = grace
-		l.dirty = true
+	l := c.leases[serverID]
+	if l == nil || (l.grace == grace && !l.dirty) {
+		c.mu.Unlock()
+		return
 	}
+	l.grace, l.dirty = grace, true
 	c.mu.Unlock()
-	c.kickRefresh()
+	if !c.nc.IsConnected() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	if kv, err := c.bucket(ctx); err == nil {
+		c.writeGrace(ctx, kv, serverID)
+	}
+}
+
+// writeGrace writes a lease's grace flag (revision-checked). A claim that
+// changed under it is read again: still this lease (a re-assertion raced
+// it) is written again; replaced elsewhere is lost.
+func (c *Cluster) writeGrace(ctx context.Context, kv jetstream.KeyValue, id string) {
+	for attempt := 0; attempt < 3; attempt++ {
+		c.mu.Lock()
+		l := c.leases[id]
+		if l == nil || !l.dirty {
+			c.mu.Unlock()
+			return
+		}
+		epoch, rev, inc, grace := l.epoch, l.rev, l.inc, l.grace
+		c.mu.Unlock()
+		newRev, err := kv.Update(ctx, keyFor(id), c.value(id, inc, epoch, grace), rev)
+		if err == nil {
+			c.mu.Lock()
+			if l := c.leases[id]; l != nil && l.epoch == epoch {
+				l.rev = newRev
+				l.dirty = l.grace != grace
+			}
+			c.mu.Unlock()
+			continue
+		}
+		if !isRevisionMismatch(err) {
+			return // retried by the next tick
+		}
+		e, found, err := c.get(ctx, kv, id)
+		if err != nil {
+			return
+		}
+		c.mu.Lock()
+		l = c.leases[id]
+		switch {
+		case l == nil || l.epoch != epoch:
+			c.mu.Unlock()
+			return // released or replaced here meanwhile
+		case found && e.Owner == c.self && e.Epoch == epoch:
+			l.rev, l.inc = e.rev, e.Inc
+			c.mu.Unlock()
+			continue
+		}
+		c.mu.Unlock()
+		if found {
+			c.lost(id, epoch, e.Owner, e.Epoch)
+		} else {
+			c.lost(id, epoch, "", ^uint64(0))
+		}
+		return
+	}
 }
 
 // Release implements relay.Backplane: the claim is deleted if it is still
@@ -230,96 +355,116 @@ func (c *Cluster) Release(serverID string) {
 	defer cancel()
 	kv, err := c.bucket(ctx)
 	if err != nil {
-		return // the lease expires on its own
+		return // an ended incarnation's claim: taken or swept later
 	}
-	_ = kv.Delete(ctx, keyFor(serverID), jetstream.LastRevision(l.rev))
+	_ = remove(ctx, kv, keyFor(serverID), l.rev)
 }
 
-// refresh rewrites every claim this instance owns. A claim that changed
-// under it was lost (split brain after a partition, or an operator's
-// purge): the slot here is dropped, since the store is the truth. A claim
-// that expired (NATS was away longer than the lease) is created again if
-// nobody took it.
-func (c *Cluster) refresh(ctx context.Context) {
-	if !c.nc.IsConnected() {
-		return // no 4404 storm from a blip: keep serving, retry later
+// flushLeases writes what the claims of this instance lack: grace changes
+// made while NATS was away, and, after a revocation, the new incarnation
+// (revalidate). It runs every session tick and costs nothing when neither
+// is pending.
+func (c *Cluster) flushLeases(ctx context.Context, kv jetstream.KeyValue) {
+	inc := c.ownInc()
+	c.mu.Lock()
+	var dirty, stale []string
+	if c.pendingLeases {
+		c.pendingLeases = false
+		for id, l := range c.leases {
+			switch {
+			case l.inc != inc:
+				stale = append(stale, id)
+			case l.dirty:
+				dirty = append(dirty, id)
+			}
+		}
 	}
-	kv, err := c.bucket(ctx)
-	if err != nil {
-		return
+	c.mu.Unlock()
+	for _, id := range dirty {
+		c.writeGrace(ctx, kv, id)
 	}
-	for _, id := range c.leasedIDs() {
+	if len(stale) > 0 {
+		c.revalidate(ctx, kv, inc, stale)
+	}
+	c.mu.Lock()
+	for _, l := range c.leases {
+		if l.inc != inc || l.dirty {
+			c.pendingLeases = true // some write failed: next tick
+			break
+		}
+	}
+	c.mu.Unlock()
+}
+
+// revalidate re-asserts this instance's claims under its new incarnation
+// inc after its session was revoked: each still naming this instance and
+// its epoch is rewritten (revision-checked) or, swept meanwhile, created
+// again; one taken by another instance is lost (its binary 1011, its
+// phones 4404). revalidateWidth claims at a time.
+func (c *Cluster) revalidate(ctx context.Context, kv jetstream.KeyValue, inc string, ids []string) {
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for w := 0; w < revalidateWidth; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range work {
+				c.reassert(ctx, kv, inc, id)
+			}
+		}()
+	}
+	for _, id := range ids {
+		work <- id
+	}
+	close(work)
+	wg.Wait()
+}
+
+// revalidateWidth bounds the store requests of a re-validation in flight.
+const revalidateWidth = 16
+
+// reassert moves one claim to incarnation inc.
+func (c *Cluster) reassert(ctx context.Context, kv jetstream.KeyValue, inc, id string) {
+	for attempt := 0; attempt < 4; attempt++ {
 		c.mu.Lock()
 		l := c.leases[id]
-		if l == nil {
+		if l == nil || l.inc == inc {
 			c.mu.Unlock()
-			continue
+			return
 		}
-		epoch, rev, grace := l.epoch, l.rev, l.grace
-		l.dirty = false
+		epoch, grace := l.epoch, l.grace
 		c.mu.Unlock()
-		newRev, err := kv.Update(ctx, keyFor(id), c.value(id, epoch, grace), rev)
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) {
-			newRev, err = c.reassert(ctx, kv, id, epoch, grace)
+		e, found, err := c.get(ctx, kv, id)
+		if err != nil && !errors.Is(err, ErrWire) {
+			return // next tick
+		}
+		var rev uint64
+		switch {
+		case !found || err != nil:
+			rev, err = kv.Create(ctx, keyFor(id), c.value(id, inc, epoch, grace))
+		case e.Owner == c.self && e.Epoch == epoch && e.Inc == inc:
+			rev = e.rev
+		case e.Owner == c.self && e.Epoch == epoch:
+			rev, err = kv.Update(ctx, keyFor(id), c.value(id, inc, epoch, grace), e.rev)
+		default:
+			c.lost(id, epoch, e.Owner, e.Epoch)
+			return
 		}
 		if err != nil {
-			if errors.Is(err, errLost) || errors.Is(err, errRetry) {
-				continue
+			if errors.Is(err, jetstream.ErrKeyExists) || isRevisionMismatch(err) {
+				continue // changed meanwhile: read it again
 			}
-			c.m.refreshErrors.Inc()
-			continue
+			return
 		}
 		c.mu.Lock()
 		if l := c.leases[id]; l != nil && l.epoch == epoch {
-			l.rev = newRev
+			l.inc, l.rev = inc, rev
+			l.dirty = l.grace != grace
 		}
 		c.mu.Unlock()
+		c.m.claims.WithLabelValues("reasserted").Inc()
+		return
 	}
-}
-
-var (
-	errLost  = errors.New("cluster: claim lost")
-	errRetry = errors.New("cluster: claim changing; retry")
-)
-
-// reassert repairs a refresh that failed its revision check.
-func (c *Cluster) reassert(ctx context.Context, kv jetstream.KeyValue, id string, epoch uint64, grace bool) (uint64, error) {
-	e, found, err := c.get(ctx, kv, id)
-	if err != nil {
-		return 0, err
-	}
-	switch {
-	case !found:
-		rev, err := kv.Create(ctx, keyFor(id), c.value(id, epoch, grace))
-		if err == nil {
-			c.m.claims.WithLabelValues("reasserted").Inc()
-			return rev, nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return 0, err
-		}
-		e, found, err = c.get(ctx, kv, id)
-		if err != nil || !found {
-			return 0, errRetry
-		}
-	case e.Owner == c.self && e.Epoch == epoch:
-		return kv.Update(ctx, keyFor(id), c.value(id, epoch, grace), e.rev)
-	}
-	if e.Owner == c.self && e.Epoch == epoch {
-		return e.rev, nil
-	}
-	c.mu.Lock()
-	l := c.leases[id]
-	regranted := l != nil && e.Owner == c.self && l.epoch == e.Epoch
-	c.mu.Unlock()
-	if regranted {
-		// A new binary here took the claim under a new epoch while this
-		// refresh ran (Acquire): nothing was lost; the next refresh
-		// writes the new lease.
-		return 0, errRetry
-	}
-	c.lost(id, epoch, e.Owner, e.Epoch)
-	return 0, errLost
 }
 
 // lost drops a lease another claim replaced.
@@ -332,41 +477,6 @@ func (c *Cluster) lost(id string, epoch uint64, owner string, newEpoch uint64) {
 	c.m.claims.WithLabelValues("lost").Inc()
 	c.log.Warn("claim lost to another instance", "event", "cluster_claim_lost", "server_id", id)
 	c.rl.Superseded(id, owner, newEpoch)
-}
-
-// verify checks the claims this instance's proxies joined under: a claim
-// that vanished (its owner crashed and the lease ran out, or the grace
-// ended) or moved closes those phones 4404, as a grace expiry would.
-func (c *Cluster) verify(ctx context.Context) {
-	if !c.nc.IsConnected() {
-		return
-	}
-	kv, err := c.bucket(ctx)
-	if err != nil {
-		return
-	}
-	seen := map[string]bool{}
-	for _, rc := range c.rl.RemoteClaims() {
-		e, found, err := c.get(ctx, kv, rc.ServerID)
-		switch {
-		case err != nil && !errors.Is(err, ErrWire):
-			continue // uncertain: ask again next time
-		case !found || err != nil:
-			// Twice in a row: a live owner whose refresh ran late
-			// re-creates its claim in between, and its phones stay.
-			seen[rc.ServerID] = true
-			if c.missing[rc.ServerID]++; c.missing[rc.ServerID] >= 2 {
-				c.rl.Superseded(rc.ServerID, "", ^uint64(0))
-			}
-		case e.Owner != rc.Owner || e.Epoch != rc.Epoch:
-			c.rl.Superseded(rc.ServerID, e.Owner, e.Epoch)
-		}
-	}
-	for id := range c.missing {
-		if !seen[id] {
-			delete(c.missing, id)
-		}
-	}
 }
 
 // ownerChanged handles another instance's broadcast that it now owns a

@@ -49,12 +49,16 @@ type Options struct {
 	// InstanceID names this instance in subjects and claims; default a
 	// random id, logged at start. Ids must be unique within the cluster.
 	InstanceID string
-	// Lease is how long a claim outlives its owner's last refresh: a
-	// crashed instance's server-ids become claimable again within Lease,
-	// and the owner refreshes every Lease/3. Shorter frees a dead owner's
-	// slots sooner but turns a longer NATS outage into lost claims. It must
-	// be the same on every instance (it is the bucket's MaxAge). Default 15s,
-	// at least MinLease (1s).
+	// Lease is how long an instance's claims outlive its last heartbeat:
+	// each instance rewrites its session key every Lease/3, and another
+	// instance judges it dead, and may take its server-ids, once it has
+	// seen no heartbeat for a Lease (session.go). So a crashed instance's
+	// server-ids are claimable again between Lease×2/3 and Lease after the
+	// crash, and a NATS blip shorter than about Lease×2/3 changes nothing.
+	// Shorter frees a dead owner's slots sooner and costs more session
+	// writes (one per Lease/3 per instance, whatever it owns); longer lets
+	// longer blips pass. Use the same value on every instance. Default
+	// 2.4s, at least MinLease (1s).
 	Lease time.Duration
 	// Replicas of the claims bucket: 3 on a 3-node NATS cluster, so a NATS
 	// node's loss keeps the claims. Default 1.
@@ -93,8 +97,8 @@ func LinkPayload(maxMessage int64, maxToken int) int64 {
 // Defaults.
 const (
 	DefaultName  = "relay"
-	DefaultLease = 15 * time.Second
-	// MinLease is the shortest --cluster-lease: a claim must survive the
+	DefaultLease = 2400 * time.Millisecond
+	// MinLease is the shortest --cluster-lease: a session must survive the
 	// ordinary delays of a busy host and of NATS between two refreshes
 	// (lease/3 apart). At 300 ms a live owner's claim lapsed on a loaded
 	// 2-core machine (TestCluster_LiveOwnersClaim_NeverLapses_AtTheMinimumLease,
@@ -211,9 +215,23 @@ type Cluster struct {
 
 	mu     sync.Mutex
 	leases map[string]*lease
-	// missing counts consecutive checks that found no claim for a
-	// server-id proxies here joined under (checkLoop only).
-	missing map[string]int
+	// pendingLeases: some lease lacks a write (a grace change made while
+	// NATS was away, a re-assertion after a revocation); see flushLeases.
+	pendingLeases bool
+	// unreach holds the owners a probe or join found unreachable while
+	// this instance's NATS was up: logged once per episode.
+	unreach map[string]bool
+
+	// ses is this instance's session and its view of the others'
+	// (session.go).
+	ses      *sessions
+	watchers sync.WaitGroup
+	// rewatch asks the session loop for a new run of the watch (after a
+	// reconnect).
+	rewatch chan struct{}
+	// sweepPending: a sweep is scheduled (sweep.go).
+	sweepMu      sync.Mutex
+	sweepPending bool
 	// silent counts consecutive unanswered pings per peer (pingLoop only).
 	silent map[string]int
 
@@ -238,7 +256,7 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 		log = slog.New(slog.NewJSONHandler(io.Discard, nil))
 	}
 	c := &Cluster{opts: opts, self: opts.InstanceID, sub: subjects{opts.Name, opts.InstanceID}, rl: rl, log: log,
-		m: newMetrics(m), leases: make(map[string]*lease), missing: make(map[string]int), silent: make(map[string]int), kick: make(chan struct{}, 1), stop: make(chan struct{}),
+		m: newMetrics(m), leases: make(map[string]*lease), unreach: make(map[string]bool), ses: newSessions(), rewatch: make(chan struct{}, 1), silent: make(map[string]int), kick: make(chan struct{}, 1), stop: make(chan struct{}),
 		sem: make(chan struct{}, 64)}
 	nopts := []nats.Option{
 		nats.Name("pyrycode-relay " + opts.InstanceID),
@@ -288,9 +306,9 @@ func Start(opts Options, rl *relay.Relay, log *slog.Logger, m *metrics.Metrics) 
 	}
 	c.m.connected.Set(b2f(nc.IsConnected()))
 	c.ensureBucket()
-	c.loopsDone.Add(5)
-	go c.leaseLoop()
-	go c.checkLoop()
+	c.establishAtStart()
+	c.loopsDone.Add(4)
+	go c.sessionLoop()
 	go c.pingLoop()
 	go c.watchRefusals()
 	go c.dupLoop()
@@ -350,9 +368,12 @@ func (c *Cluster) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 		Bucket:      bucketName(c.opts.Name),
 		Description: "pyrycode relay claims: server-id -> owning instance",
 		History:     1,
-		TTL:         c.opts.Lease,
-		Replicas:    c.opts.Replicas,
-		Storage:     jetstream.FileStorage,
+		TTL:         0, // claims live as long as their owner's session (session.go)
+		// Removals leave markers that expire (remove), which needs
+		// per-message TTLs (NATS 2.11 or later).
+		LimitMarkerTTL: markerTTL,
+		Replicas:       c.opts.Replicas,
+		Storage:        jetstream.FileStorage,
 	})
 	if err != nil {
 		return nil, err
@@ -437,15 +458,53 @@ func (c *Cluster) Join(ctx context.Context, serverID string) (relay.JoinOutcome,
 		// Ours without a slot here yet: the relay waits for the claim.
 		return relay.JoinOutcome{Owner: c.self}, nil
 	}
+	switch st, _, err := c.ownerState(ctx, kv, e.Owner, e.Inc); {
+	case err != nil:
+		return relay.JoinOutcome{}, relay.ErrClusterUnavailable
+	case st != ownerLive:
+		// Its owner's session ended or was judged dead: no binary
+		// serves the claim, and asking would only time out.
+		return relay.JoinOutcome{Code: int(relay.CodeNoBinary)}, nil
+	}
 	msg, err := c.nc.RequestWithContext(ctx, c.sub.to(e.Owner, kindJoin), encodeServerID(serverID))
 	if err != nil {
-		return relay.JoinOutcome{}, relay.ErrClusterUnavailable
+		return relay.JoinOutcome{}, c.unreachable(e.Owner)
 	}
+	c.reachable(e.Owner)
 	j, err := decodeJoinReply(msg.Data)
 	if err != nil {
 		return relay.JoinOutcome{}, relay.ErrClusterUnavailable
 	}
 	return relay.JoinOutcome{Owner: e.Owner, ConnID: j.connID, Epoch: j.epoch, Code: j.code}, nil
+}
+
+// unreachable is the error for a request that another instance left
+// unanswered: ErrOwnerUnreachable while this instance's own NATS link is
+// up (the owner's session lives, so it is up, but stalled or cut off),
+// logged once per episode naming the owner; ErrClusterUnavailable when
+// the fault may be this instance's own link.
+func (c *Cluster) unreachable(owner string) error {
+	if !c.nc.IsConnected() {
+		c.m.claims.WithLabelValues("unavailable").Inc()
+		return relay.ErrClusterUnavailable
+	}
+	c.m.claims.WithLabelValues("unreachable").Inc()
+	c.mu.Lock()
+	first := !c.unreach[owner]
+	c.unreach[owner] = true
+	c.mu.Unlock()
+	if first {
+		c.log.Warn("owner instance does not answer: claims and joins of its server-ids get 1013 until it answers or its session ends",
+			"event", "cluster_owner_unreachable", "peer", owner)
+	}
+	return relay.ErrOwnerUnreachable
+}
+
+// reachable ends owner's unreachable episode.
+func (c *Cluster) reachable(owner string) {
+	c.mu.Lock()
+	delete(c.unreach, owner)
+	c.mu.Unlock()
 }
 
 // probe asks owner whether its binary for serverID is alive.
@@ -605,44 +664,6 @@ func (c *Cluster) caughtUp(d time.Duration) bool {
 	}
 }
 
-// leaseLoop refreshes this instance's claims every Lease/3, on its own
-// goroutine so that nothing slower (a ping to a stalled peer) can delay a
-// refresh past the lease.
-func (c *Cluster) leaseLoop() {
-	defer c.loopsDone.Done()
-	t := time.NewTicker(c.opts.Lease / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.stop:
-			return
-		case <-t.C:
-		case <-c.kick:
-		}
-		c.ensureBucket()
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.Lease/3)
-		c.refresh(ctx)
-		cancel()
-	}
-}
-
-// checkLoop checks the claims this instance's proxies joined under.
-func (c *Cluster) checkLoop() {
-	defer c.loopsDone.Done()
-	t := time.NewTicker(c.opts.Lease / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.stop:
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
-		c.verify(ctx)
-		cancel()
-	}
-}
-
 // pingLoop pings the peers this instance shares phones with.
 func (c *Cluster) pingLoop() {
 	defer c.loopsDone.Done()
@@ -673,6 +694,10 @@ func (c *Cluster) disconnected() {
 }
 
 func (c *Cluster) reconnected() {
+	select {
+	case c.rewatch <- struct{}{}:
+	default:
+	}
 	c.m.connected.Set(1)
 	c.log.Info("NATS connection back", "event", "cluster_reconnected")
 	if err := payloadFits(c.nc.MaxPayload(), c.opts.MaxLinkPayload); err != nil {
@@ -708,9 +733,11 @@ func (c *Cluster) leasedIDs() []string {
 func (c *Cluster) Close() {
 	close(c.stop)
 	c.loopsDone.Wait()
+	c.watchers.Wait()
 	for _, id := range c.leasedIDs() {
 		c.Release(id)
 	}
+	c.endSession()
 	for _, s := range c.subs {
 		_ = s.Unsubscribe()
 	}

@@ -149,14 +149,7 @@ func (e *env) startLinked(id string, extra ...string) (*instance, *attacks.CutLi
 // startVia starts relay id connecting to NATS at natsURL.
 func (e *env) startVia(id, natsURL string, extra ...string) *instance {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	args := []string{"serve", "--insecure-listen", "127.0.0.1:0",
-		"--cluster-nats", natsURL, "--instance-id", id, "--cluster-lease", lease.String(),
-		"--grace-period", grace.String(), "--probe-timeout", "500ms", "--close-timeout", "300ms",
-		"--upgrade-rate", "1000", "--upgrade-burst", "1000", "--log-level", "debug",
-		"--metrics-listen", "127.0.0.1:0"}
-	p, err := attacks.StartProcess(ctx, relayBin, append(args, extra...)...)
+	p, err := launch(id, natsURL, extra...)
 	if err != nil {
 		if p != nil {
 			e.t.Fatalf("start relay %s: %v\n%s", id, err, p.LogText())
@@ -166,6 +159,19 @@ func (e *env) startVia(id, natsURL string, extra ...string) *instance {
 	in := &instance{id: id, proc: p, ws: "ws://" + p.Addr}
 	e.relays = append(e.relays, in)
 	return in
+}
+
+// launch starts relay id connecting to NATS at natsURL (safe to call off
+// the test's goroutine; startVia records it in the env).
+func launch(id, natsURL string, extra ...string) (*attacks.Process, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	args := []string{"serve", "--insecure-listen", "127.0.0.1:0",
+		"--cluster-nats", natsURL, "--instance-id", id, "--cluster-lease", lease.String(),
+		"--grace-period", grace.String(), "--probe-timeout", "500ms", "--close-timeout", "300ms",
+		"--upgrade-rate", "1000", "--upgrade-burst", "1000", "--log-level", "debug",
+		"--metrics-listen", "127.0.0.1:0"}
+	return attacks.StartProcess(ctx, relayBin, append(args, extra...)...)
 }
 
 func tailLines(s string, n int) string {
@@ -183,6 +189,7 @@ type conn struct {
 	msgs   chan []byte
 	closed chan struct{}
 	code   websocket.StatusCode // valid after closed
+	reason string               // the close reason, valid after closed
 }
 
 func dial(t *testing.T, url string, h http.Header) *conn {
@@ -205,6 +212,10 @@ func dial(t *testing.T, url string, h http.Header) *conn {
 			_, data, err := ws.Read(context.Background())
 			if err != nil {
 				c.code = websocket.CloseStatus(err)
+				var ce websocket.CloseError
+				if errors.As(err, &ce) {
+					c.reason = ce.Reason
+				}
 				return
 			}
 			c.msgs <- data

@@ -10,11 +10,19 @@ import (
 // closed set: created, reclaimed (another instance's grace slot), takeover
 // (another instance's dead binary), local (a new binary for this
 // instance's own claim: its grace slot or a dead binary here), stale (a
-// claim of this instance's id it no longer served), conflict (4409),
-// unavailable (1013), reasserted (a claim re-created after NATS was away
-// longer than the lease), lost (a claim another instance replaced),
-// invalid (a value that is not a claim).
-var claimResults = []string{"created", "reclaimed", "takeover", "local", "stale", "conflict", "unavailable", "reasserted", "lost", "invalid"}
+// claim of this instance's id it no longer served), ended (a claim whose
+// owner's incarnation ended: crashed and revoked, or restarted), conflict
+// (4409), unavailable (1013: NATS or the store not reachable), unreachable
+// (1013: the owner's session lives but it does not answer), reasserted (a
+// claim rewritten under this instance's new incarnation after its session
+// was revoked), lost (a claim another instance replaced), swept (an ended
+// incarnation's claim deleted), invalid (a value that is not a claim).
+var claimResults = []string{"created", "reclaimed", "takeover", "local", "stale", "ended", "conflict", "unavailable", "unreachable", "reasserted", "lost", "swept", "invalid"}
+
+// sessionResults are the result labels of relay_cluster_sessions_total, a
+// closed set: revoked (this instance revoked a session it judged dead),
+// lost (this instance's own session was revoked; it re-established it).
+var sessionResults = []string{"revoked", "lost"}
 
 // requestDrop is why a request from another instance (a probe or a join)
 // went unanswered: the reason label of relay_cluster_requests_dropped_total,
@@ -38,6 +46,7 @@ type clusterMetrics struct {
 	slowConsumer  prometheus.Counter
 	refreshErrors prometheus.Counter
 	duplicates    prometheus.Counter
+	sessions      *prometheus.CounterVec
 	// requestsDropped: requests left unanswered, by requestDrop.
 	requestsDropped *prometheus.CounterVec
 }
@@ -52,8 +61,11 @@ func newMetrics(m *metrics.Metrics) *clusterMetrics {
 		received:      prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_messages_received_total", Help: "Cross-instance link messages received."}),
 		malformed:     prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_messages_malformed_total", Help: "Cross-instance messages dropped as unparseable."}),
 		slowConsumer:  prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_slow_consumer_total", Help: "Times NATS dropped messages for this instance."}),
-		refreshErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_lease_refresh_errors_total", Help: "Claim refreshes that failed (retried)."}),
-		duplicates:    prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_duplicate_instances_total", Help: "Times another live instance was found using this instance's id after start."}),
+		refreshErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_lease_refresh_errors_total", Help: "Session refreshes (this instance's heartbeat in the claims bucket) that failed (retried)."}),
+		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_cluster_sessions_total", Help: "Instance sessions revoked by this instance, and this instance's own session lost, by result.",
+		}, []string{"result"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_cluster_duplicate_instances_total", Help: "Times another live instance was found using this instance's id after start."}),
 		requestsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_cluster_requests_dropped_total", Help: "Requests from other instances (probes, joins) left unanswered, by reason.",
 		}, []string{"reason"}),
@@ -61,11 +73,14 @@ func newMetrics(m *metrics.Metrics) *clusterMetrics {
 	for _, r := range claimResults {
 		cm.claims.WithLabelValues(r)
 	}
+	for _, r := range sessionResults {
+		cm.sessions.WithLabelValues(r)
+	}
 	for _, r := range allRequestDrops {
 		cm.requestsDropped.WithLabelValues(string(r))
 	}
 	if m != nil {
-		m.Register(cm.claims, cm.connected, cm.sent, cm.received, cm.malformed, cm.slowConsumer, cm.refreshErrors, cm.duplicates, cm.requestsDropped)
+		m.Register(cm.claims, cm.connected, cm.sent, cm.received, cm.malformed, cm.slowConsumer, cm.refreshErrors, cm.duplicates, cm.sessions, cm.requestsDropped)
 	}
 	return cm
 }

@@ -4,7 +4,8 @@ package cluster
 // vouches for the sender token of every subject (subjects.go), so an
 // instance holding only its own credentials cannot speak as another
 // (TM-CLU-4), cannot read another instance's inbox or request replies, and
-// reaches JetStream only for its cluster's claims bucket. The user also
+// reaches JetStream only for its cluster's claims bucket (reading it
+// through direct gets and its own ordered consumers). The user also
 // needs to answer requests (join, probe, ping) on the requester's reply
 // subject: NATS's "allow responses" (one reply per request), never a
 // publish grant on other instances' inboxes.
@@ -29,6 +30,13 @@ func InstancePermissions(name, id string) Permissions {
 			"$JS.API.STREAM.CREATE." + stream,
 			"$JS.API.STREAM.UPDATE." + stream,
 			"$JS.API.DIRECT.GET." + stream + ".>",
+			// The watch of every session (session.go) and the sweep's read
+			// of the bucket are ordered consumers of the claims stream:
+			// created, deleted when reset, and answering flow control.
+			"$JS.API.CONSUMER.CREATE." + stream,
+			"$JS.API.CONSUMER.CREATE." + stream + ".>",
+			"$JS.API.CONSUMER.DELETE." + stream + ".>",
+			"$JS.FC." + stream + ".>",
 		},
 		Subscribe: []string{
 			name + ".i." + id + ".>", // its own inbox only

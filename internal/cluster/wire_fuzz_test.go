@@ -265,26 +265,27 @@ func FuzzDecodeProbeReply(f *testing.F) {
 }
 
 // FuzzParseClaim: a claim value in the store is believed only when it is
-// this code's layout for exactly that server-id, naming a valid instance;
+// this code's layout (version 2) for exactly that server-id, naming a valid
+// instance and an incarnation;
 // what is believed writes back to a value that reads the same.
 func FuzzParseClaim(f *testing.F) {
 	c := &Cluster{self: "relay-a"}
-	f.Add(c.value("tenant~X", 0, false), "tenant~X")
-	f.Add(c.value("tenant~X", 12, true), "tenant.X")
+	f.Add(c.value("tenant~X", "0123456789abcdef", 0, false), "tenant~X")
+	f.Add(c.value("tenant~X", "0123456789abcdef", 12, true), "tenant.X")
 	f.Fuzz(func(t *testing.T, b []byte, serverID string) {
 		v, err := parseClaim(b, serverID)
 		if err != nil {
 			wantWireErr(t, err)
 			return
 		}
-		if v.V != 1 || v.ServerID != serverID || !ValidToken(v.Owner) {
+		if v.V != claimVersion || v.ServerID != serverID || !ValidToken(v.Owner) || v.Inc == "" {
 			t.Fatalf("believed %+v for %q", v, serverID)
 		}
 		if _, err := parseClaim(b, serverID+"x"); err == nil {
 			t.Fatalf("a claim of %q was believed for another server-id", serverID)
 		}
 		w := &Cluster{self: v.Owner}
-		if v2, err := parseClaim(w.value(v.ServerID, v.Epoch, v.Grace), serverID); err != nil || v2 != v {
+		if v2, err := parseClaim(w.value(v.ServerID, v.Inc, v.Epoch, v.Grace), serverID); err != nil || v2 != v {
 			t.Fatalf("round trip: %+v, %v; want %+v", v2, err, v)
 		}
 	})

@@ -25,7 +25,7 @@ func clusterFlags(fs *flag.FlagSet, o *cluster.Options) {
 	fs.StringVar(&o.CAFile, "cluster-nats-ca", "", "PEM CA bundle to verify the NATS servers' TLS certificates")
 	fs.StringVar(&o.Name, "cluster-name", o.Name, "subject and claims-bucket prefix, so two clusters can share one NATS")
 	fs.StringVar(&o.InstanceID, "instance-id", "", "this instance's id in the cluster, [A-Za-z0-9_-]{1,64} (default: random, logged at start)")
-	fs.DurationVar(&o.Lease, "cluster-lease", o.Lease, "how long a crashed instance's claims outlive it; the same on every instance")
+	fs.DurationVar(&o.Lease, "cluster-lease", o.Lease, "how long an instance's claims outlive its last heartbeat (it writes one every lease/3; a crashed instance's server-ids are claimable elsewhere within about this); the same on every instance")
 	fs.IntVar(&o.Replicas, "cluster-replicas", o.Replicas, "replicas of the claims bucket (3 on a 3-node NATS cluster)")
 	o.MaxPendingBytes = cluster.DefaultMaxPendingBytes
 	fs.IntVar(&o.MaxPendingBytes, "cluster-max-pending-bytes", o.MaxPendingBytes, "bytes NATS may buffer for this instance's incoming cross-instance frames; past it (or for one larger frame) messages are dropped and every cross-instance phone here is closed 1011; keep it well above --max-message-bytes")
