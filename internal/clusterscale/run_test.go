@@ -25,7 +25,7 @@ func TestRun_SmallCell_CountsWhatItClaims(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts NATS and two agent processes")
 	}
-	const lease = 900 * time.Millisecond
+	const lease = time.Second // cluster.MinLease
 	rep, err := Run(context.Background(), Config{Instances: []int{2}, ServerIDs: []int{50}, Lease: lease,
 		Window: time.Second, Trials: 1, Sample: 3, Latency: 5, Exe: os.Args[0]}, lease)
 	require.NoError(t, err)
