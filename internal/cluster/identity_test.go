@@ -51,6 +51,7 @@ func TestCluster_DuplicateInstanceID_RefusedAtStart(t *testing.T) {
 // counts it in relay_cluster_duplicate_instances_total; a lone instance
 // counts nothing.
 func TestCluster_DuplicateInstanceID_MetAfterStart_LoggedAndCounted(t *testing.T) {
+	t.Parallel() // mostly waits on leases
 	e := newEnv(t, 2)
 	a1 := e.relays[0]
 	e.nats.Stop()

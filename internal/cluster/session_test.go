@@ -114,6 +114,7 @@ const failoverTrials = 20
 // joining another of the dead owner's server-ids then gets 4404 at once,
 // not after a join's timeout.
 func TestCluster_Failover_KillOwner_ClaimableWithinTheLease(t *testing.T) {
+	t.Parallel() // mostly waits on leases
 	const defaultLease = 2400 * time.Millisecond
 	leaseFlag := []string{"--cluster-lease", defaultLease.String()}
 	e := newEnv(t, 4, leaseFlag...)
@@ -306,6 +307,7 @@ func TestCluster_StoppedOwner_OwnerUnreachableThenRevoked_ResumedOwnerReassertsW
 // orphan although an instance with the same id is live again by then (the
 // claim names the ended incarnation).
 func TestCluster_RestartSameID_PredecessorRevoked_ItsClaimsSwept_LiveClaimsKept(t *testing.T) {
+	t.Parallel() // mostly waits on leases
 	e := newEnv(t, 3)
 	a, b, c := e.relays[0], e.relays[1], e.relays[2]
 	s := e.store(t)
