@@ -52,12 +52,13 @@ func fakeNATS(t *testing.T, version string) string {
 	return fmt.Sprintf("nats://127.0.0.1:%d", port)
 }
 
-// A NATS server older than cluster.MinServerVersion (Debian 12's 2.9.10)
+// A NATS server older than cluster.MinServerVersion (Debian 12's 2.9.10), or
+// a 2.12 release before its fix (2.12.5),
 // refuses the start, exit 2, with one line naming both versions (the
 // refusal line is checked against docs/cluster.md by refusedStartSaying).
 func TestCluster_NATSServerTooOld_RefusedAtStart(t *testing.T) {
-	for _, v := range []string{"2.9.10", "2.10.27", "2.11.15-RC.1"} {
-		refusedStartSaying(t, []string{"the NATS server is too old: nats-server " + v + "; cluster mode needs " + cluster.MinServerVersion + " or later"},
+	for _, v := range []string{"2.9.10", "2.10.27", "2.11.15-RC.1", "2.12.5"} {
+		refusedStartSaying(t, []string{"the NATS server is too old: nats-server " + v + "; cluster mode needs " + cluster.MinServerVersion + " or later, and 2.12.6 or later on 2.12"},
 			"--cluster-nats", fakeNATS(t, v), "--instance-id", "a")
 	}
 }
