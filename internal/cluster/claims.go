@@ -133,7 +133,7 @@ func (c *Cluster) value(serverID, inc string, epoch uint64, grace bool) []byte {
 // already: so of two instances that read the same claim and each want to
 // give it to a new binary, exactly one write succeeds, and the other reads
 // the claim again and finds the winner's binary (4409 when it lives).
-func (c *Cluster) Acquire(ctx context.Context, serverID string, probe bool) (relay.ClaimOutcome, error) {
+func (c *Cluster) Acquire(ctx context.Context, serverID string) (relay.ClaimOutcome, error) {
 	kv, err := c.bucket(ctx)
 	inc := c.ownInc()
 	if err != nil || inc == "" {
@@ -198,8 +198,6 @@ func (c *Cluster) Acquire(ctx context.Context, serverID string, probe bool) (rel
 				// write, one fails.
 			case probed != nil && probed.Owner == e.Owner && probed.Epoch == e.Epoch:
 				how = "takeover"
-			case !probe:
-				return relay.ClaimHeld, nil
 			default:
 				res, err := c.probe(ctx, e.Owner, serverID)
 				if err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"syscall"
@@ -315,4 +316,107 @@ func TestCluster_PhoneRightAfterTheBinarys101_OnAnotherInstance_Joins(t *testing
 		require.NoErrorf(t, err, "round %d: the phone's frame never arrived (phone open: %v, code %d)", i, p.isOpen(0), p.code)
 		require.True(t, strings.Contains(string(m), fmt.Sprintf(`"hello":%d`, i)), "round %d: %s", i, m)
 	}
+}
+
+// joinedCount counts in's phone_joined log lines for serverID.
+func joinedCount(in *instance, serverID string) int {
+	n := 0
+	for _, l := range in.proc.Log() {
+		if strings.Contains(l, `"event":"phone_joined"`) && strings.Contains(l, `"server_id":"`+serverID+`"`) {
+			n++
+		}
+	}
+	return n
+}
+
+// Defect 10, the probe path (chaos finding 7): a claim that must probe an
+// owner that does not answer (its instance stopped) got its 101 at once
+// and was decided seconds later; meanwhile the stopped owner's claim
+// lapsed and phones joining anywhere were refused 4404 right after the
+// binary's 101, which then got the server-id. The claim is now decided,
+// probe included, before the 101: every phone that dials once the binary
+// has its 101 joins it.
+func TestCluster_ClaimProbingAStoppedOwner_Gets101OnlyOnceDecided(t *testing.T) {
+	e := newEnv(t, 3)
+	a, b, c := e.relays[0], e.relays[1], e.relays[2]
+	sid := newID("probe101")
+	b0 := binaryAt(t, a, sid)
+	require.NoError(t, a.proc.Signal(syscall.SIGSTOP))
+	// a comes back after its claim lapsed in the store, and only then
+	// answers b's probe.
+	resume := time.AfterFunc(lease+time.Second, func() { _ = a.proc.Signal(syscall.SIGCONT) })
+	defer func() {
+		if resume.Stop() {
+			_ = a.proc.Signal(syscall.SIGCONT)
+		}
+	}()
+	_ = b0.ws.CloseNow() // its binary goes while a is stopped
+	var mu sync.Mutex
+	var upgradedAt time.Time
+	var b1 *websocket.Conn
+	go func() {
+		h := http.Header{}
+		h.Set("x-pyrycode-server", sid)
+		h.Set("x-pyrycode-version", "test")
+		h.Set("user-agent", "cluster-test")
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		ws, _, err := websocket.Dial(ctx, b.ws+"/v1/server", &websocket.DialOptions{HTTPHeader: h})
+		if err != nil {
+			return
+		}
+		t.Cleanup(func() { _ = ws.CloseNow() })
+		go func() { // answers pings
+			for {
+				if _, _, err := ws.Read(context.Background()); err != nil {
+					return
+				}
+			}
+		}()
+		mu.Lock()
+		upgradedAt, b1 = time.Now(), ws
+		mu.Unlock()
+	}()
+	upgraded := func() (time.Time, *websocket.Conn) { mu.Lock(); defer mu.Unlock(); return upgradedAt, b1 }
+	// A phone dials c every 100 ms, each on its own, until the binary has
+	// had its 101 for two seconds.
+	type outcome struct {
+		dialed time.Time
+		code   websocket.StatusCode // 0: joined
+	}
+	var omu sync.Mutex
+	var outcomes []outcome
+	var wg sync.WaitGroup
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if at, _ := upgraded(); !at.IsZero() && time.Since(at) > 2*time.Second {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dialed := time.Now()
+			p := phoneAt(t, c, sid)
+			// A 4404 comes at once (the store names nobody); a 1013 (the
+			// owner is stopped) or a join takes longer and does not matter.
+			code := websocket.StatusCode(0)
+			select {
+			case <-p.closed:
+				code = p.code
+			case <-time.After(2 * time.Second):
+			}
+			_ = p.ws.CloseNow()
+			omu.Lock()
+			outcomes = append(outcomes, outcome{dialed, code})
+			omu.Unlock()
+		}()
+	}
+	wg.Wait()
+	at, _ := upgraded()
+	for _, o := range outcomes {
+		if !at.IsZero() && o.dialed.After(at) && o.code == 4404 {
+			t.Errorf("a phone dialled %v after the binary's 101 was refused 4404", o.dialed.Sub(at).Round(time.Millisecond))
+		}
+	}
+	require.False(t, at.IsZero(), "the binary never had its 101")
+	require.Greater(t, b.claims(sid), 0, "the binary was refused: the test shows nothing")
 }

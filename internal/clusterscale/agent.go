@@ -144,7 +144,7 @@ type agent struct {
 func (a *agent) acquire(id string) (relay.ClaimOutcome, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return a.c.Acquire(ctx, id, true)
+	return a.c.Acquire(ctx, id)
 }
 
 func (a *agent) do(cmd agentCmd) agentReply {

@@ -26,11 +26,10 @@ type Backplane interface {
 	// read the claim before can then not take it too. The caller has
 	// already refused the binary if a live one holds the slot here. When
 	// another instance's live binary may hold it, Acquire asks that
-	// instance (a wait of up to ProbeTimeout) only if probe is true, and
-	// answers ClaimHeld otherwise. ErrClusterUnavailable when the claim
-	// store or the owner cannot be reached: the binary is refused 1013 and
-	// retries.
-	Acquire(ctx context.Context, serverID string, probe bool) (ClaimOutcome, error)
+	// instance (a wait of up to ProbeTimeout). ErrClusterUnavailable when
+	// the claim store or the owner cannot be reached: the binary is
+	// refused 1013 and retries.
+	Acquire(ctx context.Context, serverID string) (ClaimOutcome, error)
 	// SetGrace records that serverID's slot here entered (true) or left
 	// (false) its grace period; the claim stays this instance's.
 	SetGrace(serverID string, grace bool)
@@ -68,9 +67,6 @@ const (
 	ClaimGranted ClaimOutcome = iota + 1
 	// ClaimConflict: a live binary holds it on another instance (4409).
 	ClaimConflict
-	// ClaimHeld: another instance holds it with a binary that only a probe
-	// can tell dead or alive, and Acquire was asked not to probe.
-	ClaimHeld
 )
 
 // JoinOutcome is a remote owner's answer to a phone joining here.

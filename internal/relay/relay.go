@@ -225,8 +225,8 @@ func (rl *Relay) ServeBinary(w http.ResponseWriter, r *http.Request) {
 	// slot is installed or the claim refused: a phone that arrives once the
 	// binary has its 101 finds the slot, or waits for the claim's outcome.
 	// In cluster mode a server-id with no slot here is claimed in the store
-	// before the 101 too (unless that needs another instance's probe, which
-	// waits for the WebSocket), so phones on other instances find it held.
+	// (another instance probed if need be) before the 101 too, so phones on
+	// other instances find it held.
 	clearDeadlines(w) // the claim may wait for its turn and the store
 	unlock := sync.OnceFunc(rl.gates.lock(h.ServerID))
 	defer unlock()

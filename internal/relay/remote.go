@@ -32,6 +32,13 @@ const stubLeave = -1
 // answer).
 const joinTimeout = 5 * time.Second
 
+// claimSlack is what a cluster claim may take beyond the owner's own probe
+// (--probe-timeout): the store's round trips and the probe's. A claim
+// decided before the binary's 101 holds the 101 that long at most, so it
+// stays short: an owner that has not answered by then is unreachable
+// (1013).
+const claimSlack = 3 * time.Second
+
 // proxyKey names a proxy: conn_ids are minted by owners, so they are unique
 // only together with the owner that minted them.
 type proxyKey struct{ owner, connID string }
@@ -96,38 +103,41 @@ type earlyClaim struct {
 	err error
 }
 
-// claimEarly puts a claim for serverID to the cluster's store before the
-// binary's 101 when this instance has no slot for it, so that a phone
-// joining any instance once the binary has its 101 finds the server-id
-// held. A claim that needs another instance's probe (ClaimHeld) is decided
-// after the 101, as a probe of a local incumbent is: the server-id is held
-// (by that incumbent) meanwhile. It returns nil when this instance has a
-// slot: the local rules decide first (clusterClaim). The caller holds the
-// server-id's gate.
+// claimEarly decides a claim for serverID in the cluster before the
+// binary's 101 when this instance has no slot for it: the store write, and
+// the probe of another instance's binary when one is needed (a wait of up
+// to --probe-timeout before the 101, where a claim against a local
+// incumbent probes after it). So once the binary has its 101, the store
+// names this instance, and a phone joining any instance finds the
+// server-id held; a probe answered only after the incumbent's claim
+// lapsed cannot leave a window in which it is held by nobody. It returns
+// nil when this instance has a slot: the local rules decide first
+// (clusterClaim). The caller holds the server-id's gate.
 func (rl *Relay) claimEarly(serverID string) *earlyClaim {
 	if rl.reg.has(serverID) {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), rl.opts.ProbeTimeout+claimSlack)
 	defer cancel()
-	out, err := rl.bp.Acquire(ctx, serverID, false)
+	out, err := rl.bp.Acquire(ctx, serverID)
 	return &earlyClaim{out: out, err: err}
 }
 
 // clusterClaim is claim in cluster mode: the local rules first (a live
 // binary here keeps its slot: 4409, and nothing is written), then the
 // store (Backplane.Acquire: a revision-checked write, probing the owner
-// elsewhere if need be), then the slot here. Every binary that takes a slot
-// writes the store first, so two instances can never both give a server-id
-// to a new binary: one of the two writes fails (protocol §7 holds
-// cluster-wide: a live incumbent anywhere means 4409). The caller holds the
-// server-id's gate.
+// elsewhere if need be; done before the 101 when there was no slot here,
+// claimEarly), then the slot here. Every binary that takes a slot writes
+// the store first, so two instances can never both give a server-id to a
+// new binary: one of the two writes fails (protocol §7 holds cluster-wide:
+// a live incumbent anywhere means 4409). The caller holds the server-id's
+// gate.
 func (b *binaryConn) clusterClaim() bool {
 	rl := b.rl
 	var dead *binaryConn // a local incumbent found dead, to replace
 	var out ClaimOutcome
 	var err error
-	if e := b.early; e != nil && e.out != ClaimHeld {
+	if e := b.early; e != nil {
 		out, err = e.out, e.err
 	} else {
 		if inc, held := rl.reg.holder(b.serverID); held && inc != nil {
@@ -138,8 +148,8 @@ func (b *binaryConn) clusterClaim() bool {
 			}
 			dead = inc
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), rl.opts.ProbeTimeout+joinTimeout)
-		out, err = rl.bp.Acquire(ctx, b.serverID, true)
+		ctx, cancel := context.WithTimeout(context.Background(), rl.opts.ProbeTimeout+claimSlack)
+		out, err = rl.bp.Acquire(ctx, b.serverID)
 		cancel()
 	}
 	switch {

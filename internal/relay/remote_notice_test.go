@@ -14,7 +14,7 @@ type sentLinks struct {
 	sent []LinkMessage
 }
 
-func (s *sentLinks) Acquire(context.Context, string, bool) (ClaimOutcome, error) {
+func (s *sentLinks) Acquire(context.Context, string) (ClaimOutcome, error) {
 	return ClaimGranted, nil
 }
 func (s *sentLinks) SetGrace(string, bool) {}

@@ -34,7 +34,7 @@ type sentLink struct {
 	m  LinkMessage
 }
 
-func (f *fakeBackplane) Acquire(context.Context, string, bool) (ClaimOutcome, error) {
+func (f *fakeBackplane) Acquire(context.Context, string) (ClaimOutcome, error) {
 	return ClaimGranted, nil
 }
 func (f *fakeBackplane) SetGrace(string, bool) {}
