@@ -1,7 +1,13 @@
 package relay
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -130,14 +136,16 @@ func BenchmarkHeartbeatScheduler(b *testing.B) {
 	hb.mu.Unlock()
 }
 
-// Pings due within interval/batchDivisor of the earliest share its
-// wake-up: the earliest goes exactly when due, the others up to that much
-// early, and a connection due later than the window waits for its own
-// time. (On the bubble's clock: each ping's instant is exact.)
+// Pings due within the batch window (interval/batchDivisor, at most
+// maxBatchWindow) of the earliest share its wake-up: the earliest goes
+// exactly when due, the others up to that much early, and a connection due
+// later than the window waits for its own time. (On the bubble's clock:
+// each ping's instant is exact.)
 func TestHeartbeat_PingsDueWithinTheWindowShareAWakeUp(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newMemHarness(t, defaultTimers)
-		window := DefaultPingInterval / batchDivisor
+		window := h.rl.hb.batchWindow
+		require.Equal(t, maxBatchWindow, window, "the default interval's window is the cap")
 		start := time.Now()
 		var mu sync.Mutex
 		pinged := map[string][]time.Duration{}
@@ -168,5 +176,107 @@ func TestHeartbeat_PingsDueWithinTheWindowShareAWakeUp(t *testing.T) {
 		require.Equal(t, []time.Duration{DefaultPingInterval}, pinged["first"], "the earliest ping goes exactly when due")
 		require.Equal(t, []time.Duration{DefaultPingInterval}, pinged["within"], "a ping due within the window goes with it")
 		require.Equal(t, []time.Duration{DefaultPingInterval + window/2 + window}, pinged["after"], "a ping due after the window waits for its time")
+	})
+}
+
+// pongResponder answers every ping on a raw client socket with a pong,
+// allocating nothing, so that a benchmark counts the server side alone.
+func pongResponder(c net.Conn) {
+	var hdr [2]byte
+	var payload [125]byte
+	var out [2 + 4 + 125]byte
+	for {
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		n := int(hdr[1] & 0x7f) // server frames are unmasked; control payloads are short
+		if _, err := io.ReadFull(c, payload[:n]); err != nil {
+			return
+		}
+		if hdr[0]&0x0f != 0x9 { // not a ping
+			continue
+		}
+		out[0], out[1] = 0x8a, 0x80|byte(n) // a masked pong with a zero key
+		out[2], out[3], out[4], out[5] = 0, 0, 0, 0
+		copy(out[6:], payload[:n])
+		if _, err := c.Write(out[:6+n]); err != nil {
+			return
+		}
+	}
+}
+
+// One ping round trip on an accepted (server-side) connection, as the
+// relay's heartbeat sends it, to a client that answers without allocating:
+// the library's own cost (coder/websocket's Ping with a deadline context,
+// and with none: its write of a control frame still sets a 5 s timer and a
+// context.AfterFunc, its handling of the pong another, plus the pong
+// channel and the payload string) against the relay's heartbeats.ping (the
+// progress mark, the batch's shared deadline, the reschedule). -benchmem
+// shows the garbage each ping leaves: what an idle relay's heap grows by
+// between collections.
+func BenchmarkPing(b *testing.B) {
+	accepted := make(chan *websocket.Conn, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, acceptOptions)
+		if err != nil {
+			return
+		}
+		accepted <- c
+		_, _, _ = c.Read(context.Background()) // a read loop handles the pongs
+	}))
+	defer srv.Close()
+	addr := srv.Listener.Addr().String()
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer raw.Close()
+	fmt.Fprintf(raw, "GET / HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", addr)
+	br := bufio.NewReader(raw)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		b.Fatal(err, resp)
+	}
+	if br.Buffered() > 0 {
+		b.Fatal("bytes after the 101")
+	}
+	go pongResponder(raw)
+	ws := <-accepted
+	b.Run("library_deadline", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			if err := ws.Ping(ctx); err != nil {
+				b.Fatal(err)
+			}
+			cancel()
+		}
+	})
+	b.Run("library_no_deadline", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := ws.Ping(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("relay_heartbeat", func(b *testing.B) {
+		hb := newHeartbeats(time.Hour, time.Minute)
+		e := &hbEntry{ws: ws, ended: make(chan struct{}), onDead: func() { b.Fatal("declared dead") }, index: -1}
+		hb.mu.Lock()
+		hb.live++
+		hb.mu.Unlock()
+		batch := &hbBatch{}
+		batch.ctx, batch.cancel = context.WithTimeout(context.Background(), time.Hour)
+		defer batch.cancel()
+		batch.left.Store(1 << 30)
+		b.ReportAllocs()
+		for b.Loop() {
+			hb.ping(e, batch)
+			hb.mu.Lock()
+			hb.popDue(time.Now().Add(2 * time.Hour)) // take e out again
+			hb.mu.Unlock()
+		}
+		hb.remove(e)
 	})
 }

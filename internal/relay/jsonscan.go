@@ -57,6 +57,8 @@ func validJSONObject(d []byte) bool {
 
 // skipString scans the string starting at d[i] == '"' and returns the index
 // just past its closing quote.
+//
+//go:noinline
 func skipString(d []byte, i int, checkUTF8 bool) (int, bool) {
 	i++ // opening quote
 	// specialHigh selects the bytes >= 0x80 when they need a UTF-8 check.

@@ -16,8 +16,8 @@ import (
 type Options struct {
 	// PingInterval is how often the relay pings every connection. Shorter
 	// finds dead peers sooner at the cost of a few bytes per connection.
-	// A ping may go up to PingInterval/32 early, so that connections due
-	// close together share one wake-up (heartbeats).
+	// A ping may go up to PingInterval/32 (at most 100 ms) early, so that
+	// connections due close together share one wake-up (heartbeats).
 	PingInterval time.Duration
 	// PongTimeout is how long a ping may stay unanswered before the
 	// connection is closed 1011. A peer stuck mid-frame cannot answer, so
