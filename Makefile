@@ -39,7 +39,7 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 DEB            := bin/relay_$(DEB_VERSION)_$(DEB_ARCH).deb
 DEB_ENV        := RELAY_DEB_VERSION='$(DEB_VERSION)' RELAY_DEB_ARCH='$(DEB_ARCH)' RELAY_DEB_BINARY='$(BIN)' SOURCE_DATE_EPOCH='$(SOURCE_DATE_EPOCH)'
 
-.PHONY: build test run cluster cluster-figures chaos chaos-mutants cluster-scale vet lint fuzz attack attack-local load bench perf sbom vulncheck vulndb units image image-root image-smoke buildah clean
+.PHONY: build test run cluster cluster-figures chaos chaos-mutants cluster-scale vet lint fuzz attack attack-local load bench perf pgo pgo-check sbom vulncheck vulndb units image image-root image-smoke buildah clean
 
 ## build: the shipped binary: static (CGO_ENABLED=0, so the same file runs in the
 ## FROM-scratch image), -trimpath, version and revision stamped.
@@ -136,11 +136,30 @@ load: build
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem -count=6 ./... | tee bench.txt
 
-## perf: the load harness (cmd/relay-bench): the relay against the baseline forwarder in the same run,
-## paired and pinned, on 127.0.0.1 only; the table of docs/performance.md, its JSON and plots in docs/perf/.
-## About 12 minutes on 2 cores. PERF_FLAGS="--suite table --cycles 5" etc.; needs `ulimit -n` >= 10100.
+## perf: every table and plot of docs/performance.md in one run (cmd/relay-bench --suite all): the relay
+## against the baseline forwarder, paired and pinned, on loopback only: traffic 128 B to 1 MiB both ways,
+## ping-pong, idle connections 1k/10k/50k (as `ulimit -n` allows), and instructions per message under
+## valgrind for the shipped build and a -pgo=off build (PGO's effect). Writes docs/perf/ and the tables in
+## docs/performance.md; refuses (exit 3) if other processes took over 10 % of the CPUs during a run
+## (PERF_FLAGS=--force writes them marked busy). About 20 minutes on 2 cores.
+PERF_OUT ?= docs/perf
 perf: build
-	$(GO) run ./cmd/relay-bench --relay $(BIN) --suite all --json docs/perf/report.json --markdown docs/perf/tables.md --plots docs/perf $(PERF_FLAGS)
+	CGO_ENABLED=0 $(GO) build -trimpath -pgo=off -ldflags '$(LDFLAGS)' -o bin/relay-nopgo ./cmd/relay
+	$(GO) run ./cmd/relay-bench --relay $(BIN) --relay-b bin/relay-nopgo --suite all \
+	  --json $(PERF_OUT)/report.json --markdown $(PERF_OUT)/tables.md --plots $(PERF_OUT) --doc docs/performance.md $(PERF_FLAGS)
+
+## pgo: cmd/relay/default.pgo, the CPU profile `go build` optimises the relay with: the relay built with
+## -tags relay_cpuprofile (the shipped build links no runtime/pprof) profiled under make perf's traffic.
+## Judge it with make pgo-check; about 2 minutes.
+pgo:
+	CGO_ENABLED=0 $(GO) build -trimpath -pgo=off -tags relay_cpuprofile -o bin/relay-cpuprofile ./cmd/relay
+	$(GO) run ./cmd/relay-bench --relay bin/relay-cpuprofile --suite pgo --cycles 1 --cpuprofile $(CURDIR)/cmd/relay/default.pgo
+
+## pgo-check: instructions per message (valgrind: independent of the machine's load) of the relay built
+## with cmd/relay/default.pgo (relay) and without (relay_b); about 5 minutes.
+pgo-check: build
+	CGO_ENABLED=0 $(GO) build -trimpath -pgo=off -ldflags '$(LDFLAGS)' -o bin/relay-nopgo ./cmd/relay
+	$(GO) run ./cmd/relay-bench --relay $(BIN) --relay-b bin/relay-nopgo --suite instr
 
 ## sbom: CycloneDX SBOM of the shipped binary (bin/relay: its linked modules, go.sum
 ## hashes, toolchain, stamped with VERSION), checked against `go version -m` of it.

@@ -7,7 +7,12 @@
 // heartbeat CPU and set-up rate. A table with progress goes to the terminal;
 // --json and --plots write the rest. All traffic stays on loopback.
 //
-//	relay-bench [--suite table|sizes|conns|all|smoke] [--cycles 3] [--json FILE] [--plots DIR]
+//	relay-bench [--suite table|sizes|conns|instr|all|smoke] [--cycles 3] [--json FILE] [--markdown FILE] [--plots DIR] [--doc FILE]
+//
+// The figures are written only when the machine was quiet: when other
+// processes took more than 10 % of the CPUs during any measured window it
+// refuses (exit 3, the report kept in a temporary file) unless --force,
+// and then every output says the machine was busy.
 //
 // It is a separate command, not `relay bench`: operators have no use for
 // it on a server, and its plotting dependencies stay out of the relay
@@ -21,6 +26,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -45,7 +51,7 @@ func run(args []string) int {
 	fs := flag.NewFlagSet("relay-bench", flag.ContinueOnError)
 	relayBin := fs.String("relay", "", "relay binary to start (default: build ./cmd/relay of this checkout)")
 	targetURL := fs.String("target", "", "ws:// or wss:// base URL of a running relay instead (no CPU or memory figures)")
-	suite := fs.String("suite", "table", "table (the issue's table), sizes (128 B..64 KiB), conns (1k/5k/10k idle), all, smoke")
+	suite := fs.String("suite", "table", "table (the issue's table), sizes (128 B..1 MiB), conns (1k/10k/50k idle), instr (instruction counts under valgrind), all, smoke, pgo (a CPU profile for PGO)")
 	cycles := fs.Int("cycles", 3, "paired relay/forwarder repetitions of each traffic workload")
 	warmup := fs.Duration("warmup", 500*time.Millisecond, "traffic before each measured window")
 	dur := fs.Duration("duration", 2*time.Second, "measured window of each traffic run")
@@ -53,8 +59,14 @@ func run(args []string) int {
 	ping := fs.Duration("ping-interval", 30*time.Second, "the relay's --ping-interval in idle runs")
 	pin := fs.Bool("pin", true, "pin the servers to the last CPU and the load generator to the first")
 	procs := fs.Int("gomaxprocs", 1, "GOMAXPROCS of the relay and forwarder processes (0 = Go's default)")
-	sizes := fs.String("sizes", "", "comma-separated frame sizes for the sizes suite (default 128,512,2048,8192,16384,65536)")
-	conns := fs.String("conns", "", "comma-separated idle connection counts for the conns suite (default 1000,5000,10000)")
+	sizes := fs.String("sizes", "", "comma-separated frame sizes for the sizes suite (default 128,512,2048,8192,16384,65536,262144,1048576)")
+	conns := fs.String("conns", "", "comma-separated idle connection counts for the conns suite (default 1000,10000,50000)")
+	instrSizes := fs.String("instr-sizes", "", "comma-separated frame sizes for the instruction suite (default 128,512,16384,65536)")
+	relayB := fs.String("relay-b", "", "a second relay binary (a PGO build, a change) whose instructions per message the instr suite counts beside --relay's")
+	cpuprofile := fs.String("cpuprofile", "", "pgo suite: where the relay (built with -tags relay_cpuprofile) writes its CPU profile of the traffic")
+	cgDir := fs.String("callgrind-dir", "", "keep the instr suite's callgrind dumps in this directory (for callgrind_annotate)")
+	force := fs.Bool("force", false, "write the figures even if the machine was busy (they are marked so)")
+	doc := fs.String("doc", "", "replace the tables between <!-- relay-bench:tables --> and <!-- /relay-bench:tables --> in this Markdown file")
 	jsonOut := fs.String("json", "", "write the full report as JSON to this file (- for stdout, replacing the table)")
 	plots := fs.String("plots", "", "write PNG plots of the sweeps into this directory")
 	markdown := fs.String("markdown", "", "write the tables as Markdown to this file")
@@ -75,6 +87,11 @@ func run(args []string) int {
 	cn, err := intList(*conns)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "relay-bench: --conns: %v\n", err)
+		return 2
+	}
+	isz, err := intList(*instrSizes)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "relay-bench: --instr-sizes: %v\n", err)
 		return 2
 	}
 	for _, n := range sz {
@@ -98,7 +115,7 @@ func run(args []string) int {
 	cfg := loadbench.Config{
 		RelayBin: *relayBin, Target: strings.TrimSuffix(*targetURL, "/"), ForwarderArgv: []string{self},
 		Suite: *suite, Cycles: *cycles, Warmup: *warmup, Run: *dur, Idle: *idle, PingInterval: *ping,
-		Pin: *pin, GOMAXPROCS: *procs, Sizes: sz, Conns: cn, Only: onlyRE, Progress: os.Stderr,
+		Pin: *pin, GOMAXPROCS: *procs, Sizes: sz, Conns: cn, InstrSizes: isz, RelayB: *relayB, CallgrindDir: *cgDir, CPUProfile: *cpuprofile, Only: onlyRE, Progress: os.Stderr,
 		Command: "relay-bench " + strings.Join(args, " "),
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -126,11 +143,29 @@ func run(args []string) int {
 	if *jsonOut != "-" {
 		_ = loadbench.RenderTable(os.Stdout, rep)
 	}
+	writes := (*jsonOut != "" && *jsonOut != "-") || *markdown != "" || *plots != "" || *doc != ""
+	if rep.Busy && writes && *fromJSON == "" {
+		if !*force {
+			kept := filepath.Join(os.TempDir(), "relay-bench-busy-"+rep.Started.Format("20060102-150405")+".json")
+			b, _ := json.MarshalIndent(rep, "", "  ")
+			_ = os.WriteFile(kept, append(b, '\n'), 0o644)
+			fmt.Fprintf(os.Stderr, "relay-bench: the machine was busy: other processes took up to %.0f%% of the CPUs during a measured window (limit %.0f%%); no figures written (the report is kept in %s). Rerun on a quiet machine, or pass --force to write them marked as busy.\n",
+				rep.OthersMax*100, loadbench.BusyThreshold*100, kept)
+			return 3
+		}
+		rep.Forced = true
+	}
 	if *markdown != "" {
 		var b strings.Builder
 		_ = loadbench.RenderMarkdown(&b, rep)
 		if werr := os.WriteFile(*markdown, []byte(b.String()), 0o644); werr != nil {
 			fmt.Fprintf(os.Stderr, "relay-bench: %v\n", werr)
+			return 1
+		}
+	}
+	if *doc != "" {
+		if werr := loadbench.UpdateDoc(*doc, rep); werr != nil {
+			fmt.Fprintf(os.Stderr, "relay-bench: --doc: %v\n", werr)
 			return 1
 		}
 	}

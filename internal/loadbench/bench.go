@@ -28,19 +28,29 @@ type Config struct {
 	// ForwarderArgv starts the baseline forwarder process (the harness
 	// re-executes itself; see ForwarderEnv).
 	ForwarderArgv []string
-	Suite         string         // table, sizes, conns, all, smoke
-	Cycles        int            // paired relay/forwarder repetitions
-	Warmup, Run   time.Duration  // per traffic run
-	Idle          time.Duration  // idle window per idle run
-	Settle        time.Duration  // idle runs: pause between connecting and the first RSS reading (0: 2 s)
-	PingInterval  time.Duration  // the relay's --ping-interval for idle runs
-	Pin           bool           // pin servers to the last CPU and the load to the first
-	GOMAXPROCS    int            // for the server processes (0: leave)
-	Conns         []int          // idle sweep (conns suite)
-	Sizes         []int          // size sweep (sizes suite)
-	Only          *regexp.Regexp // run only the workloads whose Name matches (nil: all)
-	Progress      io.Writer      // one line per run; nil discards
-	Command       string         // the command line, recorded in the report
+	Suite         string        // table, sizes, conns, all, smoke
+	Cycles        int           // paired relay/forwarder repetitions
+	Warmup, Run   time.Duration // per traffic run
+	Idle          time.Duration // idle window per idle run
+	Settle        time.Duration // idle runs: pause between connecting and the first RSS reading (0: 2 s)
+	PingInterval  time.Duration // the relay's --ping-interval for idle runs
+	Pin           bool          // pin servers to the last CPU and the load to the first
+	GOMAXPROCS    int           // for the server processes (0: leave)
+	Conns         []int         // idle sweep (conns suite)
+	Sizes         []int         // size sweep (sizes suite)
+	InstrSizes    []int         // message sizes of the instruction suite
+	// RelayB is a second relay binary (a PGO build, a change) measured
+	// by the instruction suite beside RelayBin, as relay_b.
+	RelayB string
+	// CPUProfile, for the pgo suite: the relay (built with -tags
+	// relay_cpuprofile) writes its CPU profile of the traffic runs here.
+	CPUProfile string
+	// CallgrindDir keeps the instruction suite's callgrind dumps there
+	// (callgrind_annotate reads them).
+	CallgrindDir string
+	Only         *regexp.Regexp // run only the workloads whose Name matches (nil: all)
+	Progress     io.Writer      // one line per run; nil discards
+	Command      string         // the command line, recorded in the report
 }
 
 // ForwarderEnv, set to a listen address in a process's environment, makes
@@ -56,7 +66,30 @@ type Report struct {
 	LoadAfter   float64      `json:"loadavg_after"`
 	Results     []Result     `json:"results"`
 	Comparisons []Comparison `json:"comparisons"`
-	Notes       []string     `json:"notes,omitempty"`
+	// Instr are the instruction suite's counts (valgrind), load-independent.
+	Instr            []InstrResult     `json:"instructions,omitempty"`
+	InstrComparisons []InstrComparison `json:"instruction_comparisons,omitempty"`
+	Notes            []string          `json:"notes,omitempty"`
+	// OthersMax is the largest share of the machine's CPUs that other
+	// processes took during any measured window; Busy is OthersMax over
+	// BusyThreshold: figures taken so are not a quiet machine's.
+	OthersMax float64 `json:"others_max"`
+	Busy      bool    `json:"busy"`
+	// Forced: written although Busy (relay-bench --force).
+	Forced bool `json:"forced,omitempty"`
+}
+
+// BusyThreshold is the share of the CPUs other processes may take during a
+// measured window before a report counts as taken on a busy machine.
+const BusyThreshold = 0.10
+
+// settleBusy sets OthersMax and Busy from the results.
+func (rep *Report) settleBusy() {
+	rep.OthersMax = 0
+	for _, r := range rep.Results {
+		rep.OthersMax = max(rep.OthersMax, r.OthersShare)
+	}
+	rep.Busy = rep.OthersMax > BusyThreshold
 }
 
 // Machine describes where the figures were taken.
@@ -93,8 +126,8 @@ func sizeWorkloads(sizes []int) []Workload {
 
 // DefaultSizes and DefaultConns are the sweeps of docs/performance.md.
 var (
-	DefaultSizes = []int{128, 512, 2 << 10, 8 << 10, 16 << 10, 64 << 10}
-	DefaultConns = []int{1000, 5000, 10000}
+	DefaultSizes = []int{128, 512, 2 << 10, 8 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20}
+	DefaultConns = []int{1000, 10000, 50000}
 )
 
 // Run executes cfg's suite and returns the report.
@@ -106,8 +139,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
+	say := func(line string) { fmt.Fprintln(progress, line) }
 	rep := &Report{Command: cfg.Command, Started: time.Now().UTC(), LoadBefore: loadAvg()}
 	defer func() { rep.LoadAfter = loadAvg() }()
+	defer rep.settleBusy()
 	rep.Machine = Machine{CPUModel: cpuModel(), CPUs: runtime.NumCPU(), GoVersion: runtime.Version(),
 		Kernel: kernel(), GOMAXPROCS: cfg.GOMAXPROCS, FileLimit: raiseFileLimit()}
 
@@ -141,7 +176,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, err
 		}
 	}
-	startRelay := func(ping time.Duration) (*proc, error) {
+	// startRelayBin starts bin (under prefix, e.g. valgrind) with the
+	// heartbeat at ping; the caps are lifted so that the sweeps' loopback
+	// connections and 1 MiB frames (16 phones x 8 in flight) are admitted.
+	startRelayBin := func(bin, kind string, prefix, extraEnv []string, ping time.Duration) (*proc, error) {
 		addr, err := freeAddr()
 		if err != nil {
 			return nil, err
@@ -150,41 +188,61 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		p, err := startProc(ctx, kindRelay, addr, serverCPU, env, relayBin, "serve", "--insecure-listen", addr,
-			"--metrics-listen", maddr, "--log-level", "warn", "--ping-interval", ping.String(),
-			"--max-conns", "200000", "--max-conns-per-ip", "200000", "--max-sockets", "200000",
-			"--max-sockets-per-ip", "200000", "--upgrade-rate", "1000000", "--upgrade-burst", "1000000",
-			"--max-tracked-ips", "400000")
+		argv := append(append([]string{}, prefix...), bin, "serve", "--insecure-listen", addr,
+			"--metrics-listen", maddr, "--log-level", "warn", "--ping-interval", ping.String())
+		argv = append(argv, relayLimits...)
+		p, err := startProc(ctx, kind, addr, serverCPU, append(append([]string{}, env...), extraEnv...), argv...)
 		if p != nil {
 			p.memURL = "http://" + maddr + "/metrics"
 		}
 		return p, err
 	}
-	startForwarder := func() (*proc, error) {
+	startRelay := func(ping time.Duration) (*proc, error) {
+		return startRelayBin(relayBin, kindRelay, nil, nil, ping)
+	}
+	startForwarderWith := func(prefix, extraEnv []string) (*proc, error) {
 		addr, err := freeAddr()
 		if err != nil {
 			return nil, err
 		}
-		p, err := startProc(ctx, kindForwarder, addr, serverCPU, append(env, ForwarderEnv+"="+addr), cfg.ForwarderArgv...)
+		argv := append(append([]string{}, prefix...), cfg.ForwarderArgv...)
+		p, err := startProc(ctx, kindForwarder, addr, serverCPU, append(append(append([]string{}, env...), extraEnv...), ForwarderEnv+"="+addr), argv...)
 		if p != nil {
 			p.memURL = "http://" + addr + "/memstats"
 		}
 		return p, err
 	}
+	startForwarder := func() (*proc, error) { return startForwarderWith(nil, nil) }
 	d := newDialer(64)
 
 	// Traffic workloads share one relay and one forwarder process.
-	var traffic []Workload
-	var idle []Workload
+	var traffic, idle, instr []Workload
+	idleSweep := func(conns []int) {
+		for _, n := range conns {
+			idle = append(idle, Workload{Kind: Idle, Conns: n, PhonesPer: 16})
+		}
+	}
 	switch cfg.Suite {
 	case "table":
 		traffic = tableWorkloads()
-		idle = []Workload{{Kind: Idle, Conns: 10000, PhonesPer: 16}}
+		idleSweep([]int{10000})
 	case "sizes":
 		traffic = sizeWorkloads(orDefault(cfg.Sizes, DefaultSizes))
 	case "conns":
-		for _, n := range orDefault(cfg.Conns, DefaultConns) {
-			idle = append(idle, Workload{Kind: Idle, Conns: n, PhonesPer: 16})
+		idleSweep(orDefault(cfg.Conns, DefaultConns))
+	case "instr":
+		instr = instrWorkloads(orDefault(cfg.InstrSizes, DefaultInstrSizes))
+	case "pgo":
+		// The profile for profile-guided optimisation: the table's and
+		// the size sweep's traffic, as make perf runs it, on the relay.
+		if cfg.CPUProfile == "" {
+			return nil, errors.New("the pgo suite needs a CPU profile path (--cpuprofile)")
+		}
+		traffic = tableWorkloads()
+		for _, w := range sizeWorkloads([]int{128, 2 << 10, 64 << 10}) {
+			if !slices.Contains(traffic, w) {
+				traffic = append(traffic, w)
+			}
 		}
 	case "all":
 		traffic = tableWorkloads()
@@ -193,9 +251,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				traffic = append(traffic, w)
 			}
 		}
-		for _, n := range orDefault(cfg.Conns, DefaultConns) {
-			idle = append(idle, Workload{Kind: Idle, Conns: n, PhonesPer: 16})
-		}
+		idleSweep(orDefault(cfg.Conns, DefaultConns))
+		instr = instrWorkloads(orDefault(cfg.InstrSizes, DefaultInstrSizes))
 	case "smoke":
 		traffic = []Workload{
 			{Kind: StreamP2B, Size: 512, Binaries: 1, PhonesPer: 2, InFlight: 4},
@@ -204,21 +261,25 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		idle = []Workload{{Kind: Idle, Conns: 20, PhonesPer: 4}}
 	default:
-		return nil, fmt.Errorf("unknown suite %q (table, sizes, conns, all, smoke)", cfg.Suite)
+		return nil, fmt.Errorf("unknown suite %q (table, sizes, conns, instr, all, smoke)", cfg.Suite)
 	}
-
 	if cfg.Only != nil {
 		keep := func(ws []Workload) []Workload {
 			return slices.DeleteFunc(ws, func(w Workload) bool { return !cfg.Only.MatchString(w.Name()) })
 		}
-		traffic, idle = keep(traffic), keep(idle)
+		traffic, idle, instr = keep(traffic), keep(idle), keep(instr)
 	}
+
 	if len(traffic) > 0 {
 		var relay *proc
 		rt := target{kind: kindRelay, base: cfg.Target}
 		if cfg.Target == "" {
 			var err error
-			if relay, err = startRelay(30 * time.Second); err != nil {
+			var extra []string
+			if cfg.CPUProfile != "" {
+				extra = []string{"PGO_CPUPROFILE=" + cfg.CPUProfile}
+			}
+			if relay, err = startRelayBin(relayBin, kindRelay, nil, extra, 30*time.Second); err != nil {
 				return nil, err
 			}
 			defer relay.stop()
@@ -247,11 +308,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 					}
 					r.Cycle = cycle
 					rep.Results = append(rep.Results, r)
-					fmt.Fprintln(progress, progressLine(r))
+					say(progressLine(r))
 					sleepCtx(ctx, 100*time.Millisecond) // closes settle
 				}
 			}
 		}
+		if cfg.CPUProfile != "" {
+			if err := relay.flushProfile(cfg.CPUProfile); err != nil {
+				return rep, err
+			}
+		}
+		relay.stop()
+		fwd.stop()
 	}
 
 	settle := cfg.Settle
@@ -262,29 +330,87 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.Notes = append(rep.Notes, "idle runs need a local relay process and were skipped for --target")
 		idle = nil
 	}
-	// Idle runs take the idle window twice each: one cycle.
-	for cycle := 1; cycle <= 1 && len(idle) > 0; cycle++ {
-		for _, w := range idle {
-			// The forwarder first: it has no heartbeat, so its window only
-			// needs to show the memory is flat.
-			fr, err := runIdle(ctx, d, w, kindForwarder, min(cfg.Idle, 10*time.Second), settle, startForwarder)
-			if err != nil {
-				return rep, fmt.Errorf("%s, forwarder: %w", w.Name(), err)
+	largest := 0
+	for _, w := range idle {
+		// Each side holds one descriptor per connection (the harness its
+		// clients, the server its sockets), plus a few. A point over the
+		// limit is measured at the most the limit allows instead, if that
+		// is above the points before it.
+		if need := uint64(w.Conns) + fdSlack; rep.Machine.FileLimit < need {
+			most := 0
+			if rep.Machine.FileLimit > fdSlack {
+				most = int(rep.Machine.FileLimit-fdSlack) / 1000 * 1000
 			}
-			fr.Cycle = cycle
-			rep.Results = append(rep.Results, fr)
-			fmt.Fprintln(progress, progressLine(fr))
-			rr, err := runIdle(ctx, d, w, kindRelay, cfg.Idle, settle, func() (*proc, error) { return startRelay(cfg.PingInterval) })
-			if err != nil {
-				return rep, fmt.Errorf("%s, relay: %w", w.Name(), err)
+			note := fmt.Sprintf("idle %d conns needs `ulimit -n` of at least %d on both sides; the hard limit here is %d", w.Conns, need, rep.Machine.FileLimit)
+			if most <= largest {
+				rep.Notes = append(rep.Notes, note+": skipped")
+				say(rep.Notes[len(rep.Notes)-1])
+				continue
 			}
-			rr.Cycle = cycle
-			rep.Results = append(rep.Results, rr)
-			fmt.Fprintln(progress, progressLine(rr))
+			rep.Notes = append(rep.Notes, fmt.Sprintf("%s: measured at %d instead", note, most))
+			say(rep.Notes[len(rep.Notes)-1])
+			w.Conns = most
 		}
+		largest = w.Conns
+		// The forwarder first: it has no heartbeat, so its window only
+		// needs to show the memory is flat.
+		fr, err := runIdle(ctx, d, w, kindForwarder, min(cfg.Idle, 10*time.Second), settle, 0, startForwarder)
+		if err != nil {
+			return rep, fmt.Errorf("%s, forwarder: %w", w.Name(), err)
+		}
+		fr.Cycle = 1
+		rep.Results = append(rep.Results, fr)
+		say(progressLine(fr))
+		rr, err := runIdle(ctx, d, w, kindRelay, cfg.Idle, settle, cfg.PingInterval, func() (*proc, error) { return startRelay(cfg.PingInterval) })
+		if err != nil {
+			return rep, fmt.Errorf("%s, relay: %w", w.Name(), err)
+		}
+		rr.Cycle = 1
+		rep.Results = append(rep.Results, rr)
+		say(progressLine(rr))
 	}
 	rep.Comparisons = compare(rep.Results)
+
+	if len(instr) > 0 && cfg.Target == "" {
+		if err := haveValgrind(); err != nil {
+			rep.Notes = append(rep.Notes, "instruction suite skipped: "+err.Error())
+			say("skipped: " + rep.Notes[len(rep.Notes)-1])
+		} else {
+			servers := []instrServer{
+				{kind: kindForwarder, start: func(prefix, extraEnv []string, _ time.Duration) (*proc, error) {
+					return startForwarderWith(prefix, extraEnv)
+				}},
+				{kind: kindRelay, binary: relayBin, pings: true, start: func(prefix, extraEnv []string, ping time.Duration) (*proc, error) {
+					return startRelayBin(relayBin, kindRelay, prefix, extraEnv, ping)
+				}},
+			}
+			if cfg.RelayB != "" {
+				servers = append(servers, instrServer{kind: kindRelayB, binary: cfg.RelayB, pings: true,
+					start: func(prefix, extraEnv []string, ping time.Duration) (*proc, error) {
+						return startRelayBin(cfg.RelayB, kindRelayB, prefix, extraEnv, ping)
+					}})
+			}
+			if err := runInstr(ctx, d, rep, instr, servers, cfg.CallgrindDir, say); err != nil {
+				return rep, fmt.Errorf("instruction suite: %w", err)
+			}
+		}
+	}
 	return rep, ctx.Err()
+}
+
+// fdSlack is the descriptors a side needs beyond one per connection.
+const fdSlack = 300
+
+// relayLimits lift the relay's admission caps (every sweep connects from
+// loopback, tens of thousands of sockets from a few addresses) and its
+// message and queue limits (1 MiB frames, 16 phones with 8 in flight
+// each). Neither changes what a message costs.
+var relayLimits = []string{
+	"--max-conns", "200000", "--max-conns-per-ip", "200000", "--max-sockets", "200000",
+	"--max-sockets-per-ip", "200000", "--upgrade-rate", "1000000", "--upgrade-burst", "1000000",
+	"--max-tracked-ips", "400000",
+	"--max-message-bytes", strconv.Itoa(1<<20 + 1<<10), "--phone-queue-bytes", strconv.Itoa(16 << 20),
+	"--max-queued-bytes", strconv.Itoa(1 << 30),
 }
 
 func orDefault(v, def []int) []int {
@@ -299,7 +425,7 @@ func progressLine(r Result) string {
 	for i, b := range r.MachineBusy {
 		busy[i] = fmt.Sprintf("%.0f%%", b*100)
 	}
-	load := "machine busy " + strings.Join(busy, "/")
+	load := fmt.Sprintf("machine busy %s, others %.0f%%", strings.Join(busy, "/"), r.OthersShare*100)
 	if r.Workload.Kind == Idle {
 		mem := ""
 		if m, n := r.MemSettled, float64(max(r.ConnsHeld, 1)); m != nil {
@@ -451,6 +577,8 @@ func medianResult(rs []Result) Result {
 	m.MsgPerSec = pick(func(r Result) float64 { return r.MsgPerSec })
 	m.MBPerSec = pick(func(r Result) float64 { return r.MBPerSec })
 	m.CPUPerMsgUS = pick(func(r Result) float64 { return r.CPUPerMsgUS })
+	m.SyscallsPerMsg = pick(func(r Result) float64 { return r.SyscallsPerMsg })
+	m.OthersShare = pick(func(r Result) float64 { return r.OthersShare })
 	m.ServerCPU = pick(func(r Result) float64 { return r.ServerCPU })
 	m.RTTP50MS = pick(func(r Result) float64 { return r.RTTP50MS })
 	m.RTTP95MS = pick(func(r Result) float64 { return r.RTTP95MS })
@@ -458,6 +586,7 @@ func medianResult(rs []Result) Result {
 	m.RSSPerConnKiB = pick(func(r Result) float64 { return r.RSSPerConnKiB })
 	m.RSSGrowthKiB = pick(func(r Result) float64 { return r.RSSGrowthKiB })
 	m.IdleCPUPercent = pick(func(r Result) float64 { return r.IdleCPUPercent })
+	m.CPUPerPingUS = pick(func(r Result) float64 { return r.CPUPerPingUS })
 	m.SetupPerSec = pick(func(r Result) float64 { return r.SetupPerSec })
 	return m
 }

@@ -140,20 +140,96 @@ func TestWritePlots_DrawsEverySweep(t *testing.T) {
 	for _, n := range []int{1000, 5000} {
 		w := Workload{Kind: Idle, Conns: n}
 		rep.Comparisons = append(rep.Comparisons, Comparison{Workload: w,
-			Relay:     Result{Workload: w, RSSPerConnKiB: 30, IdleCPUPercent: 0.1},
-			Forwarder: Result{Workload: w, RSSPerConnKiB: 20}})
+			Relay:     Result{Workload: w, RSSPerConnKiB: 30, IdleCPUPercent: 0.1, SetupPerSec: 500},
+			Forwarder: Result{Workload: w, RSSPerConnKiB: 20, SetupPerSec: 600}})
 	}
 	files, err := WritePlots(rep, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(files) != 4 {
-		t.Fatalf("wrote %v, want 4 plots", files)
+	if len(files) != 5 {
+		t.Fatalf("wrote %v, want 5 plots", files)
 	}
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil || !bytes.HasPrefix(b, []byte("\x89PNG")) || len(b) < 5000 {
 			t.Errorf("%s is not a drawn PNG (%d bytes, %v)", f, len(b), err)
+		}
+	}
+}
+
+// A callgrind dump's total is read from its summary line, and the suite's
+// comparison pairs the servers' counts per workload.
+func TestInstr_DumpTotalAndComparison(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cg.out.1")
+	if err := os.WriteFile(path, []byte("# callgrind format\nversion: 1\nevents: Ir\nfl=x\nfn=y\n0 5\nsummary: 123456\ntotals: 123456\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := dumpTotal(path); err != nil || n != 123456 {
+		t.Fatalf("dumpTotal = %d, %v; want 123456", n, err)
+	}
+	w := Workload{Kind: StreamB2P, Size: 512, Binaries: 1, PhonesPer: 16, InFlight: 8}
+	cs := compareInstr([]InstrResult{
+		{Workload: w, Server: kindForwarder, PerUnit: 9000},
+		{Workload: w, Server: kindRelay, PerUnit: 12000},
+		{Workload: w, Server: kindRelayB, PerUnit: 10000},
+	})
+	if len(cs) != 1 || cs[0].Ratio != 0.75 || cs[0].RatioB != 1.2 {
+		t.Fatalf("comparison %+v", cs)
+	}
+}
+
+// A report is busy when other processes took more than BusyThreshold of
+// the CPUs during any window, and says so in its Markdown.
+func TestReport_BusyWhenOthersTookTheCPUs(t *testing.T) {
+	rep := &Report{Results: []Result{{OthersShare: 0.02}, {OthersShare: 0.25}}}
+	rep.settleBusy()
+	if !rep.Busy || rep.OthersMax != 0.25 {
+		t.Fatalf("busy %v, others %v", rep.Busy, rep.OthersMax)
+	}
+	var b strings.Builder
+	_ = RenderMarkdown(&b, rep)
+	if !strings.Contains(b.String(), "busy machine") {
+		t.Fatalf("markdown of a busy run does not say so:\n%s", b.String())
+	}
+	rep = &Report{Results: []Result{{OthersShare: 0.05}}}
+	rep.settleBusy()
+	if rep.Busy {
+		t.Fatal("5% of the CPUs taken by others counted as busy")
+	}
+}
+
+// A dump's self costs add up by part; a call's inclusive cost (after
+// calls=) is the callee's, not counted again.
+func TestDumpParts_SelfCostsByPart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cg.out.1")
+	dump := `events: Ir
+summary: 1111
+fl=(1) a.go
+fn=(1) github.com/pyrycode/relay/internal/relay.skipString
+10 100
+cfl=(1)
+cfn=(2) github.com/coder/websocket.(*Conn).Write
+calls=3 0
+12 1000
+fn=(2)
++2 1000
+fn=(3) runtime.memmove
+5 10
+fn=(4) github.com/pyrycode/relay/internal/relay.(*outbox).push
+5 1
+`
+	if err := os.WriteFile(path, []byte(dump), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	parts, err := dumpParts(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{"scan": 100, "websocket library": 1000, "copies": 10, "own code": 1}
+	for k, v := range want {
+		if parts[k] != v {
+			t.Errorf("%s = %d, want %d (all: %v)", k, parts[k], v, parts)
 		}
 	}
 }

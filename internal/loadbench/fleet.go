@@ -72,11 +72,18 @@ type handlers struct {
 // byte elsewhere.
 type dialer struct {
 	clients []*http.Client
-	next    atomic.Uint64
+	next    *atomic.Uint64
+	// pinged, when set, counts the pings every connection receives.
+	pinged *atomic.Int64
+}
+
+// withPingCounter is d counting the pings its connections receive in n.
+func (d *dialer) withPingCounter(n *atomic.Int64) *dialer {
+	return &dialer{clients: d.clients, next: d.next, pinged: n}
 }
 
 func newDialer(addrs int) *dialer {
-	d := &dialer{}
+	d := &dialer{next: new(atomic.Uint64)}
 	for i := range addrs {
 		ip := net.IPv4(127, 0, byte(i/200), byte(10+i%200))
 		nd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 10 * time.Second}
@@ -87,7 +94,11 @@ func newDialer(addrs int) *dialer {
 
 func (d *dialer) dial(ctx context.Context, url string, hdr http.Header) (*websocket.Conn, error) {
 	hc := d.clients[int(d.next.Add(1))%len(d.clients)]
-	c, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: hc, HTTPHeader: hdr, CompressionMode: websocket.CompressionDisabled})
+	opts := &websocket.DialOptions{HTTPClient: hc, HTTPHeader: hdr, CompressionMode: websocket.CompressionDisabled}
+	if n := d.pinged; n != nil {
+		opts.OnPingReceived = func(context.Context, []byte) bool { n.Add(1); return true }
+	}
+	c, resp, err := websocket.Dial(ctx, url, opts)
 	if err != nil {
 		if resp != nil {
 			return nil, fmt.Errorf("dial %s: %d: %w", url, resp.StatusCode, err)

@@ -20,7 +20,12 @@ func WritePlots(rep *Report, dir string) ([]string, error) {
 		return nil, err
 	}
 	var files []string
+	busy := ""
+	if rep.Busy {
+		busy = " (BUSY MACHINE)"
+	}
 	save := func(p *plot.Plot, name string) error {
+		p.Title.Text += busy
 		path := filepath.Join(dir, name)
 		if err := p.Save(7*vg.Inch, 4.5*vg.Inch, path); err != nil {
 			return err
@@ -93,12 +98,18 @@ func WritePlots(rep *Report, dir string) ([]string, error) {
 		return dedupX(xys)
 	}
 	if len(byConns(func(c Comparison) float64 { return c.Relay.RSSPerConnKiB })) >= 2 {
-		p := plot.New()
-		p.Title.Text = "Resident memory per idle connection"
-		p.X.Label.Text = "idle connections"
-		p.Y.Label.Text = "KiB per connection"
-		p.Y.Min = 0
-		p.Legend.Top, p.Legend.Left = true, true
+		conns := func(title, y string) *plot.Plot {
+			p := plot.New()
+			p.Title.Text = title
+			p.X.Label.Text = "idle connections"
+			p.Y.Label.Text = y
+			p.X.Scale = plot.LogScale{}
+			p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+			p.Y.Min = 0
+			p.Legend.Top, p.Legend.Left = true, true
+			return p
+		}
+		p := conns("Resident memory per idle connection", "KiB per connection")
 		if err := plotutil.AddLinePoints(p,
 			"relay (heartbeats on)", byConns(func(c Comparison) float64 { return c.Relay.RSSPerConnKiB }),
 			"forwarder", byConns(func(c Comparison) float64 { return c.Forwarder.RSSPerConnKiB })); err != nil {
@@ -108,17 +119,22 @@ func WritePlots(rep *Report, dir string) ([]string, error) {
 			return files, err
 		}
 
-		p = plot.New()
-		p.Title.Text = "Relay CPU while idle (heartbeats), % of one core"
-		p.X.Label.Text = "idle connections"
-		p.Y.Label.Text = "% of a core"
-		p.Y.Min = 0
-		p.Legend.Top, p.Legend.Left = true, true
+		p = conns("Relay CPU while idle (heartbeats at the default 30 s), % of one core", "% of a core")
 		if err := plotutil.AddLinePoints(p,
 			"relay", byConns(func(c Comparison) float64 { return c.Relay.IdleCPUPercent })); err != nil {
 			return files, err
 		}
 		if err := save(p, "idle_cpu_by_conns.png"); err != nil {
+			return files, err
+		}
+
+		p = conns("Connection set-up rate (32 loopback dialers)", "connections per second")
+		if err := plotutil.AddLinePoints(p,
+			"relay", byConns(func(c Comparison) float64 { return c.Relay.SetupPerSec }),
+			"forwarder", byConns(func(c Comparison) float64 { return c.Forwarder.SetupPerSec })); err != nil {
+			return files, err
+		}
+		if err := save(p, "setup_rate_by_conns.png"); err != nil {
 			return files, err
 		}
 	}

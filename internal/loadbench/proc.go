@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -42,10 +43,15 @@ func startProc(ctx context.Context, name, addr string, cpu int, env []string, ar
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	p.cmd, p.pid = cmd, cmd.Process.Pid
+	ownPIDs.add(p.pid)
 	if cpu >= 0 {
 		pinProcess(p.pid, cpu)
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	wait := 15 * time.Second
+	if filepath.Base(argv[0]) == "valgrind" {
+		wait = 3 * time.Minute // a Go binary starts slowly under callgrind
+	}
+	deadline := time.Now().Add(wait)
 	for {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
@@ -69,6 +75,7 @@ func (p *proc) stop() {
 	if p == nil || p.cmd == nil || p.cmd.Process == nil {
 		return
 	}
+	defer ownPIDs.remove(p.pid)
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { _ = p.cmd.Wait(); close(done) }()
@@ -78,6 +85,36 @@ func (p *proc) stop() {
 		_ = p.cmd.Process.Kill()
 		<-done
 	}
+}
+
+// flushProfile asks a relay built with -tags relay_cpuprofile to write its
+// CPU profile (SIGUSR1) and waits until the file is complete.
+func (p *proc) flushProfile(path string) error {
+	if err := p.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		return err
+	}
+	var last int64 = -1
+	for range 100 {
+		time.Sleep(100 * time.Millisecond)
+		st, err := os.Stat(path)
+		if err == nil && st.Size() > 0 && st.Size() == last {
+			return nil
+		}
+		if err == nil {
+			last = st.Size()
+		}
+	}
+	return fmt.Errorf("no CPU profile in %s (is the relay built with -tags relay_cpuprofile?)", path)
+}
+
+// kill ends the process at once (SIGKILL) and reaps it.
+func (p *proc) kill() {
+	if p == nil || p.cmd == nil || p.cmd.Process == nil {
+		return
+	}
+	defer ownPIDs.remove(p.pid)
+	_ = p.cmd.Process.Kill()
+	_ = p.cmd.Wait()
 }
 
 // pinProcess sets the CPU affinity of every thread of pid. Threads the
@@ -124,6 +161,26 @@ func cpuSeconds(pid int) (float64, error) {
 	return float64(ut+st) / clockTick, nil
 }
 
+// syscalls is the process's read and write system calls so far
+// (/proc/PID/io syscr + syscw: every read, write, recv and send family
+// call; not epoll or futex).
+func syscalls(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, line := range strings.Split(string(b), "\n") {
+		for _, key := range []string{"syscr: ", "syscw: "} {
+			if v, ok := strings.CutPrefix(line, key); ok {
+				c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += c
+			}
+		}
+	}
+	return n
+}
+
 // rssBytes is the process's resident set size.
 func rssBytes(pid int) (int64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
@@ -140,6 +197,31 @@ func rssBytes(pid int) (int64, error) {
 		}
 	}
 	return 0, errors.New("no VmRSS")
+}
+
+// ownPIDs are the server processes this harness started and has not yet
+// reaped: with the harness itself, the CPU the run's own work takes.
+var ownPIDs = &pidSet{m: map[int]bool{}}
+
+type pidSet struct {
+	mu sync.Mutex
+	m  map[int]bool
+}
+
+func (s *pidSet) add(pid int)    { s.mu.Lock(); s.m[pid] = true; s.mu.Unlock() }
+func (s *pidSet) remove(pid int) { s.mu.Lock(); delete(s.m, pid); s.mu.Unlock() }
+
+// ownCPU is the CPU seconds (user+system, all threads) of the harness and
+// of every server process it runs, as far as they have used them so far.
+func ownCPU() float64 {
+	total, _ := cpuSeconds(os.Getpid())
+	ownPIDs.mu.Lock()
+	defer ownPIDs.mu.Unlock()
+	for pid := range ownPIDs.m {
+		c, _ := cpuSeconds(pid)
+		total += c
+	}
+	return total
 }
 
 // machineBusy reads /proc/stat's per-CPU busy and total jiffies.

@@ -34,6 +34,8 @@ func (w Workload) Name() string {
 	switch w.Kind {
 	case Idle:
 		return fmt.Sprintf("idle %d conns", w.Conns)
+	case Ping:
+		return fmt.Sprintf("ping %d conns", w.Conns)
 	case PingPong:
 		return fmt.Sprintf("pingpong %s %dp", sizeLabel(w.Size), w.Binaries*w.PhonesPer)
 	}
@@ -60,19 +62,26 @@ type Result struct {
 	// CPUPerMsgUS is the server process's CPU (user+system, all threads)
 	// per delivered message, in microseconds.
 	CPUPerMsgUS float64 `json:"cpu_per_msg_us"`
-	ServerCPU   float64 `json:"server_cpu_cores"` // cores the server used on average
-	RTTP50MS    float64 `json:"rtt_p50_ms,omitempty"`
-	RTTP95MS    float64 `json:"rtt_p95_ms,omitempty"`
-	RTTP99MS    float64 `json:"rtt_p99_ms,omitempty"`
+	// SyscallsPerMsg is the server's read and write system calls per
+	// delivered message.
+	SyscallsPerMsg float64 `json:"syscalls_per_msg,omitempty"`
+	ServerCPU      float64 `json:"server_cpu_cores"` // cores the server used on average
+	RTTP50MS       float64 `json:"rtt_p50_ms,omitempty"`
+	RTTP95MS       float64 `json:"rtt_p95_ms,omitempty"`
+	RTTP99MS       float64 `json:"rtt_p99_ms,omitempty"`
 
 	// Idle runs.
-	ConnsHeld      int       `json:"conns_held,omitempty"` // Workload.Conns rounded to whole binaries or pairs
-	SetupPerSec    float64   `json:"setup_per_sec,omitempty"`
-	RSSPerConnKiB  float64   `json:"rss_per_conn_kib,omitempty"`
-	RSSGrowthKiB   float64   `json:"rss_growth_per_conn_kib,omitempty"` // over the idle window, per connection
-	IdleCPUPercent float64   `json:"idle_cpu_percent_of_core,omitempty"`
-	IdleSeconds    float64   `json:"idle_seconds,omitempty"`
-	RSSSeriesMiB   []float64 `json:"rss_series_mib,omitempty"` // sampled through the idle window
+	ConnsHeld      int     `json:"conns_held,omitempty"` // Workload.Conns rounded to whole binaries or pairs
+	SetupPerSec    float64 `json:"setup_per_sec,omitempty"`
+	RSSPerConnKiB  float64 `json:"rss_per_conn_kib,omitempty"`
+	RSSGrowthKiB   float64 `json:"rss_growth_per_conn_kib,omitempty"` // over the idle window, per connection
+	IdleCPUPercent float64 `json:"idle_cpu_percent_of_core,omitempty"`
+	IdleSeconds    float64 `json:"idle_seconds,omitempty"`
+	// CPUPerPingUS is the relay's CPU over the idle window per ping it
+	// sent (every connection once per PingIntervalS).
+	CPUPerPingUS  float64   `json:"cpu_per_ping_us,omitempty"`
+	PingIntervalS float64   `json:"ping_interval_s,omitempty"`
+	RSSSeriesMiB  []float64 `json:"rss_series_mib,omitempty"` // sampled through the idle window
 	// MemSettled and MemEnd are the Go runtime's figures when RSS per
 	// connection is read and at the window's end (nil: not readable).
 	MemSettled *MemStats `json:"mem_settled,omitempty"`
@@ -81,6 +90,10 @@ type Result struct {
 	// MachineBusy is each CPU's busy share during the run (0..1): what
 	// else ran on the machine, the run's own processes included.
 	MachineBusy []float64 `json:"machine_busy"`
+	// OthersShare is the share of all the machine's CPUs that processes
+	// other than the harness and its servers took during the window
+	// (0..1): the load the figures were taken under.
+	OthersShare float64 `json:"others_share"`
 }
 
 // window measures a server process between two instants.
@@ -88,6 +101,8 @@ type window struct {
 	pid     int
 	t0      time.Time
 	cpu0    float64
+	own0    float64
+	sys0    int64
 	busy0   []uint64
 	total0  []uint64
 	msgs0   int64
@@ -98,8 +113,10 @@ func startWindow(pid int, counter *atomic.Int64) *window {
 	w := &window{pid: pid, counter: counter, t0: time.Now()}
 	if pid > 0 {
 		w.cpu0, _ = cpuSeconds(pid)
+		w.sys0 = syscalls(pid)
 	}
 	w.busy0, w.total0 = machineBusy()
+	w.own0 = ownCPU()
 	if counter != nil {
 		w.msgs0 = counter.Load()
 	}
@@ -119,10 +136,18 @@ func (w *window) end(r *Result) {
 		r.ServerCPU = cpu / r.Seconds
 	}
 	b1, t1 := machineBusy()
+	own := ownCPU() - w.own0
+	var busyAll, totalAll uint64
 	for i := range min(len(b1), len(w.busy0)) {
 		if dt := t1[i] - w.total0[i]; dt > 0 {
 			r.MachineBusy = append(r.MachineBusy, float64(b1[i]-w.busy0[i])/float64(dt))
+			busyAll += b1[i] - w.busy0[i]
+			totalAll += dt
 		}
+	}
+	if totalAll > 0 {
+		others := float64(busyAll)/clockTick - own
+		r.OthersShare = max(others/(float64(totalAll)/clockTick), 0)
 	}
 	r.Messages = msgs
 	if msgs > 0 {
@@ -130,6 +155,7 @@ func (w *window) end(r *Result) {
 		r.MBPerSec = r.MsgPerSec * float64(r.Workload.Size) / 1e6
 		if w.pid > 0 {
 			r.CPUPerMsgUS = cpu / float64(msgs) * 1e6
+			r.SyscallsPerMsg = float64(syscalls(w.pid)-w.sys0) / float64(msgs)
 		}
 	}
 }
@@ -282,7 +308,7 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 
 // runIdle connects w.Conns connections to a fresh server process and
 // holds them for idle, sampling RSS. newProc starts the server.
-func runIdle(ctx context.Context, d *dialer, w Workload, kind string, idle, settle time.Duration, newProc func() (*proc, error)) (Result, error) {
+func runIdle(ctx context.Context, d *dialer, w Workload, kind string, idle, settle, ping time.Duration, newProc func() (*proc, error)) (Result, error) {
 	res := Result{Workload: w, Server: kind}
 	p, err := newProc()
 	if err != nil {
@@ -363,5 +389,11 @@ func runIdle(ctx context.Context, d *dialer, w Workload, kind string, idle, sett
 	res.IdleSeconds = res.Seconds
 	res.IdleCPUPercent = res.ServerCPU * 100
 	res.RSSGrowthKiB = float64(rss2-rss1) / float64(conns) / 1024
+	if kind == kindRelay && ping > 0 {
+		res.PingIntervalS = ping.Seconds()
+		if pings := float64(conns) * res.Seconds / ping.Seconds(); pings > 0 {
+			res.CPUPerPingUS = res.ServerCPU * res.Seconds / pings * 1e6
+		}
+	}
 	return res, ctx.Err()
 }
