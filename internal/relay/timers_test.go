@@ -55,6 +55,9 @@ func TestHeartbeat_SilentPhoneClosed1011_WithNotice(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newMemHarness(t, defaultTimers)
 		bin := h.dialBinary(sid)
+		// Joined more than a ping batch's window after the binary, so the
+		// phone's ping does not share (and go early with) the binary's.
+		time.Sleep(2 * maxBatchWindow)
 		silent := h.connect("/v1/client", phoneHeaders(sid), false) // never reads: never pongs
 		silent.send(`{"type":"hello"}`)
 		id := bin.envelope().ConnID
