@@ -155,6 +155,11 @@ func run(args []string) int {
 		}
 		rep.Forced = true
 	}
+	for _, f := range []string{*markdown, *jsonOut} { // docs/perf may not exist yet
+		if f != "" && f != "-" {
+			_ = os.MkdirAll(filepath.Dir(f), 0o755)
+		}
+	}
 	if *markdown != "" {
 		var b strings.Builder
 		_ = loadbench.RenderMarkdown(&b, rep)
