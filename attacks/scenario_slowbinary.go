@@ -120,7 +120,10 @@ func runSlowBinary(ctx context.Context, t *Target) Result {
 	_, _, rerr := rival.Read(rctx)
 	cancel()
 	if code := websocket.CloseStatus(rerr); code != 4409 {
-		return Failf("rival claim while the binary was loaded: close %d (%v), want 4409: the probe declared a slow binary dead", code, rerr)
+		// No close at all: the rival holds the server-id. Behind a proxy
+		// the slow binary's own close, if the heartbeat or a write timeout
+		// came first, waits behind the frames buffered for it.
+		return Failf("rival claim while the binary was loaded: close %d (%v), want 4409: the relay took the slow binary for dead (the conflict probe, or the heartbeat or write timeout before it)", code, rerr)
 	}
 	select {
 	case err := <-ended:
