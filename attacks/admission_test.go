@@ -14,6 +14,7 @@ import (
 // (what `relay attack` does against a deployment) on a relay with the
 // default admission limits.
 func TestAttackCommand_PerIPFloodRemote(t *testing.T) {
+	t.Parallel()
 	target := localTarget(t)
 	var out, errOut bytes.Buffer
 	code := Main([]string{"--target", target.Base.String(), "--only", "ATK-PER-IP-FLOOD", "--json"}, &out, &errOut)
@@ -29,6 +30,7 @@ func TestAttackCommand_PerIPFloodRemote(t *testing.T) {
 // filled exactly, the flood is refused and never admitted, and the pair's
 // latencies are measured.
 func TestRunLoad_Small(t *testing.T) {
+	t.Parallel()
 	require.NoError(t, buildErr, "building the relay")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

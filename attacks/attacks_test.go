@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/pem"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -15,7 +16,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,56 +27,85 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// The suite builds the real binary once (plus a -tags relay_testhooks
-// build for ATK-PANIC) and attacks it over loopback.
+// The suite builds the real binary once (and, on first use, a -tags
+// relay_testhooks build for ATK-PANIC) and attacks it over loopback.
 //
 // Knobs for showing that a scenario fails when its defence is removed:
 //
 //	RELAY_ATTACK_BINARY=/path/to/relay        attack this build instead (e.g. a patched copy)
 //	RELAY_ATTACK_EXTRA_FLAGS="--read-header-timeout=1h"   appended to every relay started
 var (
-	builtBinary, builtHooksBinary string
-	buildErr                      error
+	builtBinary string
+	buildErr    error
+	buildDir    string
+	hooksBuild  struct {
+		once sync.Once
+		bin  string
+		err  error
+	}
 )
 
+// testParallel is how many of this package's parallel tests run at once
+// unless -parallel says otherwise. They spend their time waiting on relays'
+// timers and admission limits, not on the CPU, so go test's default
+// (GOMAXPROCS: 2 on CI) would leave most of that waiting in series.
+const testParallel = 6
+
 func TestMain(m *testing.M) {
+	flag.Parse()
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		_ = flag.Set("test.parallel", strconv.Itoa(max(testParallel, runtime.GOMAXPROCS(0))))
+	}
 	dir, err := os.MkdirTemp("", "relay-attacks-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	builtBinary, builtHooksBinary, buildErr = buildRelay(dir)
+	buildDir = dir
+	builtBinary, buildErr = buildRelay(dir, "relay")
 	code := m.Run()
 	stopNATS()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
 
-func buildRelay(dir string) (string, string, error) {
+// buildRelay builds cmd/relay into dir/name with extra go build flags, or
+// returns RELAY_ATTACK_BINARY when set.
+func buildRelay(dir, name string, flags ...string) (string, error) {
 	if b := os.Getenv("RELAY_ATTACK_BINARY"); b != "" {
-		return b, os.Getenv("RELAY_ATTACK_HOOKS_BINARY"), nil
+		return b, nil
 	}
-	bin := filepath.Join(dir, "relay")
-	hooks := filepath.Join(dir, "relay-testhooks")
-	for _, b := range []struct {
-		out  string
-		args []string
-	}{{bin, nil}, {hooks, []string{"-tags", "relay_testhooks"}}} {
-		args := append([]string{"build", "-o", b.out}, b.args...)
-		cmd := exec.Command("go", append(args, "./cmd/relay")...)
-		cmd.Dir = ".."
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", "", fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	bin := filepath.Join(dir, name)
+	args := append(append([]string{"build", "-o", bin}, flags...), "./cmd/relay")
+	cmd := exec.Command("go", args...)
+	cmd.Dir = ".."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return bin, nil
+}
+
+// hooksBinary is Local.TestHooks: the -tags relay_testhooks build, made on
+// first use (RELAY_ATTACK_HOOKS_BINARY, maybe "", when RELAY_ATTACK_BINARY
+// is set).
+func hooksBinary() (string, error) {
+	hooksBuild.once.Do(func() {
+		if os.Getenv("RELAY_ATTACK_BINARY") != "" {
+			hooksBuild.bin = os.Getenv("RELAY_ATTACK_HOOKS_BINARY") // "": ATK-PANIC skips
+			return
 		}
-	}
-	return bin, hooks, nil
+		hooksBuild.bin, hooksBuild.err = buildRelay(buildDir, "relay-testhooks", "-tags", "relay_testhooks")
+	})
+	return hooksBuild.bin, hooksBuild.err
 }
 
 // localTarget starts the main relay and returns a local target on it.
 func localTarget(t *testing.T) *Target {
 	t.Helper()
 	require.NoError(t, buildErr, "building the relay")
-	l := &Local{Binary: builtBinary, TestHooksBinary: builtHooksBinary, TempDir: t.TempDir(), NATSURL: natsURL(), SecureNATS: startSecureNATS}
+	l := &Local{Binary: builtBinary, TestHooks: hooksBinary, TempDir: t.TempDir(), NATSURL: natsURL(), SecureNATS: startSecureNATS}
 	if f := os.Getenv("RELAY_ATTACK_EXTRA_FLAGS"); f != "" {
 		l.ExtraFlags = strings.Fields(f)
 	}
@@ -93,20 +126,25 @@ func localTarget(t *testing.T) *Target {
 // TestScenarios runs every scenario against the real binary; a Fail
 // verdict fails the test, a Skip must give its reason.
 func TestScenarios(t *testing.T) {
+	t.Parallel()
 	target := localTarget(t)
-	// TLSOnly scenarios run against a relay serving each key type (see keyRSA).
-	tlsTargets := []struct {
-		key string
-		tgt *Target
-	}{{keyRSA, localTLSTarget(t, keyRSA)}, {keyECDSA, localTLSTarget(t, keyECDSA)}}
+	// TLSOnly scenarios run against a relay serving each key type (see
+	// keyRSA), started by the first of them to run and kept for the rest
+	// (a run of other scenarios starts none).
+	tlsTargets := map[string]*Target{}
 	for _, sc := range Catalog() {
-		t.Run(sc.ID, func(t *testing.T) {
+		t.Run(sc.ID, func(st *testing.T) {
 			if !sc.TLSOnly {
-				runScenario(t, target, sc)
+				runScenario(st, target, sc)
 				return
 			}
-			for _, tt := range tlsTargets {
-				t.Run(tt.key, func(t *testing.T) { runScenario(t, tt.tgt, sc) })
+			for _, key := range []string{keyRSA, keyECDSA} {
+				st.Run(key, func(kt *testing.T) {
+					if tlsTargets[key] == nil {
+						tlsTargets[key] = localTLSTarget(kt, t, key)
+					}
+					runScenario(kt, tlsTargets[key], sc)
+				})
 			}
 		})
 	}
@@ -140,6 +178,7 @@ func runScenario(t *testing.T, target *Target, sc Scenario) {
 // TestAttackCommand_RemoteMode drives Main the way an operator would,
 // against the local relay as if it were remote.
 func TestAttackCommand_RemoteMode(t *testing.T) {
+	t.Parallel()
 	target := localTarget(t)
 	var out, errOut bytes.Buffer
 	code := Main([]string{"--target", target.Base.String(), "--only", "ATK-CROSS-TENANT,ATK-BODY-LEAK,ATK-HEADER-ABUSE", "--json",
@@ -213,6 +252,7 @@ func notARelay(t *testing.T, tlsToo bool) (*httptest.Server, *atomic.Int64) {
 // TestAttackCommand_FindingExitsOne: a target that answers but does not
 // defend (here it routes nothing at all) is a finding: FAIL, exit 1.
 func TestAttackCommand_FindingExitsOne(t *testing.T) {
+	t.Parallel()
 	srv, _ := notARelay(t, false)
 	var out, errOut bytes.Buffer
 	code := Main([]string{"--target", srv.URL, "--only", "ATK-CROSS-TENANT", "--timeout", "30s"}, &out, &errOut)
@@ -225,6 +265,7 @@ func TestAttackCommand_FindingExitsOne(t *testing.T) {
 // port: no scenario is attacked, each says it could not run and why, and
 // the exit code is 3, not the 1 of a finding.
 func TestAttackCommand_TargetDownCouldNotRun(t *testing.T) {
+	t.Parallel()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	down := "http://" + l.Addr().String()
@@ -243,6 +284,7 @@ func TestAttackCommand_TargetDownCouldNotRun(t *testing.T) {
 // private CA signed, attacked without --ca: could not run (exit 3), and the
 // evidence names the flag.
 func TestAttackCommand_MissingCACouldNotRun(t *testing.T) {
+	t.Parallel()
 	srv, seen := notARelay(t, true)
 	var out, errOut bytes.Buffer
 	code := Main([]string{"--target", srv.URL, "--only", "ATK-CROSS-TENANT", "--json", "--timeout", "30s"}, &out, &errOut)
@@ -267,6 +309,7 @@ func TestAttackCommand_MissingCACouldNotRun(t *testing.T) {
 // scenario could not run, the target saw nothing, and the outputs that can
 // be written say so.
 func TestAttackCommand_UnwritableOutputNothingAttacked(t *testing.T) {
+	t.Parallel()
 	srv, seen := notARelay(t, false)
 	dir := t.TempDir()
 	prom, junit := filepath.Join(dir, "a.prom"), filepath.Join(dir, "a.xml")

@@ -317,6 +317,7 @@ func TestScenarioFiles_NamedAfterIDs(t *testing.T) {
 // threat, exactly the mutants that prove its scenarios (**Mutants:**).
 // That the mutants are caught is `make mutate`'s job.
 func TestMutants_EveryVerifiedThreat(t *testing.T) {
+	t.Parallel()
 	doc, _ := parseThreatModel(t)
 	mutants, err := LoadMutants("mutants")
 	require.NoError(t, err)
@@ -385,6 +386,7 @@ func TestMutants_EveryVerifiedThreat(t *testing.T) {
 // refactor of a defence's code cannot quietly retire the mutant that
 // proves its scenario (`make mutate` then checks they are caught).
 func TestMutants_StillApply(t *testing.T) {
+	t.Parallel()
 	git, err := exec.LookPath("git")
 	if err != nil {
 		t.Skip("git not installed")

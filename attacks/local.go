@@ -21,8 +21,10 @@ import (
 type Local struct {
 	// Binary is the path of the shipped build of cmd/relay.
 	Binary string
-	// TestHooksBinary is a build with -tags relay_testhooks ("" if none).
-	TestHooksBinary string
+	// TestHooks returns the path of a build with -tags relay_testhooks
+	// ("" if none), building it on first use: only ATK-PANIC needs one, and
+	// a run that leaves it out (a mutant's checks) builds nothing. nil: none.
+	TestHooks func() (string, error)
 	// ExtraFlags are appended to every process Start launches. Later flags
 	// win, so a tester removes a defence for every scenario at once, e.g.
 	// "--read-header-timeout=1h", to watch the scenarios that prove it fail.

@@ -43,6 +43,7 @@ func startClusterInstance(t *testing.T, l *Local, name, id string) *Process {
 // issue 23 through their remote paths (no local handles) against a plain
 // relay with tuned timers, told to relay attack as an operator would.
 func TestAttackCommand_RemoteTimers(t *testing.T) {
+	t.Parallel()
 	require.NoError(t, buildErr, "building the relay")
 	l := &Local{Binary: builtBinary, TempDir: t.TempDir()}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -71,6 +72,7 @@ func TestAttackCommand_RemoteTimers(t *testing.T) {
 // target's binaries): reported as a finding, exit 1. A peer that is down
 // could not run, exit 3.
 func TestAttackCommand_PeerTarget(t *testing.T) {
+	t.Parallel()
 	require.NoError(t, buildErr, "building the relay")
 	require.NotEmpty(t, natsURL(), "a NATS server for the cluster")
 	l := &Local{Binary: builtBinary, TempDir: t.TempDir()}
@@ -125,6 +127,7 @@ func TestAttackCommand_PeerTarget(t *testing.T) {
 // TestAttackCommand_NoPeerSkipsCrossInstance: without --peer-target the
 // cross-instance scenario says what it needs and skips; the run passes.
 func TestAttackCommand_NoPeerSkipsCrossInstance(t *testing.T) {
+	t.Parallel()
 	target := localTarget(t)
 	var out, errOut bytes.Buffer
 	require.Equal(t, ExitPassed, Main([]string{"--target", target.Base.String(), "--only", "ATK-CLUSTER-CROSS-TENANT", "--json"}, &out, &errOut), errOut.String())

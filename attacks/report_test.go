@@ -16,6 +16,7 @@ import (
 // by a passing run against the local relay and by a failing one against a
 // port where nothing listens, each checked in its own format.
 func TestAttackCommand_Outputs(t *testing.T) {
+	t.Parallel()
 	target := localTarget(t)
 	dir := t.TempDir()
 	files := func(prefix string) (string, string, string) {

@@ -140,6 +140,7 @@ func checkReportLinks(t *testing.T, page []byte, base, reportDir string, ran []s
 // each verdict in turn) under a published base and under a checkout's
 // relative one, and checks every link (checkReportLinks) and the summary.
 func TestHTMLReport_LinksResolve(t *testing.T) {
+	t.Parallel()
 	reps := everyVerdict()
 	info := RunInfo{Target: "https://relay.example.test", Started: time.Now(), ExitCode: ExitCode(reps)}
 

@@ -43,11 +43,17 @@ func runPanic(ctx context.Context, t *Target) Result {
 	if rr.Resp.StatusCode != 404 || len(rr.Body) != 0 {
 		return Failf("shipped build answers the test hook with %d %q, want 404 and an empty body", rr.Resp.StatusCode, tail(string(rr.Body), 60))
 	}
-	if l.TestHooksBinary == "" {
+	var hooks string
+	if l.TestHooks != nil {
+		if hooks, err = l.TestHooks(); err != nil {
+			return CouldNotRunf("building the relay with -tags relay_testhooks: %v", err)
+		}
+	}
+	if hooks == "" {
 		return Skipf("no -tags relay_testhooks build available; shipped build's hook path: 404 empty")
 	}
 
-	p, err := l.StartBinary(ctx, l.TestHooksBinary)
+	p, err := l.StartBinary(ctx, hooks)
 	if err != nil {
 		return Failf("start test-hooks relay: %v", err)
 	}

@@ -49,6 +49,7 @@ func writeSelfSigned(t *testing.T, dir string) (certFile, keyFile string) {
 // TestAttackCommand_TLS runs remote-safe scenarios over WSS against the
 // static-certificate mode, verifying the relay with --ca.
 func TestAttackCommand_TLS(t *testing.T) {
+	t.Parallel()
 	require.NoError(t, buildErr, "building the relay")
 	dir := t.TempDir()
 	certFile, keyFile := writeSelfSigned(t, dir)

@@ -86,8 +86,9 @@ func writeCert(t *testing.T, dir, name, keyType string) (certFile, keyFile strin
 
 // startTLSRelay starts the binary in static-certificate mode on loopback
 // (plus RELAY_ATTACK_EXTRA_FLAGS) and returns the process, the CA file and
-// the flags that serve its certificate.
-func startTLSRelay(t *testing.T, dir, keyType string) (*Process, string, *x509.CertPool, []string) {
+// the flags that serve its certificate. It stops when owner ends; a
+// failure to start fails t.
+func startTLSRelay(t, owner *testing.T, dir, keyType string) (*Process, string, *x509.CertPool, []string) {
 	t.Helper()
 	require.NoError(t, buildErr, "building the relay")
 	certFile, keyFile, pool := writeCert(t, dir, tlsTestName, keyType)
@@ -106,18 +107,19 @@ func startTLSRelay(t *testing.T, dir, keyType string) (*Process, string, *x509.C
 		}
 		t.Fatalf("start TLS relay: %v", err)
 	}
-	t.Cleanup(func() { p.Stop() })
+	owner.Cleanup(func() { p.Stop() })
 	return p, certFile, pool, certFlags
 }
 
 // localTLSTarget is a target TLSOnly scenarios run against in
 // TestScenarios: https://127.0.0.1:PORT serving a certificate of keyType,
-// verified as relay.example.test.
-func localTLSTarget(t *testing.T, keyType string) *Target {
+// verified as relay.example.test. It lives as long as owner (t's parent
+// test, which outlives t); t is the test a failure to start fails.
+func localTLSTarget(t, owner *testing.T, keyType string) *Target {
 	t.Helper()
-	dir := t.TempDir()
-	p, _, pool, certFlags := startTLSRelay(t, dir, keyType)
-	l := &Local{Binary: builtBinary, TestHooksBinary: builtHooksBinary, TempDir: dir, Main: p, TLSFlags: certFlags}
+	dir := owner.TempDir()
+	p, _, pool, certFlags := startTLSRelay(t, owner, dir, keyType)
+	l := &Local{Binary: builtBinary, TestHooks: hooksBinary, TempDir: dir, Main: p, TLSFlags: certFlags}
 	if f := os.Getenv("RELAY_ATTACK_EXTRA_FLAGS"); f != "" {
 		l.ExtraFlags = strings.Fields(f)
 	}
@@ -130,7 +132,8 @@ func localTLSTarget(t *testing.T, keyType string) *Target {
 // --server-name NAME`, with no local handles. Every remote-safe TLS
 // scenario must run and pass; against the plain-HTTP target they skip.
 func TestAttackCommand_TLSScenarios(t *testing.T) {
-	p, caFile, _, _ := startTLSRelay(t, t.TempDir(), keyECDSA)
+	t.Parallel()
+	p, caFile, _, _ := startTLSRelay(t, t, t.TempDir(), keyECDSA)
 	var ids []string
 	for _, sc := range Catalog() {
 		if sc.TLSOnly && sc.Mode == RemoteSafe {
