@@ -318,17 +318,6 @@ func TestCluster_PhoneRightAfterTheBinarys101_OnAnotherInstance_Joins(t *testing
 	}
 }
 
-// joinedCount counts in's phone_joined log lines for serverID.
-func joinedCount(in *instance, serverID string) int {
-	n := 0
-	for _, l := range in.proc.Log() {
-		if strings.Contains(l, `"event":"phone_joined"`) && strings.Contains(l, `"server_id":"`+serverID+`"`) {
-			n++
-		}
-	}
-	return n
-}
-
 // Defect 10, the probe path (chaos finding 7): a claim that must probe an
 // owner that does not answer (its instance stopped) got its 101 at once
 // and was decided seconds later; meanwhile the stopped owner's claim

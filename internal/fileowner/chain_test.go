@@ -123,11 +123,12 @@ func TestResolve_ForeignOwners_Refused(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("chown to another uid needs root")
 	}
-	link, real := k8sMount(t, "key.json", 0o400)
+	link, _ := k8sMount(t, "key.json", 0o400)
 	require.NoError(t, os.Lchown(filepath.Join(filepath.Dir(link), "..data"), 65534, -1))
+
 	require.ErrorContains(t, check(link), "owned by uid 65534 in a directory anyone may write")
 
-	link, real = k8sMount(t, "key.json", 0o400)
+	link, real := k8sMount(t, "key.json", 0o400)
 	require.NoError(t, os.Chown(filepath.Dir(real), 65534, -1))
 	require.ErrorContains(t, check(link), "is owned by uid 65534 in a directory anyone may write", "caught as an entry of the sticky root")
 	require.NoError(t, os.Chmod(filepath.Dir(link), 0o755)) // no sticky root: the directory's own check

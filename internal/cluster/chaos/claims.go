@@ -71,7 +71,6 @@ type claimIn struct {
 	kind   opKind
 	binary int
 	dead   []int // sorted
-	note   string
 }
 
 func (in claimIn) mayBeDead(b int) bool {

@@ -32,7 +32,6 @@ type driver struct {
 	quietC chan struct{}
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex
 	tenants []*tenant
 	seeds   atomic.Uint64
 }
@@ -466,14 +465,6 @@ func pad(n int) string {
 		return ""
 	}
 	return strings.Repeat("x", n)
-}
-
-func (cl *client) write(ctx context.Context, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return cl.ws.Write(ctx, websocket.MessageText, b)
 }
 
 // sendUp sends a phone's next frame with n bytes of filler.
