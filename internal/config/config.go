@@ -164,7 +164,7 @@ func newFlagSet(c *Config, env Env, trust *string, sink *flagSink) *flag.FlagSet
 	fs.DurationVar(&o.PingInterval, "ping-interval", o.PingInterval, "WebSocket ping interval")
 	fs.DurationVar(&o.PongTimeout, "pong-timeout", o.PongTimeout, "pong deadline before closing 1011")
 	fs.DurationVar(&o.ReadTimeout, "read-timeout", o.ReadTimeout, "per-message read deadline, from the message's first byte")
-	fs.DurationVar(&o.WriteTimeout, "write-timeout", o.WriteTimeout, "per-write timeout")
+	fs.DurationVar(&o.WriteTimeout, "write-timeout", o.WriteTimeout, "how long a write may stay blocked while the peer acknowledges less than 16 KiB (1011 beyond)")
 	fs.DurationVar(&o.CloseTimeout, "close-timeout", o.CloseTimeout, "how long a peer the relay closes gets to answer before its socket is dropped")
 	fs.DurationVar(&o.GracePeriod, "grace-period", o.GracePeriod, "how long a disconnected binary's slot is kept")
 	fs.DurationVar(&o.ProbeTimeout, "probe-timeout", o.ProbeTimeout, "how long a conflicting claim waits for the incumbent's pong")

@@ -211,8 +211,9 @@ type wrappedConn struct{ net.Conn }
 // drains its 4 KiB buffer every 25 ms (16 KiB in a fifth of the timeout,
 // the whole write in three times it) succeeds; the same write to a reader
 // that stopped fails after about the timeout. Both on a plain TCP socket
-// (written whole, the deadline renewed after progress) and under a wrapper
-// (written in progressChunk pieces). The timeout is 500 ms so that the
+// (written whole, the peer's acknowledged bytes counted as progress) and
+// under a wrapper that hides the socket (written in progressChunk pieces,
+// a piece taken counted). The timeout is 500 ms so that the
 // margins hold when the process waits a few hundred milliseconds for a
 // CPU (a loaded 2-core machine).
 func TestProgressConn_SlowReaderOutlastsTimeout_StalledReaderFails(t *testing.T) {
@@ -230,7 +231,7 @@ func testProgressConnSlowAndStalled(t *testing.T, wrap bool) {
 	}
 	const timeout = 500 * time.Millisecond
 	pc := newProgressConn(w, timeout)
-	require.Equal(t, !wrap, pc.plain)
+	require.Equal(t, wrap, pc.piece == progressChunk)
 	go func() {
 		buf := make([]byte, 8<<10)
 		for {

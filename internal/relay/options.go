@@ -27,8 +27,13 @@ type Options struct {
 	// last byte: a slow sender cannot pin a reader (and its buffer) forever.
 	// Idle connections are not affected; the heartbeat covers them.
 	ReadTimeout time.Duration
-	// WriteTimeout bounds one write; a peer that stops reading is closed
-	// instead of blocking its writer.
+	// WriteTimeout bounds a write's stall: a write blocked this long while
+	// the peer acknowledges less than 16 KiB (progressChunk) fails, and its
+	// peer is closed 1011 instead of blocking its writer. Progress is what
+	// the peer's TCP acknowledges, not what the kernel hands a blocked write
+	// (Linux wakes one only once a third of the send buffer is free), so a
+	// slow but live reader is not a stall. A stalled write fails at most
+	// WriteTimeout/16 late.
 	WriteTimeout time.Duration
 	// CloseTimeout is how long a peer the relay closes gets to answer the
 	// close frame before its socket is dropped. A dead or stalled peer never

@@ -1,26 +1,30 @@
 package relay
 
 import (
-	"errors"
+	"math"
 	"net"
-	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// progressChunk is how much the peer must take within one WriteTimeout.
-// A write fails when WriteTimeout passes without the peer taking this much,
-// so the timeout measures a stall, not a message's length over a slow
-// link: a 256 KiB frame to a 200 kbit/s daemon takes 10 s and is still a
-// live daemon.
+// progressChunk is how much the peer must acknowledge within one
+// WriteTimeout while a write to it is blocked. A write fails when
+// WriteTimeout passes without the peer's TCP acknowledging this much, so the
+// timeout measures a stall, not a message's length over a slow link (a
+// 256 KiB frame to a 200 kbit/s daemon takes 10 s and is still a live
+// daemon), nor how often the kernel wakes a blocked writer: Linux does so
+// only once a third of the send buffer is free (about 85 KiB at the default
+// --socket-send-buffer), which a live reader taking 15 KiB/s frees every six
+// seconds at best.
 const progressChunk = 16 << 10
 
-// deadlineSlack is how stale, as a fraction of WriteTimeout, a write
-// deadline may be before it is set again: a write's deadline is then
-// between WriteTimeout and WriteTimeout + WriteTimeout/deadlineSlack after
-// it starts, never sooner, and a busy socket sets it a few times a second
-// rather than once per write (each setting takes the poller's timer lock).
-const deadlineSlack = 16
+// checkDivisor sets how often a write in flight is looked at: every
+// WriteTimeout/checkDivisor, by a timer that is armed only while writes
+// happen. A stalled write so fails between WriteTimeout and WriteTimeout +
+// WriteTimeout/checkDivisor (and the timer's latency) after it began or
+// after the peer's last counted progress, never sooner.
+const checkDivisor = 16
 
 // ackedProgressMin is how many of our bytes the peer must acknowledge in
 // one liveness check to count as reading. More than the control frames a
@@ -31,38 +35,55 @@ const ackedProgressMin = 1 << 10
 
 // progressConn is the socket under a WebSocket (the library reads and
 // writes through it). A write fails when WriteTimeout passes without the
-// peer taking progressChunk bytes, and the bytes moved each way are
+// peer acknowledging progressChunk bytes, and the bytes moved each way are
 // counted, so a liveness check can tell a peer that is slow but alive (it
 // sends, or it takes what we send) from one that has stopped, whose pong
 // may just be queued behind frames on a slow link.
 //
-// On a plain TCP socket a write goes to the kernel whole, as the library
-// alone would write it, and a deadline that passes after the peer took at
-// least progressChunk is renewed; under TLS (whose connection is unusable
-// after a timed-out write) or any other wrapper, the write is cut into
-// progressChunk pieces with a deadline each (TLS writes records of that
-// size anyway).
-//
-// A write that times out otherwise leaves the connection unusable, which
-// is fine: the relay closes it.
+// Writes carry no deadline: besides the socket's own call, a write costs
+// three atomic adds and a load (no clock read, no timer). While writes happen a timer looks, every
+// WriteTimeout/checkDivisor, at the write in flight and at the bytes the
+// peer's TCP has acknowledged (TCP_INFO, on the socket under TLS and PROXY
+// wrappers alike); when one write has been in flight for WriteTimeout with
+// less than progressChunk acknowledged meanwhile, it sets the socket's write
+// deadline in the past, which fails that write (and any later one) with
+// os.ErrDeadlineExceeded. Under TLS the connection is then unusable, which
+// is fine: the relay closes it. Where the kernel cannot count acknowledged
+// bytes (no TCP socket under the wrappers, not Linux), writes go down in
+// progressChunk pieces and a piece the socket takes is the progress.
 type progressConn struct {
 	net.Conn
 	timeout time.Duration
 	tcp     *net.TCPConn // under TLS/PROXY wrappers; nil if none
-	plain   bool         // Conn is the *net.TCPConn itself
-	// renewAt is when the write deadline must be set again (zero: now).
-	// Writes are serialised by the library's write lock.
-	renewAt time.Time
+	// piece is the most one write hands the socket at once.
+	piece   int
 	read    atomic.Int64 // bytes read from the peer
 	written atomic.Int64 // bytes the socket took from us
 	// knownAcked is the most written bytes the kernel has reported
 	// acknowledged (mark).
 	knownAcked atomic.Int64
+	// writes counts the starts and ends of writes to the socket: odd while
+	// one is in flight. Writes are serialised by the library's write lock.
+	writes atomic.Uint64
+	watch  writeWatch
+}
+
+// writeWatch is progressConn's timer and what it saw last.
+type writeWatch struct {
+	armed atomic.Bool // the timer is set (or its function is running)
+	timer atomic.Pointer[time.Timer]
+	mu    sync.Mutex // the timer's function holds it; guards the rest
+	seen  uint64     // writes when the write in flight was first seen
+	base  int64      // the peer's acknowledged bytes at since
+	since time.Time  // when the clock of the write in flight (re)started
 }
 
 func newProgressConn(c net.Conn, writeTimeout time.Duration) *progressConn {
-	_, plain := c.(*net.TCPConn)
-	return &progressConn{Conn: c, timeout: writeTimeout, tcp: tcpConn(c), plain: plain}
+	pc := &progressConn{Conn: c, timeout: writeTimeout, tcp: tcpConn(c), piece: progressChunk}
+	if canCountAcked && pc.tcp != nil {
+		pc.piece = math.MaxInt // written whole, as the library alone would
+	}
+	return pc
 }
 
 func (c *progressConn) Read(p []byte) (int, error) {
@@ -74,28 +95,66 @@ func (c *progressConn) Read(p []byte) (int, error) {
 func (c *progressConn) Write(p []byte) (int, error) {
 	total := 0
 	for len(p) > 0 {
-		chunk := p
-		if !c.plain {
-			chunk = p[:min(len(p), progressChunk)]
+		c.writes.Add(1)
+		if !c.watch.armed.Load() {
+			c.arm()
 		}
-		if now := time.Now(); !now.Before(c.renewAt) {
-			slack := c.timeout / deadlineSlack
-			_ = c.Conn.SetWriteDeadline(now.Add(c.timeout + slack))
-			c.renewAt = now.Add(slack)
-		}
-		n, err := c.Conn.Write(chunk)
+		n, err := c.Conn.Write(p[:min(len(p), c.piece)])
+		c.writes.Add(1)
 		total += n
 		c.written.Add(int64(n))
 		p = p[n:]
 		if err != nil {
-			if c.plain && n >= progressChunk && errors.Is(err, os.ErrDeadlineExceeded) {
-				c.renewAt = time.Time{} // slow, not stalled: a new deadline for the rest
-				continue
-			}
 			return total, err
 		}
 	}
 	return total, nil
+}
+
+// arm sets the timer, unless it is set already.
+func (c *progressConn) arm() {
+	w := &c.watch
+	if !w.armed.CompareAndSwap(false, true) {
+		return
+	}
+	t := w.timer.Load()
+	if t == nil {
+		t = time.AfterFunc(time.Duration(math.MaxInt64), c.check)
+		w.timer.Store(t)
+	}
+	t.Reset(c.timeout / checkDivisor)
+}
+
+// check is the timer's function. With no write in flight it disarms (the
+// next write arms it again), so an idle connection has no timer running.
+func (c *progressConn) check() {
+	w := &c.watch
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := c.writes.Load()
+	if s%2 == 0 {
+		w.armed.Store(false)
+		// A write that began after the load saw the timer armed and left
+		// it to us: look at it next time, unless it armed the timer itself.
+		if c.writes.Load()%2 == 0 || !w.armed.CompareAndSwap(false, true) {
+			return
+		}
+		w.timer.Load().Reset(c.timeout / checkDivisor)
+		return
+	}
+	now := time.Now()
+	acked, counted := ackedBytes(c.tcp)
+	switch {
+	case s != w.seen: // a new write: the one before went (or none was in flight)
+		w.seen, w.since, w.base = s, now, acked
+	case counted && acked-w.base >= progressChunk: // the peer is reading
+		w.since, w.base = now, acked
+	case now.Sub(w.since) >= c.timeout:
+		// Stalled: fail the write. The timer stays armed, and so stopped.
+		_ = c.Conn.SetWriteDeadline(time.Unix(1, 0))
+		return
+	}
+	w.timer.Load().Reset(c.timeout / checkDivisor)
 }
 
 // progressMark is a snapshot of what the peer has done so far.
