@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"testing"
 
 	"github.com/coder/websocket"
@@ -38,20 +39,30 @@ func readInto(c *websocket.Conn, buf []byte) ([]byte, error) {
 // read buffers, the phone's queue and its copy of each frame, the parked
 // writer, the timers and the binary's envelope are all reused. The clients
 // here read into reused buffers too, so any allocation counted is the
-// relay's. (Under the race detector sync.Pool drops a quarter of what is
-// put back; a 512 B message's buffers are made in one allocation, so that
-// averages below one per message, but a 16 KiB one takes several, so it
-// runs without the race detector only.)
+// relay's. 1 MiB is past the sizes the relay once pooled: its reads then
+// grew a buffer of their own and its copies for phones were made to
+// measure, megabytes of garbage a message. (Under the race detector, as
+// make test runs it, sync.Pool drops a quarter of what is put back; a
+// 512 B message's buffers are made in few allocations, so that averages
+// below one per message, but a 16 KiB one takes several, and a megabyte
+// takes the race detector seconds, so they run without it only:
+// TestFrameBuffers_LargeReusedUpTo16MiB covers the megabyte sizes' pools
+// under it.)
 func TestForwarding_SteadyState_AllocatesNothingPerMessage(t *testing.T) {
 	sizes := []int{512}
 	if !raceEnabled {
-		sizes = append(sizes, 16<<10)
+		sizes = append(sizes, 16<<10, 1<<20)
 	}
 	for _, size := range sizes {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			h := newHarness(t, func(o *Options) {
-				o.MaxMessageBytes = 64 << 10
-				o.PhoneQueueBytes = 1 << 20
+				o.MaxMessageBytes = max(64<<10, int64(size)+1<<10)
+				o.PhoneQueueBytes = 4 << 20
+				if size > 64<<10 {
+					// Through 16 KiB send buffers a megabyte's round trip
+					// on loopback took hundreds of ms (measured).
+					o.SocketSendBuffer = 0
+				}
 			})
 			bin := h.connect("/v1/server", binaryHeaders(sid), false)
 			h.eventually(func() bool { return h.rl.Stats().Binaries == 1 }, "binary never claimed")
@@ -85,14 +96,29 @@ func TestForwarding_SteadyState_AllocatesNothingPerMessage(t *testing.T) {
 				}
 				buf = m[:0]
 			}
+			runs := 300
+			if size > 64<<10 {
+				runs = 30 // megabytes a message; one allocation each shows in a few dozen
+			}
 			for range 100 { // warm up: pools filled, a writer parked, buffers grown
 				phoneToBinary()
 				binaryToPhone()
 			}
-			require.Zero(t, testing.AllocsPerRun(300, phoneToBinary), "allocations per phone->binary message")
-			require.Zero(t, testing.AllocsPerRun(300, binaryToPhone), "allocations per binary->phone message")
+			require.Zero(t, testing.AllocsPerRun(runs, phoneToBinary), "allocations per phone->binary message")
+			require.Zero(t, testing.AllocsPerRun(runs, binaryToPhone), "allocations per binary->phone message")
 		})
 	}
+}
+
+// bytesPerRun is the bytes allocated per call of f, over runs calls.
+func bytesPerRun(runs int, f func()) int {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range runs {
+		f()
+	}
+	runtime.ReadMemStats(&after)
+	return int((after.TotalAlloc - before.TotalAlloc) / uint64(runs))
 }
 
 func envelopeConnID(t *testing.T, msg []byte) string {

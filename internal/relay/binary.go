@@ -35,7 +35,7 @@ type binaryConn struct {
 // initIO sets up the reused reader; setUp calls it before any I/O.
 func (b *binaryConn) initIO() {
 	opts := &b.rl.opts
-	b.rd = msgReader{ws: b.ws, timeout: opts.ReadTimeout, onTimeout: func() {
+	b.rd = msgReader{ws: b.ws, limit: opts.MaxMessageBytes, timeout: opts.ReadTimeout, onTimeout: func() {
 		b.end(closeCause{code: CodeInternal, reason: reasonReadTimeout})
 	}}
 }

@@ -196,13 +196,20 @@ func peerCause(err error) closeCause {
 	return closeCause{code: code, byPeer: true, notify: true}
 }
 
-// msgReader reads whole messages into buffers shared through a pool. The
-// read timeout starts when the message's first frame header arrives, so an
-// idle connection is left to the heartbeat while a slow sender cannot hold
-// a reader and its buffer forever; onTimeout closes the connection, which
-// unblocks the read. A message's buffer goes back to the pool when the next
-// read begins, before it waits: an idle connection holds no buffer, and a
-// busy one reuses the same few.
+// msgReader reads whole messages into pooled buffers of the frame buffers'
+// size classes (framebuf.go). The read timeout starts when the message's
+// first frame header arrives, so an idle connection is left to the
+// heartbeat while a slow sender cannot hold a reader and its buffer
+// forever; onTimeout closes the connection, which unblocks the read. A
+// message's buffer goes back to its pool when the next read begins, before
+// it waits: an idle connection holds no buffer, and a busy one reuses the
+// same few, at every size up to the largest class.
+//
+// A read starts with a buffer one byte larger than the last message (the
+// library does not tell a message's length before it is read), so a
+// stream of like-sized messages is read in one piece, without growing and
+// copying; a larger one grows it by doubling, up to what the read limit
+// lets through.
 //
 // One timer serves every message and is re-armed lazily: a message records
 // when it began (started), and the timer, once armed, stays armed across
@@ -213,9 +220,11 @@ func peerCause(err error) closeCause {
 // lock), and the deadline is still exactly its start plus timeout.
 type msgReader struct {
 	ws        *websocket.Conn
+	limit     int64 // the connection's read limit (MaxMessageBytes); 0: none
 	timeout   time.Duration
 	onTimeout func()
 	buf       *[]byte // the last message's buffer, until the next read
+	last      int     // the last message's length
 
 	started atomic.Int64 // readClock when the message in progress began; 0 between messages
 	armed   atomic.Bool  // the timer is set (or its function is running)
@@ -266,9 +275,13 @@ func (m *msgReader) expire() {
 	}
 }
 
-// readBuffers holds read buffers between messages (*[]byte, so Put does
-// not allocate). A new one is its slice header and first array in one
-// allocation.
+// minReadBuffer is the smallest buffer a read starts with.
+const minReadBuffer = 1 << 10
+
+// readBuffers holds buffers of minReadBuffer bytes, where most reads
+// start: a new one is its slice header and array in one allocation, where
+// a size class's is two (under the race detector, which drops a quarter of
+// what a pool is given, small messages so stay below an allocation each).
 var readBuffers = sync.Pool{New: func() any {
 	b := new(struct {
 		s []byte
@@ -278,20 +291,23 @@ var readBuffers = sync.Pool{New: func() any {
 	return &b.s
 }}
 
-// maxKeptReadBuffer is the largest buffer returned to the pool: room for
-// a default-sized largest message (256 KiB) and its envelope. The pool
-// drops what it holds across garbage collections, so a burst of large
-// messages does not leave its buffers parked for good.
-const maxKeptReadBuffer = 320 << 10
-
-func putReadBuffer(b *[]byte) {
-	if cap(*b) <= maxKeptReadBuffer {
-		readBuffers.Put(b)
+// getReadBuffer is getFrameBuffer for reads.
+func getReadBuffer(n int) *[]byte {
+	if n <= minReadBuffer {
+		return readBuffers.Get().(*[]byte)
 	}
+	return getFrameBuffer(n)
 }
 
-// minReadBuffer is a new buffer's size; it grows by doubling.
-const minReadBuffer = 1 << 10
+// putReadBuffer returns a buffer from getReadBuffer for reuse.
+func putReadBuffer(b *[]byte) {
+	if cap(*b) == minReadBuffer {
+		*b = (*b)[:0]
+		readBuffers.Put(b)
+		return
+	}
+	putFrameBuffer(b)
+}
 
 // read returns the next message. data is valid until the next call.
 func (m *msgReader) read() (typ websocket.MessageType, data []byte, err error) {
@@ -305,11 +321,14 @@ func (m *msgReader) read() (typ websocket.MessageType, data []byte, err error) {
 	}
 	m.started.Store(readClock())
 	m.arm()
-	m.buf = readBuffers.Get().(*[]byte)
-	buf := (*m.buf)[:0]
+	m.buf = getReadBuffer(max(m.last+1, minReadBuffer))
+	buf := *m.buf
 	for {
 		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)] // grow (doubling)
+			next := getReadBuffer(m.grown(cap(buf)))
+			*next = append(*next, buf...)
+			putReadBuffer(m.buf)
+			m.buf, buf = next, *next
 		}
 		n, rerr := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
@@ -323,7 +342,21 @@ func (m *msgReader) read() (typ websocket.MessageType, data []byte, err error) {
 	}
 	m.started.Store(0)
 	*m.buf = buf
+	if err == nil {
+		m.last = len(buf)
+	}
 	return typ, buf, err
+}
+
+// grown is the size a full buffer of c bytes grows to: double, but no
+// more than the read limit lets through (the library reads up to limit+1
+// bytes and fails the read after that), and at least one byte more.
+func (m *msgReader) grown(c int) int {
+	n := 2 * c
+	if m.limit > 0 && int64(n) > m.limit+1 {
+		n = int(m.limit + 1)
+	}
+	return max(n, c+1)
 }
 
 // alive reports whether the peer answered a ping within timeout or moved

@@ -5,18 +5,27 @@ import (
 	"sync"
 )
 
-// Frame buffers hold the copies of frames queued for phones. They come in
-// size classes, one pool each: 16 to 64 bytes in steps of 16, then eight
-// steps per doubling up to 1 MiB, so a queued frame's buffer is at most an
-// eighth (or 16 bytes) larger than the frame, as Go's own allocator would
-// have made it: the byte caps, which charge a frame its length
-// (outItem.cost), still bound the memory queued frames hold, however large
-// the buffers earlier traffic left in the pools. Steady traffic so
-// allocates no frame buffers.
+// Frame buffers hold the copies of frames queued for phones, and the
+// messages being read (msgReader). They come in size classes, one pool
+// each: 16 to 64 bytes in steps of 16, then eight steps per doubling up to
+// 16 MiB, so a queued frame's buffer is at most an eighth (or 16 bytes)
+// larger than the frame, as Go's own allocator would have made it: the
+// byte caps, which charge a frame its length (outItem.cost), still bound
+// the memory queued frames hold, however large the buffers earlier traffic
+// left in the pools. Steady traffic so allocates no frame buffers, up to
+// the largest --max-message-bytes a relay is likely to be given (the
+// harness runs 1 MiB; beyond 16 MiB a buffer is made to measure and left
+// to the garbage collector).
+//
+// What the pools hold is at most what was in use at once (the queues'
+// caps and one read buffer per reading connection bound that), and a
+// pool drops what it holds across two garbage collections: after a burst
+// of huge frames their buffers stay one collection longer than garbage
+// would, whatever their size, which is why pooling them costs no bound.
 const (
 	maxSmallFrameClass = 64
-	maxFrameClass      = 1 << 20
-	frameClasses       = 4 + 8*(20-6)
+	maxFrameClass      = 16 << 20
+	frameClasses       = 4 + 8*(24-6)
 )
 
 var frameBuffers [frameClasses]sync.Pool

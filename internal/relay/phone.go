@@ -37,7 +37,7 @@ type phoneConn struct {
 // initIO sets up the reused reader; setUp calls it before any I/O.
 func (p *phoneConn) initIO() {
 	opts := &p.rl.opts
-	p.rd = msgReader{ws: p.ws, timeout: opts.ReadTimeout, onTimeout: func() {
+	p.rd = msgReader{ws: p.ws, limit: opts.MaxMessageBytes, timeout: opts.ReadTimeout, onTimeout: func() {
 		p.end(closeCause{code: CodeInternal, reason: reasonReadTimeout, notify: true})
 	}}
 }
