@@ -14,6 +14,7 @@ import (
 // A binary on each instance, a phone of each on each other instance: every
 // frame crosses instances, both ways, in order, exactly once.
 func TestCluster_CrossInstance_BothWays_OrderExactlyOnce(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 3)
 	const n = 400
 	var wg sync.WaitGroup
@@ -101,6 +102,7 @@ func TestCluster_CrossInstance_BothWays_OrderExactlyOnce(t *testing.T) {
 // A second binary for a server-id held by a live binary on another
 // instance gets 4409; the incumbent keeps its slot and its phones.
 func TestCluster_CrossInstanceConflict_4409(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 3)
 	a, b, c := e.relays[0], e.relays[1], e.relays[2]
 	sid := newID("conflict")
@@ -117,6 +119,7 @@ func TestCluster_CrossInstanceConflict_4409(t *testing.T) {
 // takes over across instances: old binary 1011, its phones 4404 wherever
 // they are, the newcomer holds the slot.
 func TestCluster_CrossInstanceTakeover_DeadIncumbent(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 3, "--ping-interval", "1h")
 	a, b, c := e.relays[0], e.relays[1], e.relays[2]
 	sid := newID("takeover")
@@ -142,6 +145,7 @@ func TestCluster_CrossInstanceTakeover_DeadIncumbent(t *testing.T) {
 // 16 phones spread over the three instances fill the slot; a 17th on any
 // instance gets 4429 from the owner.
 func TestCluster_MaxPhonesAcrossInstances_4429(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 3)
 	sid := newID("cap")
 	b := binaryAt(t, e.relays[0], sid)
@@ -168,6 +172,7 @@ func TestCluster_MaxPhonesAcrossInstances_4429(t *testing.T) {
 // over all three, with server-ids that differ only by '~' and '.': each
 // binary reaches only its own phones, even addressing the other's conn_ids.
 func TestCluster_CrossTenantIsolation(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 3)
 	// The two ids differ only in '~' versus '.', the look-alike pair a
 	// careless KV key encoding would collapse into one key.

@@ -113,6 +113,7 @@ var cfTopos = []cfTopo{
 }
 
 func TestClusterConformance(t *testing.T) {
+	t.Parallel()
 	_, err := build()
 	require.NoError(t, err)
 	ns, err := natstest.Start(t.TempDir(), 0)

@@ -70,6 +70,7 @@ func wireStr(b []byte, s string) []byte {
 // it learns the other instance's binary lives), and exactly one binary
 // holds the server-id (protocol §7 cluster-wide).
 func TestCluster_NATSBlipShorterThanLease_NeverTwoBinaries(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 0)
 	a, link := e.startLinked("a")
 	b, c := e.start("b"), e.start("c")
@@ -104,6 +105,7 @@ func TestCluster_NATSBlipShorterThanLease_NeverTwoBinaries(t *testing.T) {
 // grace, at once. Of the two writes to the store one fails: one binary
 // holds the slot, the other is told 4409.
 func TestCluster_ConcurrentReclaimsOfAGraceSlot_OneWinner(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 3)
 	a, c := e.relays[0], e.relays[2]
 	nc := natsConn(t, e)
@@ -137,6 +139,7 @@ func TestCluster_ConcurrentReclaimsOfAGraceSlot_OneWinner(t *testing.T) {
 // cross-instance phones 1011; the phone's owner notices that the instance
 // stopped answering within about 4 s and sends the binary a 1011 notice.
 func TestCluster_SilentPartition_DetectedWithinBound(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 0)
 	a, link := e.startLinked("a")
 	b := e.start("b")
@@ -169,6 +172,7 @@ func TestCluster_SilentPartition_DetectedWithinBound(t *testing.T) {
 // and its binary's notice says 1011 too (frames may have been lost), not
 // the 1001 of a phone that left.
 func TestCluster_PhonesHomeLosesNATS_BinaryNoticeIs1011(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 0)
 	a := e.start("a")
 	b, link := e.startLinked("b")
@@ -190,6 +194,7 @@ func TestCluster_PhonesHomeLosesNATS_BinaryNoticeIs1011(t *testing.T) {
 // binary, in order, followed by the phone's own code: the owner's
 // reconciliation with the home never overtakes the frames and the leave.
 func TestCluster_PhonesCloseNormallyWhileHomeStalls_AllFramesThenTheirCode(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 2)
 	a, b := e.relays[0], e.relays[1]
 	sid := newID("last")
@@ -243,6 +248,7 @@ func TestCluster_PhonesCloseNormallyWhileHomeStalls_AllFramesThenTheirCode(t *te
 // broadcast, captured and delivered again after the server-id moved to c),
 // must not close the phones that joined the newer claim.
 func TestCluster_LateOwnerBroadcastOfAnOlderClaim_KeepsTheNewerClaimsPhones(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 3)
 	a, b, c := e.relays[0], e.relays[1], e.relays[2]
 	nc := natsConn(t, e)
@@ -273,6 +279,7 @@ func TestCluster_LateOwnerBroadcastOfAnOlderClaim_KeepsTheNewerClaimsPhones(t *t
 // what it is (relay_cluster_requests_dropped_total{reason="handlers_busy"}),
 // not as a malformed message.
 func TestCluster_ProbesBeyondTheHandlerBound_CountedAsBusyNotMalformed(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 1)
 	a := e.relays[0]
 	nc := natsConn(t, e)
@@ -305,6 +312,7 @@ func TestCluster_ProbesBeyondTheHandlerBound_CountedAsBusyNotMalformed(t *testin
 // binary has the 101 finds the server-id held (the claim is in the store
 // before the 101, and the owner waits for its install before answering).
 func TestCluster_PhoneRightAfterTheBinarys101_OnAnotherInstance_Joins(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 2)
 	a, b := e.relays[0], e.relays[1]
 	for i := range 20 {
@@ -326,6 +334,7 @@ func TestCluster_PhoneRightAfterTheBinarys101_OnAnotherInstance_Joins(t *testing
 // probe included, before the 101: every phone that dials once the binary
 // has its 101 joins it.
 func TestCluster_ClaimProbingAStoppedOwner_Gets101OnlyOnceDecided(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 3)
 	a, b, c := e.relays[0], e.relays[1], e.relays[2]
 	sid := newID("probe101")

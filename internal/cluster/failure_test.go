@@ -15,6 +15,7 @@ import (
 // other instances are closed 1011 once the owner stops answering; after
 // the lease the server-id is claimed on another instance and works.
 func TestCluster_KillOwner_LeaseExpiry_ReclaimElsewhere(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 3)
 	a, b, c := e.relays[0], e.relays[1], e.relays[2]
 	sid := newID("kill")
@@ -49,6 +50,7 @@ func TestCluster_KillOwner_LeaseExpiry_ReclaimElsewhere(t *testing.T) {
 // another instance and takes the slot, evicting them 4404 wherever they
 // are. A slot nobody reclaims ends after the grace period, 4404 too.
 func TestCluster_GraceReclaimAcrossInstances(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 3)
 	a, b, c := e.relays[0], e.relays[1], e.relays[2]
 	sid := newID("grace")
@@ -90,6 +92,7 @@ func TestCluster_GraceReclaimAcrossInstances(t *testing.T) {
 // frames may be lost), never 4404; when NATS is back the cluster recovers
 // by itself and the owner kept its claim.
 func TestCluster_NATSStopped_LocalPairsWork_RemoteRefused_Recovers(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 3)
 	a, b, c := e.relays[0], e.relays[1], e.relays[2]
 	sid := newID("down")
@@ -128,6 +131,7 @@ func TestCluster_NATSStopped_LocalPairsWork_RemoteRefused_Recovers(t *testing.T)
 // order exactly once, or its phone is closed 1011 (never a silent gap or a
 // duplicate); the pair on one instance loses nothing.
 func TestCluster_NATSRestartMidTraffic_NothingLostSilently(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 2)
 	a, b := e.relays[0], e.relays[1]
 	sid := newID("restart")

@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,7 +36,27 @@ var (
 	buildErr  error
 )
 
+// testParallel is how many of this package's parallel tests run at once
+// unless -parallel says otherwise. Each starts its own NATS and relays and
+// spends its time waiting on leases, grace periods, probes and NATS's
+// reconnects, not on the CPU, so go test's default (GOMAXPROCS: 2 on CI)
+// would leave most of that waiting in series. These stay serial (they run
+// first, alone): those whose bounds are tight against the store's timers (a
+// crashed owner's claim within lease + slack, a live owner's claim at the
+// minimum lease, a release within half a lease), and two that a starved
+// instance can fail (the property test, whose phone may join the old
+// owner's grace slot right after a reclaim elsewhere and get 4404; the
+// SIGSTOPped owner's resumption): the CPU the parallel ones take would
+// fail them more often.
+const testParallel = 4
+
 func TestMain(m *testing.M) {
+	flag.Parse()
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		_ = flag.Set("test.parallel", strconv.Itoa(max(testParallel, runtime.GOMAXPROCS(0))))
+	}
 	code := m.Run()
 	if buildDir != "" {
 		os.RemoveAll(buildDir)

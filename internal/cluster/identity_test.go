@@ -22,6 +22,7 @@ import (
 // (TestCluster_TLSAndCreds_CrossInstanceFramesFlow shows matching
 // credentials do).
 func TestCluster_CredsOfAnotherInstance_RefusedAtStart(t *testing.T) {
+	t.Parallel()
 	sn := startSecureNATS(t, nil)
 	refusedStartSaying(t, []string{"the NATS credentials do not match --instance-id", `user "relay-b"`, "relay.owner.a", `instance "a"`},
 		"--cluster-nats", sn.ns.URL(), "--cluster-nats-creds", sn.creds(t, "b"), "--instance-id", "a")
@@ -38,6 +39,7 @@ func TestCluster_CredsOfAnotherInstance_RefusedAtStart(t *testing.T) {
 // one's messages and write its claims: it refuses to start (exit 2), and
 // the first is untouched. Another id starts.
 func TestCluster_DuplicateInstanceID_RefusedAtStart(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 1)
 	refusedStartSaying(t, []string{"another live instance uses this --instance-id", `instance "a"`},
 		"--cluster-nats", e.nats.URL(), "--instance-id", "a")

@@ -121,6 +121,7 @@ func TestCluster_LiveOwnersClaim_NeverLapses_AtTheMinimumLease(t *testing.T) {
 // expires and c's binary takes it; then the held messages arrive. c's
 // binary keeps the server-id: a claim elsewhere meets it (4409).
 func TestCluster_StaleRefreshAndRelease_NeverTouchTheNewOwnersClaim(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 0)
 	a, link := e.startLinked("a", "--grace-period", "500ms")
 	b, c := e.start("b"), e.start("c")

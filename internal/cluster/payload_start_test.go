@@ -17,6 +17,7 @@ import (
 // instead of closing every phone that sends a large frame 1011; with
 // --max-message-bytes below the server's bound it starts.
 func TestCluster_NATSMaxPayloadBelowMessageCap_RefusesToStart(t *testing.T) {
+	t.Parallel()
 	ns, err := natstest.StartConfig(natstest.Config{Dir: t.TempDir(), MaxPayload: 128 << 10})
 	require.NoError(t, err)
 	t.Cleanup(ns.Stop)

@@ -31,6 +31,7 @@ func status(url string) int {
 // balancer sends phones elsewhere (issue 21, defect 4: /healthz answered
 // ok with all of NATS down). /livez keeps answering: the process is fine.
 func TestCluster_ReadyzAndHealthzFollowNATS(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 1)
 	base := "http://" + e.relays[0].proc.Addr
 	require.True(t, pollUntil(10*time.Second, func() bool { return status(base+"/readyz") == 200 }), "never ready with NATS up")
@@ -50,6 +51,7 @@ func TestCluster_ReadyzAndHealthzFollowNATS(t *testing.T) {
 // claim: created on first use, a fresh cluster's first claim paid for the
 // stream's creation while a phone joining it was told 4404 (issue 21, 9f).
 func TestCluster_ClaimsBucketCreatedAtStart(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 1)
 	nc, err := nats.Connect(e.nats.URL())
 	require.NoError(t, err)

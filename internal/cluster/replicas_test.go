@@ -22,6 +22,7 @@ import (
 // stream lives on one node only, and killing it leaves the cluster without
 // a claims bucket: new claims are refused 1013 until it returns.
 func TestCluster_ReplicatedClaims_SurviveNATSNodeLoss(t *testing.T) {
+	t.Parallel()
 	start := time.Now()
 	nodes := map[string]*natstest.Server{}
 	var urls, routes []string

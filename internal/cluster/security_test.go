@@ -152,6 +152,7 @@ func refusedStartSaying(t *testing.T, want []string, args ...string) {
 }
 
 func TestCluster_TLSAndCreds_CrossInstanceFramesFlow(t *testing.T) {
+	t.Parallel()
 	ca := newTestCA(t, "nats")
 	sn := startSecureNATS(t, ca)
 	e := envOn(t, sn.ns)
@@ -183,6 +184,7 @@ func TestCluster_TLSAndCreds_CrossInstanceFramesFlow(t *testing.T) {
 // is logged with its reason and retried: the relay keeps serving, and
 // reconnects once NATS is fixed.
 func TestCluster_NATSRefusalAfterStart_LoggedAndRetried(t *testing.T) {
+	t.Parallel()
 	ca := newTestCA(t, "nats")
 	sn := startSecureNATS(t, ca)
 	e := envOn(t, sn.ns)
@@ -229,6 +231,7 @@ func TestCluster_NATSRefusalAfterStart_LoggedAndRetried(t *testing.T) {
 }
 
 func TestCluster_NATSWrongCA_RefusedAtStart(t *testing.T) {
+	t.Parallel()
 	ca := newTestCA(t, "nats")
 	sn := startSecureNATS(t, ca)
 	other := newTestCA(t, "other")
@@ -237,12 +240,14 @@ func TestCluster_NATSWrongCA_RefusedAtStart(t *testing.T) {
 }
 
 func TestCluster_NATSNoCreds_RefusedAtStart(t *testing.T) {
+	t.Parallel()
 	ca := newTestCA(t, "nats")
 	sn := startSecureNATS(t, ca)
 	refusedStart(t, "authorization", "--cluster-nats", sn.ns.TLSURL(), "--cluster-nats-ca", ca.caFile, "--instance-id", "a")
 }
 
 func TestCluster_NATSForeignCreds_RefusedAtStart(t *testing.T) {
+	t.Parallel()
 	ca := newTestCA(t, "nats")
 	sn := startSecureNATS(t, ca)
 	// Well-formed credentials for instance a, issued by another operator.
@@ -260,6 +265,7 @@ func TestCluster_NATSForeignCreds_RefusedAtStart(t *testing.T) {
 // client follows the server into TLS and, with no CA naming the server's
 // issuer, refuses its certificate.
 func TestCluster_NATSPlaintextURLToTLSServer_Refused(t *testing.T) {
+	t.Parallel()
 	ca := newTestCA(t, "nats")
 	sn := startSecureNATS(t, ca)
 	refusedStart(t, "tls_unverified", "--cluster-nats", sn.ns.URL(), "--cluster-nats-creds", sn.creds(t, "a"), "--instance-id", "a")
@@ -268,6 +274,7 @@ func TestCluster_NATSPlaintextURLToTLSServer_Refused(t *testing.T) {
 // A tls:// URL to a server that offers no TLS (a stripped or misconfigured
 // NATS) is refused, never downgraded.
 func TestCluster_NATSTLSWantedPlaintextServer_Refused(t *testing.T) {
+	t.Parallel()
 	ca := newTestCA(t, "nats")
 	sn := startSecureNATS(t, nil)
 	refusedStart(t, "tls_unavailable", "--cluster-nats", sn.ns.TLSURL(), "--cluster-nats-ca", ca.caFile,
@@ -281,6 +288,7 @@ func TestCluster_NATSTLSWantedPlaintextServer_Refused(t *testing.T) {
 // connection's messages reach a subscriber in order, so once the last
 // (allowed) message arrives, every earlier one that NATS let through has.
 func TestCluster_InstancePermissions(t *testing.T) {
+	t.Parallel()
 	sn := startSecureNATS(t, nil)
 	connect := func(creds []byte, errs *violations) *nats.Conn {
 		path := filepath.Join(t.TempDir(), "u.creds")

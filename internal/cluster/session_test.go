@@ -75,6 +75,7 @@ func (s *store) claimed(t *testing.T, serverID string) bool {
 // write more than one. Refreshing each claim, as before, costs 40 times
 // the refreshes.
 func TestCluster_Upkeep_CountedKVWrites_SameFor1And40ServerIDs(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 1)
 	a := e.relays[0]
 	s := e.store(t)

@@ -55,6 +55,7 @@ func closeNotices(t *testing.T, b *conn, n int) map[string]int {
 //     the dropped frame is never delivered, nothing before it twice or out
 //     of order; a then admits new remote phones as before.
 func TestCluster_SlowConsumerAndPublishError_PhonesClosed1011WithNotices_OthersUntouched(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, 0)
 	e.nats.Stop()
 	e.nats.SetMaxPayload(4 << 20)

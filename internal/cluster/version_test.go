@@ -57,6 +57,7 @@ func fakeNATS(t *testing.T, version string) string {
 // refuses the start, exit 2, with one line naming both versions (the
 // refusal line is checked against docs/cluster.md by refusedStartSaying).
 func TestCluster_NATSServerTooOld_RefusedAtStart(t *testing.T) {
+	t.Parallel()
 	for _, v := range []string{"2.9.10", "2.10.27", "2.11.15-RC.1", "2.12.5"} {
 		refusedStartSaying(t, []string{"the NATS server is too old: nats-server " + v + "; cluster mode needs " + cluster.MinServerVersion + " or later, and 2.12.6 or later on 2.12"},
 			"--cluster-nats", fakeNATS(t, v), "--instance-id", "a")
@@ -66,6 +67,7 @@ func TestCluster_NATSServerTooOld_RefusedAtStart(t *testing.T) {
 // At the floor the check passes: the relay starts (it then waits for a
 // JetStream that this fake does not have, as it would for an unreachable one).
 func TestCluster_NATSServerAtMinimum_Starts(t *testing.T) {
+	t.Parallel()
 	_, err := build()
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
