@@ -11,10 +11,12 @@ package deploy
 
 import (
 	"bufio"
+	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,7 +28,20 @@ import (
 // relayBin is the relay built once for this package's tests.
 var relayBin string
 
+// testParallel is how many of this package's parallel tests run at once
+// unless -parallel says otherwise: the two proxy recipes' tests (about a
+// minute each, waiting on the relay's timers through the proxy) and two
+// that build or run a tool beside them. go test's default (GOMAXPROCS: 2
+// on CI) would run the tools after the proxies.
+const testParallel = 4
+
 func TestMain(m *testing.M) {
+	flag.Parse()
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		_ = flag.Set("test.parallel", strconv.Itoa(max(testParallel, runtime.GOMAXPROCS(0))))
+	}
 	dir, err := os.MkdirTemp("", "relay-deploy-")
 	if err != nil {
 		panic(err)

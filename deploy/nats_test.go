@@ -280,6 +280,7 @@ func natsRoutePair(t *testing.T, block string) (natsNode, natsNode) {
 // configuration path it names, holding the shipped nats-cluster.conf,
 // passes `nats-server -t` with NATS_SERVER_NAME from its EnvironmentFile.
 func TestUnits_NATSNodeScored(t *testing.T) {
+	t.Parallel()
 	sa := systemdAnalyze(t)
 	const name = "relay-nats.service"
 

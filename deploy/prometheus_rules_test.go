@@ -44,6 +44,7 @@ type ruleTests struct {
 // the "timer stopped" rule as docs/deploy.md once wrote it (a staleness
 // comparison, no absent()) misses the file that was never written.
 func TestPrometheusRules_Promtool(t *testing.T) {
+	t.Parallel()
 	pt := promtool(t)
 	out, err := exec.Command(pt, "check", "rules", "prometheus-rules.yml").CombinedOutput()
 	require.NoError(t, err, "promtool check rules:\n%s", out)

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -218,6 +219,7 @@ type attackReport struct {
 	Evidence string `json:"evidence"`
 	Tests    string `json:"tests"`
 	Why      string `json:"tests_why"`
+	Ms       int64  `json:"duration_ms"`
 }
 
 // attack runs the real `relay attack --json` against target with extra
@@ -243,9 +245,14 @@ func attack(t *testing.T, target, caFile string, extra ...string) (int, []attack
 	return code, reps, stderr.String()
 }
 
-// slowMessage is the slowest scenario remotely (two legs of the relay's
-// read deadline); it runs beside the rest.
+// slowMessage is a slow scenario remotely (two legs of the relay's read
+// deadline); it runs beside the rest.
 const slowMessage = "ATK-SLOW-MESSAGE"
+
+// slowAside are the slowest scenarios remotely (the slow binary's load and
+// the conflict probe, the heartbeat's ping and pong timeouts); they run
+// beside the rest, through a proxy and relay of their own.
+var slowAside = []string{"ATK-SLOW-BINARY", "ATK-DEAD-PEER"}
 
 // relayReadTimeout is the relay's --read-timeout here, told to relay attack
 // by its --read-timeout as an operator would: the deployed 30 s would make
@@ -287,31 +294,49 @@ var nginxKnown = map[string]string{
 	"ATK-SLOW-BINARY": "nginx passes a slow daemon's progress on to the relay only once per receive buffer it reads from the relay (about 116 KiB: nginx 1.22 cannot set that buffer), so the relay takes the daemon for dead",
 }
 
-// attackAll runs every remote-safe scenario through target, the slow one
-// beside the others, and requires exit 0 and a PASS from each, but that
-// the scenarios in known may fail. It returns the reports by ID.
-func attackAll(t *testing.T, target, caFile string, known map[string]string, extra ...string) map[string]attackReport {
+// proxyTarget is a proxy's address to attack and the CA file its
+// certificate chains to.
+type proxyTarget struct{ url, ca string }
+
+// attackAll runs every remote-safe scenario through the proxy and requires
+// exit 0 and a PASS from each, but that the scenarios in known may fail.
+// It returns the reports by ID. Three runs at once, as they wait on the
+// relay's timers (read timeout, heartbeat, write timeout, probe): the slow
+// one through main; the slow binary and the dead peer (about 45 s
+// together) through aside, a proxy and relay of their own (their floods and
+// silent sockets then meet no other scenario's per-address budgets); the
+// rest through main.
+func attackAll(t *testing.T, main, aside proxyTarget, known map[string]string, extra ...string) map[string]attackReport {
 	t.Helper()
 	ids := remoteSafe(t)
-	var rest []string
+	var rest, slow []string
 	for _, id := range ids {
-		if id != slowMessage {
+		switch {
+		case id == slowMessage:
+		case slices.Contains(slowAside, id):
+			slow = append(slow, id)
+		default:
 			rest = append(rest, id)
 		}
 	}
+	require.Len(t, slow, len(slowAside), "remote-safe scenarios %v; aside: %v", ids, slowAside)
 	type run struct {
 		code   int
 		reps   []attackReport
 		stderr string
 	}
-	runs := make([]run, 2)
+	groups := []struct {
+		to   proxyTarget
+		only []string
+	}{{main, []string{slowMessage}}, {aside, slow}, {main, rest}}
+	runs := make([]run, len(groups))
 	var wg sync.WaitGroup
-	for i, only := range []string{slowMessage, strings.Join(rest, ",")} {
+	for i, g := range groups {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var r run
-			r.code, r.reps, r.stderr = attack(t, target, caFile, append([]string{"--only", only}, extra...)...)
+			r.code, r.reps, r.stderr = attack(t, g.to.url, g.to.ca, append([]string{"--only", strings.Join(g.only, ",")}, extra...)...)
 			runs[i] = r
 		}()
 	}
@@ -321,7 +346,7 @@ func attackAll(t *testing.T, target, caFile string, known map[string]string, ext
 		knownFail := false
 		for _, rep := range r.reps {
 			got[rep.ID] = rep
-			t.Logf("%s %s: %s", rep.ID, rep.Verdict, rep.Evidence)
+			t.Logf("%s %s in %.1fs: %s", rep.ID, rep.Verdict, float64(rep.Ms)/1000, rep.Evidence)
 			_, k := known[rep.ID]
 			knownFail = knownFail || (k && rep.Verdict == "FAIL")
 		}
@@ -498,21 +523,30 @@ func TestProxyRecipes_HAProxy(t *testing.T) {
 		defer wg.Done()
 		t.Run("buffers", func(t *testing.T) { haproxyBuffersMatter(t, haproxy) })
 	}()
-	attackAll(t, target, r.cert, nil)
+	aside := newHAProxyRig(t, haproxy)
+	attackAll(t, proxyTarget{target, r.cert}, proxyTarget{"https://" + aside.startHAProxy(t, nil), aside.cert}, nil)
 	wg.Wait()
 }
 
 // haproxyBuffersMatter removes each of the recipe's socket-buffer bounds
-// in turn and requires ATK-SLOW-BINARY to fail: a rival's claim, or the
-// heartbeat before it, takes the slow but live daemon for dead.
+// and requires ATK-SLOW-BINARY to fail: a rival's claim, or the heartbeat
+// before it, takes the slow but live daemon for dead. Both at once, each
+// against a relay of its own (the scenario waits on the relay's timers for
+// about 40 s; one relay's budgets would see both floods).
 func haproxyBuffersMatter(t *testing.T, haproxy string) {
-	r := newHAProxyRig(t, haproxy)
+	var wg sync.WaitGroup
 	for _, setting := range []string{"tune.sndbuf.client", "tune.rcvbuf.server"} {
-		t.Run("without "+setting, func(t *testing.T) {
-			front := r.startHAProxy(t, dropLines(setting))
-			t.Logf("fails as it should: %s", attackFails(t, "https://"+front, r.cert, "ATK-SLOW-BINARY"))
-		})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t.Run("without "+setting, func(t *testing.T) {
+				r := newHAProxyRig(t, haproxy)
+				front := r.startHAProxy(t, dropLines(setting))
+				t.Logf("fails as it should: %s", attackFails(t, "https://"+front, r.cert, "ATK-SLOW-BINARY"))
+			})
+		}()
 	}
+	wg.Wait()
 }
 
 // handshakeVia reports whether a TLS handshake with the relay's name
@@ -669,7 +703,9 @@ func TestProxyRecipes_Nginx(t *testing.T) {
 		defer wg.Done()
 		t.Run("settings", func(t *testing.T) { nginxSettingsMatter(t, r) })
 	}()
-	got := attackAll(t, "https://"+front, r.cert, nginxKnown, "--profile", "behind-proxy")
+	asideRelay, _ := startRelayPlain(t)
+	got := attackAll(t, proxyTarget{"https://" + front, r.cert}, proxyTarget{"https://" + r.start(t, asideRelay, nil), r.cert},
+		nginxKnown, "--profile", "behind-proxy")
 	wg.Wait()
 	for id, rep := range got {
 		want := nginxTests[id]
