@@ -48,9 +48,15 @@ const ackedProgressMin = 1 << 10
 // less than progressChunk acknowledged meanwhile, it sets the socket's write
 // deadline in the past, which fails that write (and any later one) with
 // os.ErrDeadlineExceeded. Under TLS the connection is then unusable, which
-// is fine: the relay closes it. Where the kernel cannot count acknowledged
-// bytes (no TCP socket under the wrappers, not Linux), writes go down in
-// progressChunk pieces and a piece the socket takes is the progress.
+// is fine: the relay closes it.
+//
+// On a plain TCP socket a write goes to the kernel whole, as the library
+// alone would write it. Under TLS, PROXY or any other wrapper it goes down
+// in progressChunk pieces (TLS writes records of that size anyway, so this
+// costs no system call): the liveness checks' count of bytes the socket
+// took (mark, since) then lags a write in flight by at most a piece. Where
+// the kernel cannot count acknowledged bytes (no TCP socket under the
+// wrappers, not Linux) a piece the socket takes is the watch's progress.
 type progressConn struct {
 	net.Conn
 	timeout time.Duration
@@ -80,8 +86,8 @@ type writeWatch struct {
 
 func newProgressConn(c net.Conn, writeTimeout time.Duration) *progressConn {
 	pc := &progressConn{Conn: c, timeout: writeTimeout, tcp: tcpConn(c), piece: progressChunk}
-	if canCountAcked && pc.tcp != nil {
-		pc.piece = math.MaxInt // written whole, as the library alone would
+	if _, plain := c.(*net.TCPConn); plain && canCountAcked {
+		pc.piece = math.MaxInt
 	}
 	return pc
 }
