@@ -30,8 +30,8 @@ type pacedConn struct {
 }
 
 const (
-	pacedRead  = 2 << 10
-	pacedEvery = 40 * time.Millisecond // 50 KiB/s: three progressChunks a second
+	pacedRead  = 4 << 10
+	pacedEvery = 40 * time.Millisecond // 100 KiB/s: six progressChunks a second
 )
 
 func (c *pacedConn) Read(p []byte) (int, error) {
@@ -50,9 +50,10 @@ func (c *pacedConn) Read(p []byte) (int, error) {
 
 // The write timeout counts what the peer acknowledges, not what the
 // kernel lets a blocked write hand it. Linux wakes a blocked writer only
-// once a third of the send buffer is free (about 85 KiB at the default
-// --socket-send-buffer), so a daemon reading 50 KiB/s (three progressChunks
-// per second, each acknowledged in a few KiB) left the relay's write
+// once a third of the send buffer is free (about 170 KiB with a 256 KiB
+// --socket-send-buffer, which it doubles), so a daemon reading 100 KiB/s
+// (six progressChunks per second, each acknowledged in a few KiB: a
+// starved test process still reads well over one) left the relay's write
 // blocked for longer than a 1 s --write-timeout and was closed 1011
 // "write timeout" within two seconds of load, on plain TCP as under TLS.
 // Now it stays up for four write timeouts of load; once it stops reading,
@@ -73,7 +74,7 @@ func testWriteTimeoutCountsAcks(t *testing.T, useTLS bool) {
 	const writeTimeout = time.Second
 	o := fastOptions()
 	o.WriteTimeout = writeTimeout
-	o.SocketSendBuffer = DefaultSendBuffer // the default wake-up step is the point
+	o.SocketSendBuffer = 2 * DefaultSendBuffer // the kernel's wake-up step is the point
 	logs := &logBuffer{}
 	rl, err := New(o, Deps{Log: slog.New(slog.NewJSONHandler(logs, nil))})
 	require.NoError(t, err)
@@ -100,7 +101,7 @@ func testWriteTimeoutCountsAcks(t *testing.T, useTLS bool) {
 	ctx := context.Background()
 
 	// The binary: an 8 KiB receive buffer (the kernel's acknowledgements
-	// come a few KiB at a time) read at a steady 50 KiB/s.
+	// come a few KiB at a time) read at a steady 100 KiB/s.
 	var paced *pacedConn
 	binTr := tr.Clone()
 	d := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
