@@ -311,6 +311,47 @@ func TestCheck_Notices(t *testing.T) {
 		closedBy(p, 6100*time.Millisecond, 4404, reasonNoBinary)
 		expectNone(t, only(Check(b.h, testParams), VNotice))
 	})
+	// Seed 734334's 30-minute run (chaos-findings.md 10): phone 4224
+	// closed 1000 17 ms after its binary's instance was stopped for 6.2 s;
+	// the binary closed itself before the instance was continued.
+	t.Run("none while its binary's instance was stopped until it closed", func(t *testing.T) {
+		b := newHB()
+		bin, p := b.bin(1, "t", 2, s), b.phone(2, "t", 1, 2*s)
+		b.up(p, bin, 2*s, 3)
+		b.fault(FaultStop, 2, 2900*time.Millisecond, 10*s)
+		selfClosed(p, 3*s, 1000)
+		selfClosed(bin, 9*s, 1000)
+		expectNone(t, only(Check(b.h, testParams), VNotice))
+		b.h.Faults = nil
+		expect(t, Check(b.h, testParams), VNotice, 1, "got no close notice for phone 2 (instance 1, closed 1000 by itself), and stayed open 6.0s")
+	})
+	// Phone 8234: it began closing 1000 as the relay closed it 1011
+	// "backlog full" (slow-phone); it received the relay's close.
+	t.Run("the relay's code when its close crossed the phone's", func(t *testing.T) {
+		b := newHB()
+		bin, p := b.bin(1, "t", 0, s), b.phone(2, "t", 0, 2*s)
+		b.up(p, bin, 2*s, 3)
+		p.SelfClose, p.SelfCode = 3*s, 1000
+		closedBy(p, 3*s+ms(9), 1011, reasonBacklog)
+		b.notice(bin, p, 1011, 3*s+ms(9))
+		expectNone(t, only(Check(b.h, testParams), VNotice))
+		b.h.Notices[0].Code = 1001
+		expect(t, Check(b.h, testParams), VNotice, 1, "got close notice 1001 for phone 2 (instance 0, closed 1000 by itself); allowed [1000 1011]")
+	})
+	// Phones 6354 and 9912: each dropped its socket while its binary was
+	// stalled; told 1011 when the stall ended (finding 8's mechanism).
+	t.Run("1011 for a phone that vanished behind its stalled binary", func(t *testing.T) {
+		b := newHB()
+		bin, p := b.bin(1, "t", 0, s), b.phone(2, "t", 0, 2*s)
+		b.up(p, bin, 2*s, 3)
+		b.fault(FaultStall, bin.ID, 2500*time.Millisecond, 5*s)
+		p.SelfClose, p.SelfCode = 3*s, codeVanish
+		p.Ended, p.Code = 3*s+ms(1), codeAbnormal
+		b.notice(bin, p, 1011, 5*s)
+		expectNone(t, only(Check(b.h, testParams), VNotice))
+		b.h.Faults = nil
+		expect(t, Check(b.h, testParams), VNotice, 1, "got close notice 1011 for phone 2 (instance 0, closed -1 by itself); allowed [1001]")
+	})
 	t.Run("for an evicted phone", func(t *testing.T) {
 		b := newHB()
 		bin, p := b.bin(1, "t", 0, s), b.phone(2, "t", 1, 2*s)
