@@ -115,6 +115,54 @@ func TestClaim_PhoneJoiningRightAfterTheBinarys101_FindsItHeld(t *testing.T) {
 	})
 }
 
+// Chaos finding 10 (seed 734334, one instance or a cluster): a phone that
+// joined a slot in grace after the reclaiming binary's 101 but before its
+// claim was installed (in a cluster the store is asked after the 101 when
+// the slot here is in grace) was in the slot the claim then took, and was
+// evicted 4404. It now waits for the claim and joins the new binary.
+func TestClaim_PhoneJoiningAGraceSlotAfterTheReclaimers101_FindsTheNewBinary(t *testing.T) {
+	for _, cluster := range []bool{false, true} {
+		t.Run(map[bool]string{false: "one instance", true: "cluster"}[cluster], func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				release := make(chan struct{})
+				n := 0
+				wrap := func(c net.Conn) net.Conn {
+					if n++; n == 2 { // the reclaiming binary's connection
+						return &blockFirstWrite{Conn: c, release: release}
+					}
+					return c
+				}
+				var h *harness
+				if cluster {
+					h = newMemHarnessWith(t, nil, wrap, &fakeBackplane{})
+				} else {
+					h = newMemHarnessWrap(t, nil, wrap)
+				}
+				let := sync.OnceFunc(func() { close(release) })
+				t.Cleanup(let)
+				old := h.connect("/v1/server", binaryHeaders(sid), true)
+				require.NoError(t, old.c.Close(websocket.StatusNormalClosure, ""))
+				synctest.Wait()
+				require.Equal(t, 1, h.rl.Stats().Grace, "the slot is not in grace")
+				bin := h.connect("/v1/server", binaryHeaders(sid), true) // has its 101
+				phone := h.connect("/v1/client", phoneHeaders(sid), true)
+				synctest.Wait()
+				let()
+				synctest.Wait()
+				select {
+				case err := <-phone.end:
+					t.Fatalf("phone that joined after the reclaiming binary's 101 was closed: %v", err)
+				default:
+				}
+				require.Equal(t, 1, h.rl.Stats().Phones, "the phone is not in the slot")
+				phone.send(`{"type":"hello"}`)
+				require.JSONEq(t, `{"type":"hello"}`, string(bin.envelope().Frame))
+				require.Zero(t, h.rl.gates.size(), "a claim gate outlived its claim")
+			})
+		})
+	}
+}
+
 // gatedBackplane is fakeBackplane whose Acquire waits for release.
 type gatedBackplane struct {
 	fakeBackplane

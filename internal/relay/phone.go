@@ -104,7 +104,7 @@ func (p *phoneConn) join() (websocket.StatusCode, string) {
 	if p.rl.bp == nil {
 		return joinCode(p.rl.joinLocal(p))
 	}
-	err := p.rl.reg.join(p)
+	err := p.rl.joinHere(p)
 	if err == ErrNoBinary { // cluster: the store says who owns it (joinRemote)
 		switch code, reason := p.joinRemote(); code {
 		case 0:

@@ -267,10 +267,31 @@ func (p *phoneConn) joinRemoteErr() (code int, err error) {
 // the claim's outcome: a phone that arrives once its binary has its 101
 // finds the slot (protocol §7).
 func (rl *Relay) joinLocal(p *phoneConn) error {
-	err := rl.reg.join(p)
+	err := rl.joinHere(p)
 	if err != ErrNoBinary || !rl.gates.pending(p.serverID) {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
+	defer cancel()
+	rl.gates.wait(ctx, p.serverID)
+	return rl.reg.join(p)
+}
+
+// joinHere adds p to its server-id's slot here, if there is one. A slot in
+// grace while a claim is in progress here is about to be taken by that
+// claim, whose binary may have its 101 already (a reclaim of a grace slot
+// asks the store after the 101): joined to it, p would be evicted 4404 by
+// a claim it arrived after (protocol §7: a phone that joins once a binary
+// has its 101 finds the new binary's slot; chaos-findings.md 10). So p
+// leaves it again and waits (at most joinTimeout) for the claim's outcome.
+// The gate is looked at after the join: a claim that takes it later began
+// after p joined, and evicts p as the protocol says.
+func (rl *Relay) joinHere(p *phoneConn) error {
+	err := rl.reg.join(p)
+	if err != nil || p.joinedUnder != nil || !rl.gates.pending(p.serverID) {
+		return err
+	}
+	rl.reg.remove(p) // nobody to notify: p joined no binary
 	ctx, cancel := context.WithTimeout(context.Background(), joinTimeout)
 	defer cancel()
 	rl.gates.wait(ctx, p.serverID)
