@@ -78,8 +78,12 @@ func buildRelay(dir, name string, flags ...string) (string, error) {
 		return b, nil
 	}
 	bin := filepath.Join(dir, name)
-	args := append(append([]string{"build", "-o", bin}, flags...), "./cmd/relay")
+	// The shipped build's flags (make build: static, -trimpath), so the
+	// suite attacks what ships and the go command reuses what make build
+	// (and CI's earlier steps) compiled.
+	args := append(append([]string{"build", "-trimpath", "-o", bin}, flags...), "./cmd/relay")
 	cmd := exec.Command("go", args...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Dir = ".."
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)

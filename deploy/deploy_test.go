@@ -47,7 +47,10 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	relayBin = filepath.Join(dir, "relay")
-	build := exec.Command("go", "build", "-o", relayBin, "../cmd/relay")
+	// The shipped build's flags (make build: static, -trimpath), so the
+	// packages make build compiled are reused.
+	build := exec.Command("go", "build", "-trimpath", "-o", relayBin, "../cmd/relay")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		_ = os.RemoveAll(dir)

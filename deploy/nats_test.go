@@ -301,7 +301,9 @@ func TestUnits_NATSNodeScored(t *testing.T) {
 
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "nats-server")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput()
+	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "github.com/nats-io/nats-server/v2") // make build's flags: the packages it shares with the relay come from its cache
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "go build nats-server:\n%s", out)
 	out, err = exec.Command(bin, "--version").CombinedOutput()
 	require.NoError(t, err)

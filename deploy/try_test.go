@@ -57,7 +57,9 @@ func lineWith(t *testing.T, block []string, prefix string) string {
 func buildCmd(t *testing.T, name string) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), name)
-	out, err := exec.Command("go", "build", "-o", bin, "../cmd/"+name).CombinedOutput()
+	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "../cmd/"+name) // make build's flags: shared packages come from its cache
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "go build %s:\n%s", name, out)
 	return bin
 }

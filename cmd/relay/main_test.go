@@ -56,7 +56,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "main_test: go tool not found:", err)
 		os.Exit(1)
 	}
-	build := exec.Command(goTool, "build", "-o", relayBin, ".")
+	// The shipped build's flags (make build: static, -trimpath): the binary
+	// under test is the one that ships, and its packages are the ones make
+	// build compiled.
+	build := exec.Command(goTool, "build", "-trimpath", "-o", relayBin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "main_test: go build ./cmd/relay:", err)
@@ -280,8 +284,9 @@ func TestVersion_Exit0(t *testing.T) {
 func TestVersion_LdflagsStamp(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "relay")
 	const pkg = "github.com/pyrycode/relay/internal/buildinfo"
-	build := exec.Command("go", "build", "-o", bin,
+	build := exec.Command("go", "build", "-trimpath", "-o", bin,
 		"-ldflags", "-X "+pkg+".version=v9.8.7-test -X "+pkg+".revision=0123456789abcdef0123456789abcdef01234567", ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, string(out))
 	got, err := exec.Command(bin, "version").Output()

@@ -283,7 +283,8 @@ func raiseFileLimit() uint64 {
 
 // buildRelay compiles ./cmd/relay of the module containing dir into out.
 func buildRelay(ctx context.Context, moduleDir, out string) error {
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/relay")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, "./cmd/relay") // as make build
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Dir = moduleDir
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build ./cmd/relay: %v: %s", err, b)
