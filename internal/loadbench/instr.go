@@ -294,22 +294,9 @@ func countStream(ctx context.Context, d *dialer, t target, w Workload, cg *callg
 	for _, p := range f.pairs {
 		p.sem = make(chan struct{}, max(w.InFlight, 1))
 	}
-	release := func(p *pair) {
-		if p == nil {
-			return
-		}
-		select {
-		case <-p.sem:
-			delivered.Add(1)
-		default:
-		}
-	}
-	h := &handlers{onPhone: func(*pair, []byte) {}, onBinary: func(*websocket.Conn, *pair, []byte) {}}
+	h := streamHandlers(w.Kind, releaser(&delivered))
 	switch w.Kind {
-	case StreamP2B:
-		h.onBinary = func(_ *websocket.Conn, p *pair, _ []byte) { release(p) }
-	case StreamB2P:
-		h.onPhone = func(p *pair, _ []byte) { release(p) }
+	case StreamP2B, StreamB2P:
 	default:
 		return res, fmt.Errorf("no instruction count for %q", w.Kind)
 	}

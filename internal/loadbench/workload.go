@@ -182,22 +182,10 @@ func runTraffic(ctx context.Context, d *dialer, t target, w Workload, run string
 	var rttMu sync.Mutex
 	var rtts []time.Duration
 
-	release := func(p *pair) {
-		if p == nil {
-			return
-		}
-		select {
-		case <-p.sem:
-			delivered.Add(1)
-		default:
-		}
-	}
-	h := &handlers{onPhone: func(*pair, []byte) {}, onBinary: func(*websocket.Conn, *pair, []byte) {}}
+	release := releaser(&delivered)
+	h := streamHandlers(w.Kind, release)
 	switch w.Kind {
-	case StreamP2B:
-		h.onBinary = func(_ *websocket.Conn, p *pair, _ []byte) { release(p) }
-	case StreamB2P:
-		h.onPhone = func(p *pair, _ []byte) { release(p) }
+	case StreamP2B, StreamB2P:
 	case PingPong:
 		h.onBinary = func(bin *websocket.Conn, _ *pair, msg []byte) {
 			// The relay's phone envelope is itself a valid binary envelope
@@ -396,4 +384,33 @@ func runIdle(ctx context.Context, d *dialer, w Workload, kind string, idle, sett
 		}
 	}
 	return res, ctx.Err()
+}
+
+// releaser returns what a receiving side does with a stream's message:
+// free one of its pair's in-flight slots and count the delivery.
+func releaser(delivered *atomic.Int64) func(*pair) {
+	return func(p *pair) {
+		if p == nil {
+			return
+		}
+		select {
+		case <-p.sem:
+			delivered.Add(1)
+		default:
+		}
+	}
+}
+
+// streamHandlers releases a slot on the side a stream workload of kind
+// delivers to (the binary for phone->binary, the phone for binary->phone);
+// every other handler ignores its message.
+func streamHandlers(kind string, release func(*pair)) *handlers {
+	h := &handlers{onPhone: func(*pair, []byte) {}, onBinary: func(*websocket.Conn, *pair, []byte) {}}
+	switch kind {
+	case StreamP2B:
+		h.onBinary = func(_ *websocket.Conn, p *pair, _ []byte) { release(p) }
+	case StreamB2P:
+		h.onPhone = func(p *pair, _ []byte) { release(p) }
+	}
+	return h
 }
