@@ -74,6 +74,11 @@ type Relay struct {
 
 	// gates runs each server-id's claims one at a time (claimgate.go).
 	gates claimGates
+
+	// hookStubPassedStop, set only by tests before any traffic, runs in a
+	// stub's dispatch between its stop check and its write: it holds a
+	// frame at the point where a lost stub's notice could overtake it.
+	hookStubPassedStop func()
 }
 
 // New returns a relay with validated options.

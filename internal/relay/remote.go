@@ -72,6 +72,11 @@ type stubLink struct {
 	leaveNotify bool
 	downMu      sync.Mutex
 	downSeq     uint64
+	// sendMu is held by the stub's dispatch from its stop check to the end
+	// of its write to the binary, and by a lost stub's close notice while
+	// it is sent: a frame that passed the check before the stub was lost
+	// reaches the binary before the notice, never after it.
+	sendMu sync.Mutex
 }
 
 func (l *stubLink) close() { l.once.Do(func() { close(l.stop) }) }
@@ -387,8 +392,13 @@ func (p *phoneConn) dispatch() {
 // as a local phone's frame would be.
 func (p *phoneConn) toBinary(env []byte) error {
 	rl := p.rl
+	p.link.sendMu.Lock()
+	defer p.link.sendMu.Unlock()
 	if isClosed(p.link.stop) {
-		return nil // removed meanwhile: its binary has had its notice
+		return nil // removed meanwhile: its binary has (or will have) its notice
+	}
+	if rl.hookStubPassedStop != nil {
+		rl.hookStubPassedStop()
 	}
 	b := p.joinedUnder
 	if b == nil || !b.holding.Load() {
@@ -407,7 +417,7 @@ func (p *phoneConn) toBinary(env []byte) error {
 func (p *phoneConn) stubLeft() {
 	p.closeLink()
 	if b := p.rl.reg.leave(p); b != nil && p.link.leaveNotify {
-		b.sendNotice(appendCloseNotice(nil, p.connID, p.link.leaveCode))
+		p.noticeAfterFrames(b, p.link.leaveCode)
 	}
 }
 
@@ -490,7 +500,7 @@ func (rl *Relay) loseStub(p *phoneConn, loss LinkLoss, code int) {
 		rl.linkLost(loss, 1)
 	}
 	if b != nil {
-		go b.sendNotice(appendCloseNotice(nil, p.connID, code))
+		go p.noticeAfterFrames(b, code)
 	}
 	_ = rl.bp.Send(p.link.home, LinkMessage{Kind: LinkEvict, ServerID: p.serverID, ConnID: p.connID, Code: int(CodeInternal), Backlog: loss == LossQueue})
 }
@@ -659,8 +669,21 @@ func (rl *Relay) LinkLost(loss LinkLoss) {
 func (rl *Relay) dropStub(s *phoneConn, code int) {
 	s.closeLink()
 	if b := rl.reg.leave(s); b != nil {
-		go b.sendNotice(appendCloseNotice(nil, s.connID, code))
+		go s.noticeAfterFrames(b, code)
 	}
+}
+
+// noticeAfterFrames sends binary b the close notice (code) of stub p,
+// which has just been closed (closeLink), possibly by a path other than
+// its own dispatch. A frame the dispatch holds has passed its stop check
+// and may not have queued for the binary's turn yet: the notice waits for
+// it (sendMu), so the binary reads the phone's last frame first and the
+// notice after it, as for a local phone (chaos finding 14: the notice of a
+// stub lost behind a stalled binary overtook the frame).
+func (p *phoneConn) noticeAfterFrames(b *binaryConn, code int) {
+	p.link.sendMu.Lock()
+	defer p.link.sendMu.Unlock()
+	b.sendNotice(appendCloseNotice(nil, p.connID, code))
 }
 
 // Peers lists the instances this one has cross-instance phones with.

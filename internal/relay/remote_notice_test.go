@@ -2,8 +2,11 @@ package relay
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -63,4 +66,48 @@ func TestLeaveRemote_NoticeExactlyWhenSingleInstanceSendsOne(t *testing.T) {
 		require.Equal(t, int(tc.cause.code), last.Code, tc.name)
 		require.Equal(t, tc.notify, last.Notify, tc.name)
 	}
+}
+
+// Chaos finding 14: a remote phone is lost by its owner (its queue here
+// full, as behind a stalled binary) while its stub's dispatch holds a
+// frame that has passed the stub's stop check but not yet reached the
+// binary's write turn. The binary must read that frame, then the phone's
+// one close notice; the notice first broke "exactly one, after the phone's
+// last frame" (docs/cluster.md). The hook holds the frame exactly there.
+func TestClusterStub_LostWithAFrameInHand_NoticeFollowsTheFrame(t *testing.T) {
+	bp := &fakeBackplane{}
+	h := newClusterHarness(t, func(*Options) {}, bp)
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	h.rl.hookStubPassedStop = func() { once.Do(func() { close(held); <-release }) }
+	bin := h.dialBinary("s")
+	stub, code := h.rl.AdmitRemote("home", "s")
+	require.Zero(t, code)
+
+	pad := strings.Repeat("x", 15<<10)
+	frame := func(i uint64) []byte { return []byte(fmt.Sprintf(`{"n":%d,"pad":%q}`, i, pad)) }
+	h.rl.Receive("home", LinkMessage{Kind: LinkUp, ServerID: "s", ConnID: stub, Seq: 1, Frame: frame(1)})
+	select {
+	case <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stub's dispatch never took frame 1")
+	}
+	// Frames 2.. queue behind it until the stub's cap (64 KiB) is passed:
+	// the owner loses the stub, 1011 with a notice, as in the chaos run.
+	for i := uint64(2); len(bp.find(LinkEvict, stub)) == 0; i++ {
+		require.Less(t, i, uint64(16), "a stub past --phone-queue-bytes was never lost")
+		h.rl.Receive("home", LinkMessage{Kind: LinkUp, ServerID: "s", ConnID: stub, Seq: i, Frame: frame(i)})
+	}
+	bin.silent(300 * time.Millisecond) // the notice waits for the frame in hand
+	close(release)
+
+	env := bin.envelope()
+	require.Equal(t, stub, env.ConnID)
+	require.Contains(t, string(env.Frame), `"n":1,`, "the frame in hand comes first")
+	env = bin.envelope()
+	require.Equal(t, stub, env.ConnID)
+	require.Equal(t, int(CodeInternal), env.CloseCode, "then the phone's close notice")
+	require.Nil(t, env.Frame)
+	bin.silent(100 * time.Millisecond) // frames 2.. were discarded with the stub
+	h.eventually(func() bool { return h.rl.QueuedBytes() == 0 }, "the lost stub's charge returns to zero: %d", h.rl.QueuedBytes())
 }
