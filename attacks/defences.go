@@ -17,7 +17,7 @@ func Defences() map[string]string {
 		"TM-DOS-8":   "`internal/relay/outbox.go` `byteBudget.acquire`; `internal/relay/phone.go` `phoneConn.pushShedding`; `internal/relay/relay.go` `Relay.shedLargestBacklog`; `internal/relay/outbox.go` `outbox.shed`; `internal/relay/remote.go` `Relay.queueUp`",
 		"TM-DOS-9":   "`internal/relay/binary.go` `binaryConn.readLoop` (one envelope to at most one phone); `internal/relay/phone.go` `phoneConn.readLoop`",
 		"TM-DOS-10":  "`internal/relay/heartbeat.go` `heartbeats.ping`; `internal/relay/binary.go` `binaryConn.claim` (the conflict probe)",
-		"TM-DOS-11":  "`internal/relay/binary.go` `binaryConn.write`; `internal/relay/progress.go` `progressConn.Write`; `internal/relay/progress.go` `progressConn.check`; `internal/relay/heartbeat.go` `heartbeats.ping`; `internal/relay/conn.go` `wsEnd.alive`; `internal/relay/remote.go` `Relay.Probe`",
+		"TM-DOS-11":  "`internal/relay/binary.go` `binaryConn.write`; `internal/relay/progress.go` `progressConn.Write`; `internal/relay/progress.go` `progressConn.check`; `internal/relay/progress.go` `progressConn.mark`; `internal/relay/heartbeat.go` `heartbeats.ping`; `internal/relay/conn.go` `wsEnd.alive`; `internal/relay/remote.go` `Relay.Probe`",
 		"TM-LOG-1":   "`internal/logging/handler.go` `filter.add` (key allowlist)",
 		"TM-LOG-2":   "`internal/logging/sanitize.go` `Sanitize`; `internal/server/server.go` `httpErrorWriter.Write`",
 		"TM-CERT-1":  "`internal/tlsconf/tls.go` `CheckCacheDir`",

@@ -280,3 +280,40 @@ func BenchmarkPing(b *testing.B) {
 		hb.remove(e)
 	})
 }
+
+// What a liveness check's progress mark costs (heartbeats.ping and
+// wsEnd.alive take one per check, and one more when the pong is late): on
+// a TCP socket, the kernel's count of acknowledged bytes (TCP_INFO, a
+// system call); without one (here a pipe), two atomic loads. Compare with
+// BenchmarkPing's round trip, which each mark goes with.
+func BenchmarkProgressMark(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(b, err)
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			_, _ = io.Copy(io.Discard, c)
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(b, err)
+	defer c.Close()
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	for _, tc := range []struct {
+		name string
+		conn net.Conn
+	}{{"tcp_info", c}, {"no_tcp", p1}} {
+		pc := newProgressConn(tc.conn, time.Minute)
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if m := pc.mark(); m.kernel != (tc.name == "tcp_info") {
+					b.Fatalf("mark %+v", m)
+				}
+			}
+		})
+	}
+}

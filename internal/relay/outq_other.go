@@ -4,11 +4,9 @@ package relay
 
 import "net"
 
-// unsentBytes cannot tell here: liveness then counts bytes the kernel took.
-func unsentBytes(*net.TCPConn) (int64, bool) { return 0, false }
-
 // canCountAcked: ackedBytes cannot tell here, so writes go down in
-// progressChunk pieces and a piece taken is the progress.
+// progressChunk pieces and a piece taken is the progress, for the write
+// watch and the liveness checks alike.
 const canCountAcked = false
 
 func ackedBytes(*net.TCPConn) (int64, bool) { return 0, false }

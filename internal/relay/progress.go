@@ -53,10 +53,10 @@ const ackedProgressMin = 1 << 10
 // On a plain TCP socket a write goes to the kernel whole, as the library
 // alone would write it. Under TLS, PROXY or any other wrapper it goes down
 // in progressChunk pieces (TLS writes records of that size anyway, so this
-// costs no system call): the liveness checks' count of bytes the socket
-// took (mark, since) then lags a write in flight by at most a piece. Where
-// the kernel cannot count acknowledged bytes (no TCP socket under the
-// wrappers, not Linux) a piece the socket takes is the watch's progress.
+// costs no system call). Where the kernel cannot count acknowledged bytes
+// (no TCP socket under the wrappers, not Linux) a piece the socket takes is
+// the progress, for the watch and the liveness checks (mark, since) alike,
+// and there they lag a write in flight by at most a piece.
 type progressConn struct {
 	net.Conn
 	timeout time.Duration
@@ -65,9 +65,6 @@ type progressConn struct {
 	piece   int
 	read    atomic.Int64 // bytes read from the peer
 	written atomic.Int64 // bytes the socket took from us
-	// knownAcked is the most written bytes the kernel has reported
-	// acknowledged (mark).
-	knownAcked atomic.Int64
 	// writes counts the starts and ends of writes to the socket: odd while
 	// one is in flight. Writes are serialised by the library's write lock.
 	writes atomic.Uint64
@@ -163,58 +160,45 @@ func (c *progressConn) check() {
 	w.timer.Load().Reset(c.timeout / checkDivisor)
 }
 
-// progressMark is a snapshot of what the peer has done so far.
+// progressMark is a snapshot of what the peer has done so far: the bytes
+// read from it, and the bytes of ours its TCP acknowledged (kernel) or,
+// where the kernel cannot count them, the bytes the socket took.
 type progressMark struct {
 	read, acked int64
+	kernel      bool
 }
 
-// markSlack is how many bytes written since the kernel last reported them
-// acknowledged mark may take as acknowledged without asking it again: an
-// idle connection's last pings and pongs. Taking them so can only
-// understate the progress since the mark (by at most this), never
-// overstate it, so a peer must move at most this much more to count as
-// alive, never less; and an idle connection's ping costs no system call
-// (SIOCOUTQ) and no garbage for it, but every markSlack/10 or so pings.
-const markSlack = 256
-
-// mark snapshots the counters. acked is the bytes the peer's TCP has
-// acknowledged (written minus the kernel's unacknowledged queue; above TLS
-// this is approximate, which the threshold absorbs), or all the bytes
-// written when at most markSlack of them were written since the kernel
-// last counted. Without the kernel's count it falls back to the bytes the
-// kernel took.
+// mark snapshots the counters. Where the kernel counts the bytes the
+// peer's TCP acknowledged (TCP_INFO, Linux), acked is that count: it only
+// grows, and it grows while a write is in flight. The count of bytes the
+// socket took does not: a plain TCP write hands the kernel a whole
+// message, whose bytes are counted when the write returns, so a daemon
+// slowly reading one long message showed no progress to a ping queued
+// behind it and was closed as dead
+// (TestHeartbeat_SlowReaderBehindOneLongWrite_StaysUp). The kernel's count
+// costs a system call per check (BenchmarkProgressMark), a small fraction
+// of the ping it goes with.
 func (c *progressConn) mark() progressMark {
 	if c == nil {
 		return progressMark{}
 	}
-	m := progressMark{read: c.read.Load(), acked: c.written.Load()}
-	if m.acked-c.knownAcked.Load() <= markSlack {
-		return m
-	}
-	return c.ask(m)
-}
-
-// ask completes m with the kernel's count of unacknowledged bytes.
-func (c *progressConn) ask(m progressMark) progressMark {
-	if q, ok := unsentBytes(c.tcp); ok {
-		m.acked -= q
-		for { // knownAcked only grows
-			k := c.knownAcked.Load()
-			if m.acked <= k || c.knownAcked.CompareAndSwap(k, m.acked) {
-				break
-			}
-		}
+	m := progressMark{read: c.read.Load()}
+	if m.acked, m.kernel = ackedBytes(c.tcp); !m.kernel {
+		m.acked = c.written.Load()
 	}
 	return m
 }
 
 // since reports whether the peer showed life after m: it sent us bytes, or
-// acknowledged more than ackedProgressMin of ours. The count now is always
-// the kernel's, so that progress is never overstated.
+// acknowledged more than ackedProgressMin of ours. Counts of different
+// kinds are not compared: only reads then count.
 func (c *progressConn) since(m progressMark) bool {
 	if c == nil {
 		return false
 	}
-	now := c.ask(progressMark{read: c.read.Load(), acked: c.written.Load()})
-	return now.read > m.read || now.acked-m.acked > ackedProgressMin
+	if c.read.Load() > m.read {
+		return true
+	}
+	now := c.mark()
+	return now.kernel == m.kernel && now.acked-m.acked > ackedProgressMin
 }

@@ -202,3 +202,108 @@ func binaryCloses(logs *logBuffer) []map[string]any {
 	}
 	return out
 }
+
+// The heartbeat's liveness rule (a late pong is forgiven when the peer
+// moved bytes meanwhile) counts what the peer acknowledged, also while one
+// long write to it is in flight. On plain TCP a message goes to the kernel
+// in one write, and the bytes it hands over were counted only when it
+// returned: a daemon reading a 300 KiB frame at 100 KiB/s showed no
+// progress to a ping queued behind that write, and was closed 1011
+// "heartbeat" a pong timeout into it, while alive and reading. Now the
+// binary gets the whole frame and stays up; under TLS (16 KiB pieces) it
+// always did.
+func TestHeartbeat_SlowReaderBehindOneLongWrite_StaysUp(t *testing.T) {
+	for _, tls := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "tls"}[tls], func(t *testing.T) {
+			testHeartbeatBehindLongWrite(t, tls)
+		})
+	}
+}
+
+func testHeartbeatBehindLongWrite(t *testing.T, useTLS bool) {
+	o := fastOptions()
+	o.PingInterval = 200 * time.Millisecond
+	o.PongTimeout = 300 * time.Millisecond
+	o.WriteTimeout = 2 * time.Second
+	o.MaxMessageBytes = 512 << 10
+	o.PhoneQueueBytes = 1 << 20
+	logs := &logBuffer{}
+	rl, err := New(o, Deps{Log: slog.New(slog.NewJSONHandler(logs, nil))})
+	require.NoError(t, err)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/server", rl.ServeBinary)
+	mux.HandleFunc("/v1/client", rl.ServePhone)
+	srv := httptest.NewUnstartedServer(mux)
+	scheme := "ws://"
+	tr := &http.Transport{}
+	if useTLS {
+		srv.StartTLS()
+		scheme = "wss://"
+		tr.TLSClientConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+	} else {
+		srv.Start()
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = rl.Shutdown(ctx)
+		srv.Close()
+	})
+	url := scheme + srv.Listener.Addr().String()
+	ctx := context.Background()
+
+	// The binary reads at a steady 100 KiB/s through an 8 KiB receive
+	// buffer, and answers pings as it reads.
+	var paced *pacedConn
+	binTr := tr.Clone()
+	d := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 8<<10) })
+	}}
+	binTr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		paced = &pacedConn{Conn: c, quit: make(chan struct{})}
+		return paced, nil
+	}
+	bin, _, err := websocket.Dial(ctx, url+"/v1/server", &websocket.DialOptions{HTTPHeader: binaryHeaders(sid), HTTPClient: &http.Client{Transport: binTr}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = bin.CloseNow() })
+	t.Cleanup(func() { close(paced.quit) }) // first: CloseNow waits for the reader
+	bin.SetReadLimit(1 << 20)
+	got := make(chan int, 1)
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			_, msg, err := bin.Read(ctx)
+			if err != nil {
+				ended <- err
+				return
+			}
+			got <- len(msg)
+		}
+	}()
+
+	phone, _, err := websocket.Dial(ctx, url+"/v1/client", &websocket.DialOptions{HTTPHeader: phoneHeaders(sid), HTTPClient: &http.Client{Transport: tr}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = phone.CloseNow() })
+	phone.SetReadLimit(1 << 20)
+	go func() { _, _, _ = phone.Read(ctx) }()
+	frame := []byte(`{"pad":"` + strings.Repeat("p", 300<<10) + `"}`)
+	start := time.Now()
+	require.NoError(t, phone.Write(ctx, websocket.MessageText, frame))
+	select {
+	case n := <-got:
+		require.Greater(t, n, len(frame), "the binary's envelope carries the whole frame")
+		t.Logf("%d KiB at %d KiB/s: %v, pinged every %v, pong timeout %v", n>>10, pacedRead*int(time.Second/pacedEvery)>>10,
+			time.Since(start).Round(time.Millisecond), o.PingInterval, o.PongTimeout)
+	case err := <-ended:
+		t.Fatalf("a binary reading at 100 KiB/s was closed %d after %v: %v (logged: %v)", websocket.CloseStatus(err),
+			time.Since(start).Round(time.Millisecond), err, binaryCloses(logs))
+	case <-time.After(20 * time.Second):
+		t.Fatal("the frame never arrived")
+	}
+	require.Greater(t, time.Since(start), 3*o.PongTimeout, "the write was too short to have a ping wait behind it")
+	require.Empty(t, binaryCloses(logs))
+}
