@@ -9,7 +9,7 @@ func Defences() map[string]string {
 	return map[string]string{
 		"TM-DOS-1":   "`internal/server/server.go` `Server.httpServer` (ReadHeaderTimeout, MaxHeaderBytes); `internal/admission/sockets.go` `limitListener.admit`",
 		"TM-DOS-2":   "`internal/relay/conn.go` `msgReader.read` (the per-message deadline on both legs); `internal/relay/heartbeat.go` `heartbeats.ping`",
-		"TM-DOS-3":   "`internal/relay/relay.go` `Relay.accept` (SetReadLimit before any read)",
+		"TM-DOS-3":   "`internal/relay/relay.go` `Relay.accept` (SetReadLimit before any read); `internal/relay/phone.go` `phoneConn.readLoop`",
 		"TM-DOS-4":   "`internal/relay/outbox.go` `outbox.push`; `internal/relay/phone.go` `phoneConn.closeForBacklog`; `internal/relay/framebuf.go` `getFrameBuffer`; `internal/relay/remote.go` `Relay.queueUp`",
 		"TM-DOS-5":   "`internal/admission/controller.go` `Controller.admit`; `internal/admission/sockets.go` `limitListener.admit`",
 		"TM-DOS-6":   "`internal/admission/controller.go` `Controller.admit`; `internal/admission/table.go` `table.get`",

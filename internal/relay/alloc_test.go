@@ -127,3 +127,45 @@ func envelopeConnID(t *testing.T, msg []byte) string {
 	require.True(t, ok, "not an envelope: %s", msg)
 	return string(v.connID)
 }
+
+// A phone that sent one large message keeps no buffer that size: its read
+// loop kept the envelope it built for the binary for the rest of the
+// phone's life, so 64 idle phones that had each sent one 200 KiB message
+// held about 13 MiB that no budget charged (--max-queued-bytes counts
+// queued frames, not this), and --max-message-bytes times the per-IP
+// connection cap per address. Large envelopes now come from the frame
+// pools and go back once written.
+func TestPhone_OneLargeMessage_KeepsNoBufferThatSize(t *testing.T) {
+	const binaries, phonesEach, size = 4, 16, 200 << 10
+	h := newHarness(t, func(o *Options) {
+		o.MaxMessageBytes = 256 << 10
+		o.PhoneQueueBytes = 1 << 20
+		o.SocketSendBuffer = 0
+	})
+	var bins, phones []*peer
+	for i := range binaries {
+		id := fmt.Sprintf("6f1c2a4e-0b7d-4c1e-9a55-2f3d4b5c6d%02x", i)
+		bin := h.dialBinary(id)
+		bins = append(bins, bin)
+		for range phonesEach {
+			p, _ := h.dialPhone(id, bin)
+			phones = append(phones, p)
+		}
+	}
+	heap := func() int64 {
+		runtime.GC()
+		runtime.GC() // the pools drop what they hold across two
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+	frame := benchFrame(size)
+	before := heap()
+	for i, p := range phones {
+		require.NoError(t, p.c.Write(context.Background(), websocket.MessageText, frame))
+		require.Greater(t, len(bins[i/phonesEach].next()), size, "the binary gets the whole frame")
+	}
+	kept := heap() - before
+	t.Logf("%d phones sent one %d KiB message each: heap %+d KiB after", len(phones), size>>10, kept>>10)
+	require.Less(t, kept, int64(len(phones))*size/4, "idle phones keep buffers the size of the last large message they sent")
+}

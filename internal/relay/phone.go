@@ -160,13 +160,34 @@ func (p *phoneConn) readLoop() {
 			rl.countDrop(DropNoBinary)
 			continue
 		}
-		buf = appendPhoneEnvelope(buf[:0], p.connID, p.token, data)
-		if b.send(buf) {
+		var sent bool
+		if p.token == "" && len(data) > keptEnvelope {
+			// A large envelope is built in a pooled buffer, returned once
+			// written, so a phone that once sent a large message does not
+			// hold a buffer that size for the rest of its life, charged
+			// to nothing.
+			pb := getFrameBuffer(stubEnvelopeLen(p.connID, data))
+			*pb = appendPhoneEnvelope(*pb, p.connID, "", data)
+			sent = b.send(*pb)
+			putFrameBuffer(pb)
+		} else {
+			buf = appendPhoneEnvelope(buf[:0], p.connID, p.token, data)
+			sent = b.send(buf)
+			if cap(buf) > 2*keptEnvelope {
+				buf = nil // a large first frame with its token: not kept either
+			}
+		}
+		if sent {
 			p.token = "" // the legacy token rides on the first envelope only
 			rl.routedToBinary.Inc()
 		}
 	}
 }
+
+// keptEnvelope is the largest frame whose envelope a phone's read loop
+// builds in a buffer it keeps: most frames are small, and a kept buffer
+// costs nothing per message, but stays as long as the phone.
+const keptEnvelope = 4 << 10
 
 // drain is the pooled writer's work: the outbox until it is empty.
 func (p *phoneConn) drain() {
