@@ -48,6 +48,61 @@ func (c *pacedConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// pacedRelay serves a relay with options o, logging to logs, over plain
+// TCP or TLS; it returns the relay, its ws:// or wss:// URL and a transport
+// that trusts it.
+func pacedRelay(t *testing.T, o Options, logs *logBuffer, useTLS bool) (*Relay, string, *http.Transport) {
+	t.Helper()
+	rl, err := New(o, Deps{Log: slog.New(slog.NewJSONHandler(logs, nil))})
+	require.NoError(t, err)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/server", rl.ServeBinary)
+	mux.HandleFunc("/v1/client", rl.ServePhone)
+	srv := httptest.NewUnstartedServer(mux)
+	scheme := "ws://"
+	tr := &http.Transport{}
+	if useTLS {
+		srv.StartTLS()
+		scheme = "wss://"
+		tr.TLSClientConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+	} else {
+		srv.Start()
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = rl.Shutdown(ctx)
+		srv.Close()
+	})
+	return rl, scheme + srv.Listener.Addr().String(), tr
+}
+
+// dialPacedBinary connects a binary for sid whose socket has an 8 KiB
+// receive buffer (the kernel's acknowledgements come a few KiB at a time)
+// and is read at pacedRead per pacedEvery until stopped.
+func dialPacedBinary(t *testing.T, url string, tr *http.Transport) (*websocket.Conn, *pacedConn) {
+	t.Helper()
+	var paced *pacedConn
+	binTr := tr.Clone()
+	d := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 8<<10) })
+	}}
+	binTr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		paced = &pacedConn{Conn: c, quit: make(chan struct{})}
+		return paced, nil
+	}
+	bin, _, err := websocket.Dial(context.Background(), url+"/v1/server", &websocket.DialOptions{HTTPHeader: binaryHeaders(sid), HTTPClient: &http.Client{Transport: binTr}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = bin.CloseNow() })
+	t.Cleanup(func() { close(paced.quit) }) // first: CloseNow waits for the reader
+	bin.SetReadLimit(1 << 20)
+	return bin, paced
+}
+
 // The write timeout counts what the peer acknowledges, not what the
 // kernel lets a blocked write hand it. Linux wakes a blocked writer only
 // once a third of the send buffer is free (about 170 KiB with a 256 KiB
@@ -76,50 +131,12 @@ func testWriteTimeoutCountsAcks(t *testing.T, useTLS bool) {
 	o.WriteTimeout = writeTimeout
 	o.SocketSendBuffer = 2 * DefaultSendBuffer // the kernel's wake-up step is the point
 	logs := &logBuffer{}
-	rl, err := New(o, Deps{Log: slog.New(slog.NewJSONHandler(logs, nil))})
-	require.NoError(t, err)
-	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/server", rl.ServeBinary)
-	mux.HandleFunc("/v1/client", rl.ServePhone)
-	srv := httptest.NewUnstartedServer(mux)
-	scheme := "ws://"
-	tr := &http.Transport{}
-	if useTLS {
-		srv.StartTLS()
-		scheme = "wss://"
-		tr.TLSClientConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
-	} else {
-		srv.Start()
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = rl.Shutdown(ctx)
-		srv.Close()
-	})
-	url := scheme + srv.Listener.Addr().String()
+	rl, url, tr := pacedRelay(t, o, logs, useTLS)
 	ctx := context.Background()
 
 	// The binary: an 8 KiB receive buffer (the kernel's acknowledgements
 	// come a few KiB at a time) read at a steady 100 KiB/s.
-	var paced *pacedConn
-	binTr := tr.Clone()
-	d := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 8<<10) })
-	}}
-	binTr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		paced = &pacedConn{Conn: c, quit: make(chan struct{})}
-		return paced, nil
-	}
-	bin, _, err := websocket.Dial(ctx, url+"/v1/server", &websocket.DialOptions{HTTPHeader: binaryHeaders(sid), HTTPClient: &http.Client{Transport: binTr}})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = bin.CloseNow() })
-	t.Cleanup(func() { close(paced.quit) }) // first: CloseNow waits for the reader
-	bin.SetReadLimit(1 << 20)
+	bin, paced := dialPacedBinary(t, url, tr)
 	ended := make(chan error, 1)
 	go func() {
 		for {
@@ -228,50 +245,12 @@ func testHeartbeatBehindLongWrite(t *testing.T, useTLS bool) {
 	o.MaxMessageBytes = 512 << 10
 	o.PhoneQueueBytes = 1 << 20
 	logs := &logBuffer{}
-	rl, err := New(o, Deps{Log: slog.New(slog.NewJSONHandler(logs, nil))})
-	require.NoError(t, err)
-	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/server", rl.ServeBinary)
-	mux.HandleFunc("/v1/client", rl.ServePhone)
-	srv := httptest.NewUnstartedServer(mux)
-	scheme := "ws://"
-	tr := &http.Transport{}
-	if useTLS {
-		srv.StartTLS()
-		scheme = "wss://"
-		tr.TLSClientConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
-	} else {
-		srv.Start()
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = rl.Shutdown(ctx)
-		srv.Close()
-	})
-	url := scheme + srv.Listener.Addr().String()
+	_, url, tr := pacedRelay(t, o, logs, useTLS)
 	ctx := context.Background()
 
 	// The binary reads at a steady 100 KiB/s through an 8 KiB receive
 	// buffer, and answers pings as it reads.
-	var paced *pacedConn
-	binTr := tr.Clone()
-	d := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 8<<10) })
-	}}
-	binTr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		paced = &pacedConn{Conn: c, quit: make(chan struct{})}
-		return paced, nil
-	}
-	bin, _, err := websocket.Dial(ctx, url+"/v1/server", &websocket.DialOptions{HTTPHeader: binaryHeaders(sid), HTTPClient: &http.Client{Transport: binTr}})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = bin.CloseNow() })
-	t.Cleanup(func() { close(paced.quit) }) // first: CloseNow waits for the reader
-	bin.SetReadLimit(1 << 20)
+	bin, paced := dialPacedBinary(t, url, tr)
 	got := make(chan int, 1)
 	ended := make(chan error, 1)
 	go func() {
@@ -304,6 +283,7 @@ func testHeartbeatBehindLongWrite(t *testing.T, useTLS bool) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the frame never arrived")
 	}
+	require.GreaterOrEqual(t, paced.got.Load(), int64(len(frame)), "the frame came through the paced socket")
 	require.Greater(t, time.Since(start), 3*o.PongTimeout, "the write was too short to have a ping wait behind it")
 	require.Empty(t, binaryCloses(logs))
 }
