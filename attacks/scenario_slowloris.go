@@ -67,11 +67,16 @@ func runSlowLoris(ctx context.Context, t *Target) Result {
 		return Failf("legitimate pair: %v", err)
 	}
 
+	// Each connection is timed from its own dial: dialling 64 of them on a
+	// loaded machine takes a good part of the slack, and the relay's
+	// timeout starts when it accepts each one. The attack ends once the
+	// last dialled has had its budget.
 	budget := rht + slack
-	actx, cancel := context.WithTimeout(ctx, budget)
+	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	var wg sync.WaitGroup
+	dialedAt := make([]time.Duration, conns)
 	closedAt := make([]time.Duration, conns) // 0: still open at the end
 	start := time.Now()
 	dialErrs := 0
@@ -82,6 +87,7 @@ func runSlowLoris(ctx context.Context, t *Target) Result {
 			dialErrs++
 			continue
 		}
+		dialedAt[i] = time.Since(start)
 		wg.Add(2)
 		readDone := make(chan struct{})
 		go func(i int, c net.Conn) { // closed when any read returns an error (EOF, reset)
@@ -91,9 +97,7 @@ func runSlowLoris(ctx context.Context, t *Target) Result {
 			for {
 				if _, err := c.Read(buf); err != nil {
 					mu.Lock()
-					if actx.Err() == nil {
-						closedAt[i] = time.Since(start)
-					}
+					closedAt[i] = time.Since(start) // late if the attack closed it
 					mu.Unlock()
 					return
 				}
@@ -127,6 +131,9 @@ func runSlowLoris(ctx context.Context, t *Target) Result {
 	if dialErrs == conns {
 		return Failf("could not open any attack connection")
 	}
+	lastDial := time.Since(start)
+	end := time.AfterFunc(budget, cancel)
+	defer end.Stop()
 
 	// The legitimate pair relays throughout the attack.
 	var worst time.Duration
@@ -148,16 +155,19 @@ func runSlowLoris(ctx context.Context, t *Target) Result {
 
 	open, latest := 0, time.Duration(0)
 	for i := range closedAt {
-		if closedAt[i] == 0 {
+		if dialedAt[i] == 0 {
+			continue // not dialled
+		}
+		if held := closedAt[i] - dialedAt[i]; closedAt[i] == 0 || held > budget {
 			open++
-		} else if closedAt[i] > latest {
-			latest = closedAt[i]
+		} else if held > latest {
+			latest = held
 		}
 	}
-	open -= dialErrs
 	if open > 0 {
-		return Failf("%d of %d trickling connections still open after %v (read-header-timeout %v + %v slack)", open, conns-dialErrs, budget, rht, slack)
+		return Failf("%d of %d trickling connections still open %v after their dial (read-header-timeout %v + %v slack; dialled over %v)",
+			open, conns-dialErrs, budget, rht, slack, lastDial.Round(time.Millisecond))
 	}
-	return Passf("%d trickling connections all closed by %v (read-header-timeout %v); pair made %d round trips, worst %v",
-		conns-dialErrs, latest.Round(10*time.Millisecond), rht, trips, worst.Round(time.Millisecond))
+	return Passf("%d trickling connections each closed within %v of its dial (read-header-timeout %v; dialled over %v); pair made %d round trips, worst %v",
+		conns-dialErrs, latest.Round(10*time.Millisecond), rht, lastDial.Round(time.Millisecond), trips, worst.Round(time.Millisecond))
 }
