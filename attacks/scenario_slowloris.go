@@ -35,7 +35,7 @@ func slowLoris() Scenario {
 		Title:   "Trickled request headers are cut off by ReadHeaderTimeout; a live pair keeps relaying",
 		Threats: []string{"TM-DOS-1"},
 		Mode:    RemoteSafe,
-		Bounds:  fmt.Sprintf("%d trickling TCP connections (one byte per %v, for at most %v with the default --read-header-timeout; relay attack --read-header-timeout D changes it), one binary and one phone", slowLorisConnsRemote, slowLorisTrickle, slowLorisRemoteRHT+slowLorisRemoteSlack),
+		Bounds:  fmt.Sprintf("%d trickling TCP connections, opened one after another (one byte per %v each, until %v after the last is open with the default --read-header-timeout; relay attack --read-header-timeout D changes it), one binary and one phone", slowLorisConnsRemote, slowLorisTrickle, slowLorisRemoteRHT+slowLorisRemoteSlack),
 		BehindProxy: ProxyNote{TestsProxy, "the proxy reads the request headers before the relay sees any of them, so its own " +
 			"header timeout (nginx: client_header_timeout) closes the trickling connections, not the relay's --read-header-timeout; " +
 			"the live pair relays through both"},
