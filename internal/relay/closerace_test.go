@@ -2,6 +2,7 @@ package relay
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -128,4 +129,28 @@ func TestClose_PhoneOwnCloseWinsOverRacingWriteFailure_NoticeCarriesItsCode(t *t
 		require.Equal(t, id, env.ConnID)
 		require.Equal(t, 4000, env.CloseCode, "the notice must carry the phone's own close code")
 	})
+}
+
+// A binary ended by the relay (here: replaced) while a liveness probe of it
+// (a rival's claim, another instance's Probe) is starting or in flight
+// still gets the relay's close frame. The probe's ping must not cut the
+// close handshake short: the WebSocket library drops the socket when the
+// context of a write it has begun ends, so a ping aborted because the
+// connection ended used to leave the binary with a bare EOF (CI, issue 24's
+// TestCluster_StoppedOwner_*: the resumed owner's probe and its "replaced"
+// raced). Each round races the two; a round of the old code lost the close
+// frame about one time in five.
+func TestClose_EndedWhileAProbePingsIt_StillGetsItsCloseFrame(t *testing.T) {
+	h := newMemHarness(t, func(o *Options) { o.ProbeTimeout = time.Second })
+	for i := range 40 {
+		id := fmt.Sprintf("probe-race-%02d", i)
+		bin := h.dialBinary(id)
+		inc, held := h.rl.reg.holder(id)
+		require.True(t, held)
+		require.NotNil(t, inc)
+		inc.end(closeCause{code: CodeInternal, reason: reasonReplaced})
+		_ = inc.alive(h.rl.opts.ProbeTimeout)
+		bin.closed(CodeInternal)
+		h.eventually(func() bool { return h.rl.Stats().Binaries == 0 }, "binary %s still counted", id)
+	}
 }

@@ -370,16 +370,29 @@ func (e *wsEnd) alive(timeout time.Duration) bool {
 }
 
 // ping reports whether the peer answered a ping within timeout. ended
-// aborts the wait early.
+// aborts the wait early, without touching the ping: the WebSocket library
+// drops the socket when the context of a write it has begun ends, so
+// cancelling a ping because the connection ended would cut short the close
+// handshake that ended it (the peer would see a bare EOF instead of the
+// relay's close code). The ping finishes in its own goroutine instead, at
+// its pong, its timeout or the socket's close; a connection already ended
+// is not pinged at all.
 func ping(ws *websocket.Conn, timeout time.Duration, ended <-chan struct{}) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel() // also ends the watcher below
+	select {
+	case <-ended:
+		return false
+	default:
+	}
+	answered := make(chan bool, 1)
 	go func() {
-		select {
-		case <-ended:
-			cancel()
-		case <-ctx.Done():
-		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		answered <- ws.Ping(ctx) == nil
 	}()
-	return ws.Ping(ctx) == nil
+	select {
+	case ok := <-answered:
+		return ok
+	case <-ended:
+		return false
+	}
 }
