@@ -227,6 +227,45 @@ func TestClusterClaim_StoreHasTheClaimBefore101_JoinsWaitForIt(t *testing.T) {
 	})
 }
 
+// A claim here that has won the store but is still deciding when another
+// instance's probe gives up waiting for it (its 101 may wait for the old
+// owner's answer: tellReplaced) is not an absent binary: an "absent"
+// answer let the prober take the server-id over by a takeover, and the
+// binary here, installed a moment later, was replaced 1011 (seen at load in
+// TestCluster_ConcurrentReclaimsOfAGraceSlot_OneWinner, where the loser
+// must get 4409). The probe answers live: a binary is being installed.
+func TestProbe_ClaimStillInProgressHere_IsNotAbsent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		bp := &gatedBackplane{acquiring: make(chan struct{}), release: make(chan struct{})}
+		h := newMemHarnessWith(t, nil, nil, bp)
+		let := sync.OnceFunc(func() { close(bp.release) })
+		t.Cleanup(let)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			c, _, err := websocket.Dial(ctx, h.ws+"/v1/server", &websocket.DialOptions{HTTPHeader: binaryHeaders(sid), HTTPClient: h.client})
+			if err == nil {
+				go func() {
+					for {
+						if _, _, err := c.Read(context.Background()); err != nil {
+							return
+						}
+					}
+				}()
+				t.Cleanup(func() { _ = c.CloseNow() })
+			}
+		}()
+		<-bp.acquiring
+		start := time.Now()
+		require.Equal(t, ProbeLive, h.rl.Probe(sid), "a claim in progress here was reported absent: a rival elsewhere may take it over")
+		require.GreaterOrEqual(t, time.Since(start), h.rl.opts.ProbeTimeout, "the probe did not wait for the claim in progress")
+		let()
+		synctest.Wait()
+		require.Equal(t, 1, h.rl.Stats().Binaries)
+		require.Equal(t, ProbeLive, h.rl.Probe(sid))
+	})
+}
+
 // Defect 2: another instance's claim probes the owner's binary (Probe);
 // it used a plain ping where a rival on the same instance counts "still
 // taking bytes" as alive, so a slow but live binary was dead to rivals

@@ -590,13 +590,20 @@ func evictCause(m LinkMessage) closeCause {
 // (wsEnd.alive: a pong, or bytes moved meanwhile), so a slow but live
 // binary is live to a claim from any instance. With no slot but a claim in
 // progress here, it first waits (at most ProbeTimeout) for that claim's
-// outcome: a binary that was just granted the server-id is not absent.
+// outcome: a binary that was just granted the server-id is not absent. A
+// claim still undecided after that wait is answered live: it may hold the
+// store's claim already (its 101 waits for the replaced owner's answer,
+// among others), and "absent" would let the prober take the server-id over
+// and replace, 1011, the binary installed here a moment later.
 func (rl *Relay) Probe(serverID string) ProbeResult {
 	inc, held := rl.reg.holder(serverID)
 	if !held && rl.gates.pending(serverID) {
 		ctx, cancel := context.WithTimeout(context.Background(), rl.opts.ProbeTimeout)
-		rl.gates.wait(ctx, serverID)
+		decided := rl.gates.wait(ctx, serverID)
 		cancel()
+		if !decided {
+			return ProbeLive
+		}
 		inc, held = rl.reg.holder(serverID)
 	}
 	switch {
