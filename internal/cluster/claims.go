@@ -166,6 +166,10 @@ func (c *Cluster) Acquire(ctx context.Context, serverID string) (relay.ClaimOutc
 		l := c.leases[serverID]
 		c.mu.Unlock()
 		how := "reclaimed"
+		// prev is the instance whose slot this claim replaces, told before
+		// the 101 (tellReplaced): a reclaim of its grace slot or a
+		// takeover of its dead binary.
+		prev := e.Owner
 		switch {
 		case e.Owner == c.self && l != nil && l.epoch == e.Epoch:
 			// Ours: a new binary for this instance's slot (its grace, or
@@ -191,7 +195,7 @@ func (c *Cluster) Acquire(ctx context.Context, serverID string) (relay.ClaimOutc
 			case st == ownerGone:
 				// Its incarnation ended (crashed and revoked, restarted):
 				// nobody can serve this claim; take it without asking.
-				how = "ended"
+				how, prev = "ended", ""
 			case e.Grace:
 				// Another instance's slot in grace: its owner gives it a
 				// binary only by a revision-checked write too, so if both
@@ -224,6 +228,9 @@ func (c *Cluster) Acquire(ctx context.Context, serverID string) (relay.ClaimOutc
 		rev, err = kv.Update(ctx, key, c.value(serverID, inc, 0, false), e.rev)
 		if err == nil {
 			c.granted(serverID, inc, rev, how)
+			if prev != c.self {
+				c.tellReplaced(ctx, prev, ownerMsg{epoch: rev, serverID: serverID})
+			}
 			return relay.ClaimGranted, nil
 		}
 		if !isRevisionMismatch(err) {
@@ -263,6 +270,28 @@ func (c *Cluster) granted(serverID, inc string, epoch uint64, how string) {
 	c.mu.Unlock()
 	_ = c.nc.Publish(c.sub.ownerOut(), encodeOwner(ownerMsg{epoch: epoch, serverID: serverID}))
 	c.rl.Superseded(serverID, c.self, epoch)
+}
+
+// tellReplacedTimeout bounds the wait for a replaced owner's answer: the
+// binary's 101 waits for it (inside the claim's own bound), and an owner
+// that does not answer within it is cut off or stopped, the case
+// docs/cluster.md's limit 4 (a stale grace slot) states.
+const tellReplacedTimeout = time.Second
+
+// tellReplaced tells the instance whose slot a grant just replaced, and
+// waits (at most tellReplacedTimeout) until it has dropped that slot,
+// before the new binary gets its 101. The broadcast alone leaves a window,
+// as long as that instance takes to read it, in which a phone dialling it
+// after the 101 joins the replaced slot and is then evicted 4404, where one
+// relay would have joined it to the new binary (protocol §7). The request
+// carries the broadcast's payload and is handled as the broadcast is
+// (ownerChanged, idempotent, ordered by epoch); an instance that does not
+// know the request (an older version) has no responder and is not waited
+// for.
+func (c *Cluster) tellReplaced(ctx context.Context, owner string, o ownerMsg) {
+	ctx, cancel := context.WithTimeout(ctx, tellReplacedTimeout)
+	defer cancel()
+	_, _ = c.nc.RequestWithContext(ctx, c.sub.to(owner, kindReplaced), encodeOwner(o))
 }
 
 // SetGrace implements relay.Backplane: the claim records it at once, so

@@ -342,6 +342,7 @@ func (c *Cluster) subscribe() error {
 		{c.sub.inbox(kindJoin), c.onJoin},
 		{c.sub.inbox(kindProbe), c.onProbe},
 		{c.sub.inbox(kindPing), c.onPing},
+		{c.sub.inbox(kindReplaced), c.onReplaced},
 		{c.sub.ownerIn(), c.onOwner},
 	} {
 		sub, err := c.nc.Subscribe(s.subj, s.h)
@@ -584,6 +585,19 @@ func (c *Cluster) onProbe(msg *nats.Msg) {
 
 func (c *Cluster) onPing(msg *nats.Msg) {
 	_ = msg.Respond(encodeConnIDs(c.rl.LinkedWith(sender(msg.Subject))))
+}
+
+// onReplaced is another instance telling this one that it took a
+// server-id this one held (tellReplaced): handled as its broadcast, then
+// answered, so its binary gets its 101 only once the slot here is gone.
+func (c *Cluster) onReplaced(msg *nats.Msg) {
+	o, err := decodeOwner(msg.Data)
+	if err != nil {
+		c.m.malformed.Inc()
+		return
+	}
+	c.ownerChanged(sender(msg.Subject), o)
+	_ = msg.Respond([]byte{wireVersion})
 }
 
 func (c *Cluster) onOwner(msg *nats.Msg) {

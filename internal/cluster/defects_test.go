@@ -418,3 +418,42 @@ func TestCluster_ClaimProbingAStoppedOwner_Gets101OnlyOnceDecided(t *testing.T) 
 	require.False(t, at.IsZero(), "the binary never had its 101")
 	require.Greater(t, b.claims(sid), 0, "the binary was refused: the test shows nothing")
 }
+
+// One relay's rule across instances: a phone that dials the server-id's
+// old instance once the reclaiming binary elsewhere has its 101 joins that
+// binary. The old owner hears of the reclaim from the new owner's
+// broadcast, and a phone joining it before that (here: its link held for
+// 300 ms, as a busy instance or a slow hop would hold it) joined its stale
+// grace slot and was evicted 4404 once the broadcast came (seen at load in
+// TestCluster_Property_IsolationOrderExactlyOnce). The new owner now tells
+// the old one before the 101 and waits, at most a second, for its answer.
+func TestCluster_PhoneAtTheOldOwnerRightAfterAReclaimsElsewhere101_JoinsTheNewBinary(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 0)
+	a, link := e.startLinked("a")
+	b := e.start("b")
+	nc := natsConn(t, e)
+	for round := range 3 {
+		sid := newID(fmt.Sprintf("told%d", round))
+		b0 := binaryAt(t, a, sid)
+		require.NoError(t, b0.ws.Close(websocket.StatusNormalClosure, ""))
+		require.True(t, pollUntil(5*time.Second, func() bool {
+			owner, grace, found := storedClaim(t, nc, sid)
+			return found && owner == "a" && grace
+		}), "round %d: the store never recorded a's grace", round)
+
+		link.Blackhole()
+		heal := time.AfterFunc(300*time.Millisecond, link.Heal)
+		bin := dialBinary(t, b, sid) // returns at its 101
+		p := phoneAt(t, a, sid)
+		heal.Stop()
+		link.Heal()
+		if err := p.trySend(map[string]any{"round": round}); err != nil {
+			t.Fatalf("round %d: the phone that joined after the 101 was closed %d", round, p.closeCode(t, time.Second))
+		}
+		env := bin.nextEnvelope(t, 5*time.Second)
+		require.JSONEqf(t, fmt.Sprintf(`{"round":%d}`, round), string(env.Frame), "round %d", round)
+		require.Truef(t, p.isOpen(500*time.Millisecond), "round %d: the phone that joined after the 101 was closed %d", round, p.code)
+		require.NoError(t, bin.ws.Close(websocket.StatusNormalClosure, ""))
+	}
+}

@@ -12,6 +12,8 @@ import "strings"
 //	<name>.i.<to>.join.<from>   request: admit a phone of <from> into <to>'s slot
 //	<name>.i.<to>.probe.<from>  request: is <to>'s binary for a server-id alive?
 //	<name>.i.<to>.ping.<from>   request: which phones do we share? (liveness)
+//	<name>.i.<to>.replaced.<from> request: <from> took a server-id <to> held;
+//	                            answered once <to> dropped its slot
 //	<name>.owner.<from>         broadcast: <from> now owns a server-id
 //
 // Instance ids and the cluster name are single subject tokens
@@ -23,6 +25,10 @@ const (
 	kindJoin  = "join"
 	kindProbe = "probe"
 	kindPing  = "ping"
+	// kindReplaced carries an ownership broadcast's payload to the one
+	// instance whose slot the claim replaced, as a request: its answer
+	// means the slot there is gone (Cluster.tellReplaced).
+	kindReplaced = "replaced"
 )
 
 // subjects builds the cluster's subjects for one instance.
