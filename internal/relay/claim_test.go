@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -263,6 +264,62 @@ func TestProbe_ClaimStillInProgressHere_IsNotAbsent(t *testing.T) {
 		synctest.Wait()
 		require.Equal(t, 1, h.rl.Stats().Binaries)
 		require.Equal(t, ProbeLive, h.rl.Probe(sid))
+	})
+}
+
+// heldAcquire is fakeBackplane whose Acquire, once hold is set, waits for
+// the channel it holds to close (earlier claims go through at once).
+type heldAcquire struct {
+	fakeBackplane
+	hold      atomic.Pointer[chan struct{}]
+	acquiring chan struct{} // closed by the first held Acquire
+	once      sync.Once
+}
+
+func (g *heldAcquire) Acquire(ctx context.Context, id string) (ClaimOutcome, error) {
+	if ch := g.hold.Load(); ch != nil {
+		g.once.Do(func() { close(g.acquiring) })
+		<-*ch
+	}
+	return ClaimGranted, nil
+}
+
+// CI, TestCluster_ConcurrentReclaimsOfAGraceSlot_OneWinner: the owner's
+// binary came back for its grace slot, and while that claim was between
+// its store write and its install, another instance's claim probed the
+// owner, found the slot still in grace and was told "dead" (a grace slot
+// is reclaimable): it took the server-id over, and the binary the owner
+// installed a moment later was replaced 1011 where the rival should have
+// got 4409. A probe that finds a grace slot with a claim in progress here
+// waits for that claim, as one finding no slot does.
+func TestProbe_GraceSlotWithAReclaimInProgressHere_WaitsForIt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		bp := &heldAcquire{acquiring: make(chan struct{})}
+		h := newMemHarnessWith(t, nil, nil, bp)
+		old := h.connect("/v1/server", binaryHeaders(sid), true)
+		synctest.Wait()
+		require.Equal(t, 1, h.rl.Stats().Binaries)
+		require.NoError(t, old.c.Close(websocket.StatusNormalClosure, ""))
+		synctest.Wait()
+		require.Equal(t, 1, h.rl.Stats().Grace, "the slot is not in grace")
+		release := make(chan struct{})
+		let := sync.OnceFunc(func() { close(release) })
+		t.Cleanup(let)
+		bp.hold.Store(&release)
+		bin := h.connect("/v1/server", binaryHeaders(sid), true) // the reclaim, held in Acquire
+		<-bp.acquiring
+		probed := make(chan ProbeResult, 1)
+		go func() { probed <- h.rl.Probe(sid) }()
+		synctest.Wait()
+		select {
+		case res := <-probed:
+			t.Fatalf("the probe answered %d while a reclaim of the grace slot was in progress here", res)
+		default:
+		}
+		let()
+		synctest.Wait()
+		require.Equal(t, ProbeLive, <-probed, "the reclaiming binary, installed, is live")
+		bin.silent(time.Millisecond)
 	})
 }
 

@@ -588,16 +588,18 @@ func evictCause(m LinkMessage) closeCause {
 // Probe answers another instance's conflicting claim for serverID: is the
 // binary holding it here alive? The rule is the one a rival here meets
 // (wsEnd.alive: a pong, or bytes moved meanwhile), so a slow but live
-// binary is live to a claim from any instance. With no slot but a claim in
-// progress here, it first waits (at most ProbeTimeout) for that claim's
-// outcome: a binary that was just granted the server-id is not absent. A
-// claim still undecided after that wait is answered live: it may hold the
-// store's claim already (its 101 waits for the replaced owner's answer,
-// among others), and "absent" would let the prober take the server-id over
-// and replace, 1011, the binary installed here a moment later.
+// binary is live to a claim from any instance. With no live binary here
+// (no slot, or one in grace) but a claim in progress here, it first waits
+// (at most ProbeTimeout) for that claim's outcome: a binary that was just
+// granted the server-id, or is reclaiming its grace slot, is neither
+// absent nor dead. A claim still undecided after that wait is answered
+// live: it may hold the store's claim already (its 101 waits for the
+// replaced owner's answer, among others), and "absent" or "dead" would let
+// the prober take the server-id over and replace, 1011, the binary
+// installed here a moment later.
 func (rl *Relay) Probe(serverID string) ProbeResult {
 	inc, held := rl.reg.holder(serverID)
-	if !held && rl.gates.pending(serverID) {
+	if inc == nil && rl.gates.pending(serverID) {
 		ctx, cancel := context.WithTimeout(context.Background(), rl.opts.ProbeTimeout)
 		decided := rl.gates.wait(ctx, serverID)
 		cancel()
