@@ -164,6 +164,31 @@ func TestClaim_PhoneJoiningAGraceSlotAfterTheReclaimers101_FindsTheNewBinary(t *
 	}
 }
 
+// dialBinaryInBackground dials a binary for id that reads (and so answers
+// pings) once upgraded, without waiting for its 101: the returned channel
+// is closed when the dial has returned.
+func (h *harness) dialBinaryInBackground(id string) <-chan struct{} {
+	upgraded := make(chan struct{})
+	go func() {
+		defer close(upgraded)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, h.ws+"/v1/server", &websocket.DialOptions{HTTPHeader: binaryHeaders(id), HTTPClient: h.client})
+		if err != nil {
+			return
+		}
+		go func() {
+			for {
+				if _, _, err := c.Read(context.Background()); err != nil {
+					return
+				}
+			}
+		}()
+		h.t.Cleanup(func() { _ = c.CloseNow() })
+	}()
+	return upgraded
+}
+
 // gatedBackplane is fakeBackplane whose Acquire waits for release.
 type gatedBackplane struct {
 	fakeBackplane
@@ -188,23 +213,7 @@ func TestClusterClaim_StoreHasTheClaimBefore101_JoinsWaitForIt(t *testing.T) {
 		h := newMemHarnessWith(t, nil, nil, bp)
 		let := sync.OnceFunc(func() { close(bp.release) })
 		t.Cleanup(let)
-		upgraded := make(chan struct{})
-		go func() {
-			defer close(upgraded)
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			c, _, err := websocket.Dial(ctx, h.ws+"/v1/server", &websocket.DialOptions{HTTPHeader: binaryHeaders(sid), HTTPClient: h.client})
-			if err == nil {
-				go func() {
-					for {
-						if _, _, err := c.Read(context.Background()); err != nil {
-							return
-						}
-					}
-				}()
-				t.Cleanup(func() { _ = c.CloseNow() })
-			}
-		}()
+		upgraded := h.dialBinaryInBackground(sid)
 		<-bp.acquiring
 		admitted := make(chan int, 1)
 		go func() { _, code := h.rl.AdmitRemote("home", sid); admitted <- code }()
@@ -241,21 +250,7 @@ func TestProbe_ClaimStillInProgressHere_IsNotAbsent(t *testing.T) {
 		h := newMemHarnessWith(t, nil, nil, bp)
 		let := sync.OnceFunc(func() { close(bp.release) })
 		t.Cleanup(let)
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			c, _, err := websocket.Dial(ctx, h.ws+"/v1/server", &websocket.DialOptions{HTTPHeader: binaryHeaders(sid), HTTPClient: h.client})
-			if err == nil {
-				go func() {
-					for {
-						if _, _, err := c.Read(context.Background()); err != nil {
-							return
-						}
-					}
-				}()
-				t.Cleanup(func() { _ = c.CloseNow() })
-			}
-		}()
+		h.dialBinaryInBackground(sid)
 		<-bp.acquiring
 		start := time.Now()
 		require.Equal(t, ProbeLive, h.rl.Probe(sid), "a claim in progress here was reported absent: a rival elsewhere may take it over")
