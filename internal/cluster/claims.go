@@ -228,7 +228,7 @@ func (c *Cluster) Acquire(ctx context.Context, serverID string) (relay.ClaimOutc
 		rev, err = kv.Update(ctx, key, c.value(serverID, inc, 0, false), e.rev)
 		if err == nil {
 			c.granted(serverID, inc, rev, how)
-			if prev != c.self {
+			if prev != "" && prev != c.self {
 				c.tellReplaced(ctx, prev, ownerMsg{epoch: rev, serverID: serverID})
 			}
 			return relay.ClaimGranted, nil
