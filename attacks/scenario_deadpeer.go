@@ -23,9 +23,11 @@ import (
 // 4409: the probe must tell the two apart.
 //
 // The bounds are tight, so a pong deadline or probe several times too long
-// fails: the dead phone's notice must come within ping + pong +
-// --close-timeout (the notice follows the close handshake the dead phone
-// never answers) of its join, plus half of ping + pong as slack; the
+// fails: the dead phone's notice must come within ping + pong + twice
+// --close-timeout of its join (a missed pong is judged --close-timeout
+// after its deadline, so that a relay that was itself late reads what
+// arrived first, and the notice follows the close handshake the dead phone
+// never answers), plus half of ping + pong as slack; the
 // takeover within the probe plus half of it. The relay's timers fire on
 // time; the slack covers the close frames' trips and the scheduler of a
 // loaded 2-core machine (tens of milliseconds, measured well under 100).
@@ -93,11 +95,11 @@ func runDeadPeer(ctx context.Context, t *Target) Result {
 	s, dead, live := st.s, st.phones[0], st.phones[1] // dead never reads, so never answers a ping
 	live.StartReading()
 	setup := time.Since(start)
-	budget := setup + tm.ping + tm.pong + tm.close + tm.slack()
+	budget := setup + tm.ping + tm.pong + 2*tm.close + tm.slack()
 	e, ok := s.BinR.waitEnvelope(budget-time.Since(start), &s.Seen, func(e envelope) bool { return e.ConnID == dead.ConnID && e.CloseCode != 0 })
 	took := time.Since(start)
 	if !ok {
-		return Failf("heartbeat (heartbeats.ping in internal/relay/heartbeat.go, --pong-timeout): phone that never answers pings still open %v after the stage was set (ping %v + pong %v + close %v + %v slack, setup %v)%s",
+		return Failf("heartbeat (heartbeats.ping in internal/relay/heartbeat.go, --pong-timeout): phone that never answers pings still open %v after the stage was set (ping %v + pong %v + 2 × close %v + %v slack, setup %v)%s",
 			took.Round(time.Millisecond), tm.ping, tm.pong, tm.close, tm.slack(), setup.Round(time.Millisecond), tunedHint(t, "--ping-interval and --pong-timeout"))
 	}
 	if e.CloseCode != 1011 {

@@ -49,10 +49,10 @@ func (c *heldReads) let() {
 }
 
 // heldHarness records the relay's end of each connection, in dial order.
-func heldHarness(t *testing.T) (*harness, func(i int) *heldReads) {
+func heldHarness(t *testing.T, mutate func(*Options)) (*harness, func(i int) *heldReads) {
 	var mu sync.Mutex
 	var conns []*heldReads
-	h := newMemHarnessWrap(t, nil, func(c net.Conn) net.Conn {
+	h := newMemHarnessWrap(t, mutate, func(c net.Conn) net.Conn {
 		hc := &heldReads{Conn: c}
 		mu.Lock()
 		conns = append(conns, hc)
@@ -78,7 +78,7 @@ func closeFrame(code uint16) []byte {
 // write (1011 "write failed").
 func TestClose_BinaryOwnCloseWinsOverRacingWriteFailure(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h, relayEnd := heldHarness(t)
+		h, relayEnd := heldHarness(t, nil)
 		raw := h.rawUpgrade("/v1/server", binaryHeaders(sid))
 		synctest.Wait()
 		require.Equal(t, 1, h.rl.Stats().Binaries)
@@ -107,7 +107,7 @@ func TestClose_BinaryOwnCloseWinsOverRacingWriteFailure(t *testing.T) {
 // the phone's own code, not 1011.
 func TestClose_PhoneOwnCloseWinsOverRacingWriteFailure_NoticeCarriesItsCode(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h, relayEnd := heldHarness(t)
+		h, relayEnd := heldHarness(t, nil)
 		bin := h.dialBinary(sid)
 		raw := h.rawUpgrade("/v1/client", phoneHeaders(sid))
 		hello := []byte(`{"type":"hello"}`)
@@ -152,5 +152,63 @@ func TestClose_EndedWhileAProbePingsIt_StillGetsItsCloseFrame(t *testing.T) {
 		_ = inc.alive(h.rl.opts.ProbeTimeout)
 		bin.closed(CodeInternal)
 		h.eventually(func() bool { return h.rl.Stats().Binaries == 0 }, "binary %s still counted", id)
+	}
+}
+
+// A relay paused past a phone's pong deadline (seed 976928's 30-minute
+// chaos run: its instance stopped for 6.3 s) reads, once it runs again,
+// what arrived meanwhile. Here the phone dropped its socket after the
+// relay's ping went out; the relay's read of that end is held back until
+// just after the deadline, as a paused relay's would be. The heartbeat
+// must not judge the pong missed before the read loop has caught up: the
+// phone vanished, so its binary is told 1001, not 1011 "heartbeat
+// timeout". And a phone whose pong arrived meanwhile stays up.
+func TestHeartbeat_RelayLatePastThePongDeadline_ReadsWhatArrivedFirst(t *testing.T) {
+	for _, vanished := range []bool{true, false} {
+		t.Run(map[bool]string{true: "phone vanished", false: "pong arrived"}[vanished], func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				h, relayEnd := heldHarness(t, func(o *Options) {
+					o.PingInterval = time.Second
+					o.PongTimeout = time.Second
+				})
+				bin := h.dialBinary(sid)
+				raw := h.rawUpgrade("/v1/client", phoneHeaders(sid))
+				joined := time.Now()
+				hello := []byte(`{"type":"hello"}`)
+				_, err := raw.Write(append(maskedFrameHeader(0x1, true, len(hello)), hello...))
+				require.NoError(t, err)
+				id := bin.envelope().ConnID
+
+				time.Sleep(time.Until(joined.Add(h.rl.opts.PingInterval + 10*time.Millisecond))) // the ping is out
+				relayEnd(1).hold()
+				if vanished {
+					require.NoError(t, raw.Close())
+				} else {
+					ping := make([]byte, 64)
+					n, err := raw.Read(ping)
+					require.NoError(t, err)
+					require.Equal(t, byte(0x89), ping[0], "not a ping")
+					payload := ping[2:n]
+					_, err = raw.Write(append(maskedFrameHeader(0xA, true, len(payload)), payload...))
+					require.NoError(t, err)
+				}
+				synctest.Wait()
+				deadline := joined.Add(h.rl.opts.PingInterval + h.rl.opts.PongTimeout)
+				time.Sleep(time.Until(deadline.Add(time.Millisecond))) // the relay runs again
+				relayEnd(1).let()
+				synctest.Wait()
+				time.Sleep(h.rl.opts.CloseTimeout)
+				synctest.Wait()
+
+				if vanished {
+					env := bin.envelope()
+					require.Equal(t, id, env.ConnID)
+					require.Equal(t, int(CodeGoingAway), env.CloseCode, "the phone vanished: its notice says so, not heartbeat timeout")
+					return
+				}
+				require.Equal(t, 1, h.rl.Stats().Phones, "a phone whose pong was in the relay's socket was closed")
+				require.Zero(t, testutil.ToFloat64(h.rl.m.Closes.WithLabelValues("phone", "1011")))
+			})
+		})
 	}
 }

@@ -34,6 +34,9 @@ import (
 // exists, so a relay in a synctest bubble can go durably idle.
 type heartbeats struct {
 	interval, timeout time.Duration
+	// settle is how long a missed pong waits before it is judged (see
+	// ping): the relay's own --close-timeout.
+	settle time.Duration
 	// batchWindow is how early a ping may go to share a wake-up.
 	batchWindow time.Duration
 
@@ -71,8 +74,8 @@ type hbEntry struct {
 	gone   bool // removed: never queued again
 }
 
-func newHeartbeats(interval, timeout time.Duration) *heartbeats {
-	return &heartbeats{interval: interval, timeout: timeout, batchWindow: min(interval/batchDivisor, maxBatchWindow)}
+func newHeartbeats(interval, timeout, settle time.Duration) *heartbeats {
+	return &heartbeats{interval: interval, timeout: timeout, settle: settle, batchWindow: min(interval/batchDivisor, maxBatchWindow)}
 }
 
 // add schedules ws's first ping one interval from now. pc may be nil.
@@ -180,10 +183,26 @@ func (h *heartbeats) popDue(now time.Time) []*hbEntry {
 // connection that ended meanwhile is left alone: its first cause is
 // already recorded, and the library's wait returns as soon as the socket
 // closes.
+//
+// A missed pong is judged only after settle more, unless the connection
+// ends first: a relay that was itself paused or starved past the deadline
+// (a stopped process, a long pause of the host) still has the pong, or the
+// peer's own end, unread in its socket, and its read loop needs a moment to
+// read it. Judged at once, a live peer behind a late relay was closed 1011
+// "heartbeat timeout", and a phone that had dropped its socket meanwhile
+// had its binary told 1011 instead of 1001 (chaos run, seed 976928).
 func (h *heartbeats) ping(e *hbEntry, b *hbBatch) {
 	before := e.pc.mark()
 	err := e.ws.Ping(b.ctx)
 	b.done()
+	if err != nil && h.settle > 0 && !e.pc.since(before) {
+		t := time.NewTimer(h.settle)
+		select {
+		case <-e.ended:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	if err != nil && e.pc.since(before) {
 		err = nil // slow, not dead: it moved bytes while the pong was late
 	}

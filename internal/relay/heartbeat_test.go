@@ -82,7 +82,7 @@ func TestHeartbeat_OneSchedulerForAllConnections_NoGoroutinePerConnection(t *tes
 // The schedule is a heap: pings come out in due order, a removed entry
 // never comes back, and the timer stops when the schedule empties.
 func TestHeartbeats_DueOrderAndRemoval(t *testing.T) {
-	hb := newHeartbeats(time.Hour, time.Second)
+	hb := newHeartbeats(time.Hour, time.Second, 0)
 	base := time.Now()
 	var es []*hbEntry
 	for _, off := range []int{5, 1, 4, 2, 3} {
@@ -115,7 +115,7 @@ func TestHeartbeats_DueOrderAndRemoval(t *testing.T) {
 // queue it again one interval later (what each ping costs the scheduler,
 // network aside).
 func BenchmarkHeartbeatScheduler(b *testing.B) {
-	hb := newHeartbeats(30*time.Second, time.Second)
+	hb := newHeartbeats(30*time.Second, time.Second, 0)
 	now := time.Now()
 	hb.mu.Lock()
 	for i := range 10000 {
@@ -261,7 +261,7 @@ func BenchmarkPing(b *testing.B) {
 		}
 	})
 	b.Run("relay_heartbeat", func(b *testing.B) {
-		hb := newHeartbeats(time.Hour, time.Minute)
+		hb := newHeartbeats(time.Hour, time.Minute, 0)
 		e := &hbEntry{ws: ws, ended: make(chan struct{}), onDead: func() { b.Fatal("declared dead") }, index: -1}
 		hb.mu.Lock()
 		hb.live++

@@ -113,7 +113,7 @@ func New(opts Options, d Deps) (*Relay, error) {
 		rl.m.Rejected.WithLabelValues(string(reason))
 	}
 	rl.budget = &byteBudget{limit: opts.MaxQueuedBytes}
-	rl.hb = newHeartbeats(opts.PingInterval, opts.PongTimeout)
+	rl.hb = newHeartbeats(opts.PingInterval, opts.PongTimeout, opts.CloseTimeout)
 	rl.m.SetQueuedBytesSource(rl.budget.used.Load)
 	rl.reg = newRegistry(opts.GracePeriod, opts.MaxPhones, nil, func(ps []*phoneConn) {
 		for _, p := range ps {

@@ -49,8 +49,10 @@ func endedPhones(h *harness) int {
 }
 
 // A phone that stops answering pings is closed 1011 once a ping goes
-// unanswered for --pong-timeout, and its binary gets the notice; a binary
-// that keeps reading answers every ping and stays up indefinitely.
+// unanswered for --pong-timeout (judged --close-timeout later, for a relay
+// that was itself late to read the pong), and its binary gets the notice;
+// a binary that keeps reading answers every ping and stays up
+// indefinitely.
 func TestHeartbeat_SilentPhoneClosed1011_WithNotice(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newMemHarness(t, defaultTimers)
@@ -62,14 +64,14 @@ func TestHeartbeat_SilentPhoneClosed1011_WithNotice(t *testing.T) {
 		silent.send(`{"type":"hello"}`)
 		id := bin.envelope().ConnID
 
-		time.Sleep(DefaultPingInterval + DefaultPongTimeout - time.Millisecond)
+		time.Sleep(DefaultPingInterval + DefaultPongTimeout + DefaultCloseTimeout - time.Millisecond)
 		synctest.Wait()
-		require.Zero(t, endedPhones(h), "closed before its pong was due")
+		require.Zero(t, endedPhones(h), "closed before its missed pong was judged")
 		require.True(t, bin.quiet(), "notice before the pong timeout")
 
 		time.Sleep(time.Millisecond)
 		synctest.Wait()
-		require.Equal(t, 1, endedPhones(h), "silent phone not closed at ping interval + pong timeout")
+		require.Equal(t, 1, endedPhones(h), "silent phone not closed at ping interval + pong timeout + close timeout")
 		// It does not answer the close either: dropped after --close-timeout,
 		// and only then is its binary told.
 		time.Sleep(DefaultCloseTimeout)
