@@ -204,6 +204,8 @@ func TestHeartbeat_RelayLatePastThePongDeadline_ReadsWhatArrivedFirst(t *testing
 					env := bin.envelope()
 					require.Equal(t, id, env.ConnID)
 					require.Equal(t, int(CodeGoingAway), env.CloseCode, "the phone vanished: its notice says so, not heartbeat timeout")
+					require.Zero(t, h.rl.Stats().Phones)
+					require.Equal(t, 1, h.rl.hb.pending(), "the vanished phone is still in the heartbeat's schedule")
 					return
 				}
 				require.Equal(t, 1, h.rl.Stats().Phones, "a phone whose pong was in the relay's socket was closed")

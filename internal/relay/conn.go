@@ -159,16 +159,33 @@ func (e *wsEnd) end(c closeCause) bool {
 // is not this relay's own write timeout waits up to closeTimeout for
 // another cause before it claims the end. Call it without holding a turn.
 func (e *wsEnd) writeFailed(err error, c closeCause) {
-	if !errors.Is(err, os.ErrDeadlineExceeded) {
-		t := time.NewTimer(e.closeTimeout)
+	if !errors.Is(err, os.ErrDeadlineExceeded) && endsWithin(e.ended, e.closeTimeout) {
+		return
+	}
+	e.end(c)
+}
+
+// endsWithin waits up to d and reports whether ended was closed by then.
+// It is the grace a cause the relay found itself (a failed write, a missed
+// pong) gives the peer's own end, which the read loop may be about to
+// record: the peer's close is the truer cause, and the one its binary
+// should hear. d <= 0 does not wait.
+func endsWithin(ended <-chan struct{}, d time.Duration) bool {
+	if d > 0 {
+		t := time.NewTimer(d)
 		defer t.Stop()
 		select {
-		case <-e.ended:
-			return
+		case <-ended:
+			return true
 		case <-t.C:
 		}
 	}
-	e.end(c)
+	select {
+	case <-ended:
+		return true
+	default:
+		return false
+	}
 }
 
 // dropSocket closes the TCP connection without a close handshake.

@@ -195,18 +195,12 @@ func (h *heartbeats) ping(e *hbEntry, b *hbBatch) {
 	before := e.pc.mark()
 	err := e.ws.Ping(b.ctx)
 	b.done()
-	if err != nil && h.settle > 0 && !e.pc.since(before) {
-		t := time.NewTimer(h.settle)
-		select {
-		case <-e.ended:
-		case <-t.C:
-		}
-		t.Stop()
+	// Slow, not dead: it moved bytes while the pong was late.
+	alive := err == nil || e.pc.since(before)
+	if !alive && !endsWithin(e.ended, h.settle) {
+		alive = e.pc.since(before)
 	}
-	if err != nil && e.pc.since(before) {
-		err = nil // slow, not dead: it moved bytes while the pong was late
-	}
-	if err != nil {
+	if !alive {
 		select {
 		case <-e.ended:
 		default:
